@@ -1,0 +1,2518 @@
+#!/usr/bin/env python3
+"""minihttpd: a one-file HTTP/1.1 file server, standard library only.
+
+Share a folder on a trusted network, receive uploads, or test an HTTP
+client:
+
+    python3 minihttpd.py -d .            # serve the current folder on :8000
+    python3 minihttpd.py -d www -p 0     # any free port
+    python3 minihttpd.py -u -d inbox     # also accept uploads (PUT, POST, forms)
+
+What it is: keep-alive, pipelining, ranges (resumable downloads, video
+seeking), conditional requests, directory listings in HTML and JSON,
+gzip, uploads that never leave a half-written file, many clients on one
+thread.  What it deliberately is not: a CGI host, a reverse proxy, or a
+server for the open Internet.  It runs unchanged on CPython 3.6 to 3.13.
+
+Map of this file (each section uses only those above it):
+   1. Constants and limits
+   2. Errors
+   3. HTTP parsing and formatting   (pure functions on bytes, no sockets)
+   4. Request bodies                (chunked and multipart decoders, pure)
+   5. Paths and files               (root confinement, content types)
+   6. Responses
+   7. Pages                         (listing, error and landing pages)
+   8. Handlers                      (request -> Response or upload sink)
+   9. Uploads                       (temporary file, atomic publish)
+  10. Connection                    (the per-client state machine)
+  11. Server and loop               (listeners, selector, deadlines, signals)
+  12. Command line
+"""
+
+__version__ = "1.0.0"
+
+import argparse
+import collections
+import errno
+import html
+import http
+import json
+import mimetypes
+import os
+import re
+import selectors
+import signal
+import socket
+import stat
+import sys
+import tempfile
+import time
+import urllib.parse
+import zlib
+
+
+# ---------------------------------------------------------------------------
+# 1. Constants and limits
+# ---------------------------------------------------------------------------
+
+SERVER_NAME = "minihttpd/" + __version__
+DEFAULT_PORT = 8000
+FALLBACK_PORT = 8080                   # tried when the default port is taken
+MAX_REQUEST_LINE_BYTES = 8192          # RFC 9112 §3 recommends at least 8000
+MAX_HEADER_BYTES = 64 * 1024           # the whole head; browsers send ~1 KiB
+MAX_HEADER_FIELDS = 100                # bounds the work a hostile head can cause
+MAX_LEADING_BLANK_BYTES = 1024         # RFC 9112 §2.2 lets us skip a few CRLFs
+MAX_RANGES = 100                       # more is a denial-of-service pattern, not a client
+MAX_CHUNK_LINE_BYTES = 4096            # a chunk-size line with its extensions
+MAX_TRAILER_BYTES = 16 * 1024
+MAX_PART_HEADER_BYTES = 16 * 1024      # one multipart part's header block
+IDLE_TIMEOUT_S = 15.0                  # keep-alive connection with nothing to say
+REQUEST_TIMEOUT_S = 10.0               # head must be complete; body must keep moving
+LINGER_S = 2.0                         # read and drop input after our FIN so the
+                                       # client sees our answer, not a reset
+WRITE_STALL_S = 60.0                   # a reader that takes nothing for this long is gone
+SHUTDOWN_GRACE_S = 5.0                 # in-flight responses may finish on SIGTERM
+LISTEN_BACKLOG = 1024                  # socketserver's 5 drops SYNs under load
+RECV_BYTES = 256 * 1024
+FILE_CHUNK_BYTES = 256 * 1024          # read/sendfile step: bounded memory per client
+SMALL_FILE_BYTES = 64 * 1024           # read whole and send with the head: one syscall
+ACCEPTS_PER_EVENT = 64
+GZIP_MIN_BYTES = 1024                  # below this gzip's header outweighs the savings
+GZIP_IN_MEMORY_BYTES = 256 * 1024      # larger bodies are compressed as they are sent
+GZIP_LEVEL = 6
+UPLOAD_TMP_PREFIX = ".minihttpd-upload-"
+UPLOAD_WRITE_BYTES = 1024 * 1024       # a body is written through in pieces this large
+
+READ_EVENTS = selectors.EVENT_READ
+WRITE_EVENTS = selectors.EVENT_WRITE
+
+# Methods this server knows; those not allowed for a resource get 405, others 501.
+KNOWN_METHODS = frozenset(["GET", "HEAD", "OPTIONS", "POST", "PUT", "DELETE",
+                           "PATCH", "TRACE", "CONNECT"])
+
+# Types that win over the platform's mimetypes tables, which differ between
+# machines (Windows' registry has served .js as text/plain).
+CONTENT_TYPES = {
+    ".html": "text/html", ".htm": "text/html", ".css": "text/css",
+    ".js": "text/javascript", ".mjs": "text/javascript", ".json": "application/json",
+    ".txt": "text/plain", ".md": "text/markdown", ".csv": "text/csv",
+    ".xml": "application/xml", ".svg": "image/svg+xml", ".png": "image/png",
+    ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".gif": "image/gif",
+    ".webp": "image/webp", ".ico": "image/x-icon", ".pdf": "application/pdf",
+    ".zip": "application/zip", ".gz": "application/gzip", ".tgz": "application/gzip",
+    ".bz2": "application/x-bzip2", ".xz": "application/x-xz",
+    ".zst": "application/zstd", ".7z": "application/x-7z-compressed",
+    ".tar": "application/x-tar", ".wasm": "application/wasm",
+    ".mp4": "video/mp4", ".webm": "video/webm", ".mp3": "audio/mpeg",
+    ".ogg": "audio/ogg", ".wav": "audio/wav", ".woff2": "font/woff2",
+    ".woff": "font/woff",
+}
+COMPRESSIBLE_TYPES = frozenset([
+    "application/json", "application/javascript", "application/xml",
+    "image/svg+xml", "application/wasm", "application/x-yaml",
+])
+
+IS_WINDOWS = os.name == "nt"
+HAS_SENDFILE = hasattr(os, "sendfile")
+
+
+# ---------------------------------------------------------------------------
+# 2. Errors
+# ---------------------------------------------------------------------------
+
+class HTTPError(Exception):
+    """A client fault or refusal that becomes a response with this status."""
+
+    def __init__(self, status, message="", headers=None):
+        Exception.__init__(self, status, message)
+        self.status = status
+        self.message = message
+        self.headers = list(headers or [])
+
+
+def reason_phrase(status):
+    """Return the standard reason phrase for status ("OK", "Not Found", ...)."""
+    try:
+        return http.HTTPStatus(status).phrase
+    except ValueError:
+        return "Unknown"
+
+
+# ---------------------------------------------------------------------------
+# 3. HTTP parsing and formatting: pure functions on bytes, no sockets
+# ---------------------------------------------------------------------------
+
+TOKEN_RE = re.compile(rb"\A[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
+VERSION_RE = re.compile(rb"\AHTTP/(\d)(?:\.(\d))?\Z")
+BAD_FIELD_VALUE_RE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+BAD_PERCENT_RE = re.compile(r"%(?![0-9A-Fa-f]{2})")
+ABSOLUTE_FORM_RE = re.compile(r"\A[A-Za-z][A-Za-z0-9+.\-]*://")
+ETAG_LIST_RE = re.compile(r'\s*(?:(W/)?("[^"]*")|(\*))\s*(?:,|\Z)')
+
+
+class Request(object):
+    """A parsed request head.  `client` is filled in by the connection."""
+
+    __slots__ = ("method", "target", "version", "headers", "client", "_index")
+
+    def __init__(self, method, target, version, headers):
+        self.method = method
+        self.target = target
+        self.version = version
+        self.headers = headers
+        self.client = None
+        index = {}
+        for name, value in headers:
+            key = name.lower()
+            if key in index:
+                index[key] = index[key] + ", " + value
+            else:
+                index[key] = value
+        self._index = index
+
+    def get_header(self, name, default=None):
+        """Return the field's value (repeated fields joined by ", ") or default."""
+        return self._index.get(name.lower(), default)
+
+    def header_tokens(self, name):
+        """Return the comma-separated tokens of a field, lower-cased."""
+        value = self._index.get(name.lower(), "")
+        return [t.strip().lower() for t in value.split(",") if t.strip()]
+
+    @property
+    def keep_alive(self):
+        """Whether the client lets the connection stay open (RFC 9112 §9.3)."""
+        tokens = self.header_tokens("connection")
+        if "close" in tokens:
+            return False
+        if self.version == "HTTP/1.0":
+            return "keep-alive" in tokens
+        return True
+
+    def request_line(self):
+        """The request line as the client sent it, for logs."""
+        return "%s %s %s" % (self.method, self.target, self.version)
+
+
+def _find_head_end(data, start):
+    """Return (end_of_head_index, length_of_blank_line) or (-1, 0)."""
+    crlf = data.find(b"\n\r\n", start)
+    lf = data.find(b"\n\n", start)
+    if crlf < 0 and lf < 0:
+        return -1, 0
+    if lf < 0 or (0 <= crlf < lf):
+        return crlf, 3
+    return lf, 2
+
+
+def parse_request_head(data):
+    """Parse a request head at the start of data.
+
+    Returns None when more bytes are needed, else (Request, consumed) where
+    consumed counts the head and the blank line that ends it.  Raises
+    HTTPError 400 (malformed), 414 (request line too long), 431 (head too
+    large or too many fields) or 505 (unsupported HTTP version).
+    """
+    data = bytes(data)
+    start = 0
+    # RFC 9112 §2.2: a server SHOULD ignore at least one empty line before
+    # the request line (some clients send a stray CRLF after a POST body).
+    while start < len(data) and data[start:start + 1] in (b"\r", b"\n"):
+        if data[start:start + 2] == b"\r\n":
+            start += 2
+        elif data[start:start + 1] == b"\n":
+            start += 1
+        elif start + 1 == len(data):
+            break                       # a lone CR: wait for its LF
+        else:
+            raise HTTPError(400, "Stray carriage return before the request line.")
+        if start > MAX_LEADING_BLANK_BYTES:
+            raise HTTPError(400, "Too many empty lines before the request line.")
+    line_end = data.find(b"\n", start)
+    if line_end < 0:
+        if len(data) - start > MAX_REQUEST_LINE_BYTES:
+            raise HTTPError(414, "The request line is too long.")
+        return None
+    if line_end - start > MAX_REQUEST_LINE_BYTES:
+        raise HTTPError(414, "The request line is too long.")
+    head_end, blank = _find_head_end(data, line_end)
+    if head_end < 0:
+        if len(data) - start > MAX_HEADER_BYTES:
+            raise HTTPError(431, "The request head is too large.")
+        return None
+    if head_end - start > MAX_HEADER_BYTES:
+        raise HTTPError(431, "The request head is too large.")
+    lines = data[start:head_end].split(b"\n")
+    lines = [line[:-1] if line.endswith(b"\r") else line for line in lines]
+
+    parts = lines[0].split(b" ")
+    if len(parts) != 3 or not parts[1]:
+        raise HTTPError(400, "Malformed request line.")
+    method, target, version = parts
+    if not TOKEN_RE.match(method):
+        raise HTTPError(400, "Malformed method.")
+    if BAD_FIELD_VALUE_RE.search(target) or b"\t" in target or b"\r" in target:
+        raise HTTPError(400, "Malformed request target.")
+    match = VERSION_RE.match(version)
+    if not match:
+        raise HTTPError(400, "Malformed HTTP version.")
+    major = int(match.group(1))
+    if major != 1:
+        raise HTTPError(505, "Only HTTP/1.0 and HTTP/1.1 are supported.")
+    if match.group(2) is None:
+        raise HTTPError(400, "Malformed HTTP version.")
+    # RFC 9110 §6.2: a higher minor version is served as the highest we know.
+    version_text = "HTTP/1.0" if match.group(2) == b"0" else "HTTP/1.1"
+
+    headers = []
+    if len(lines) - 1 > MAX_HEADER_FIELDS:
+        raise HTTPError(431, "Too many header fields.")
+    for line in lines[1:]:
+        if line[:1] in (b" ", b"\t"):
+            # RFC 9112 §5.2: obsolete line folding may be rejected with 400.
+            raise HTTPError(400, "Folded header lines are not accepted.")
+        name, sep, value = line.partition(b":")
+        if not sep or not TOKEN_RE.match(name):
+            raise HTTPError(400, "Malformed header field.")
+        value = value.strip(b" \t")
+        if BAD_FIELD_VALUE_RE.search(value) or b"\r" in value:
+            raise HTTPError(400, "Invalid character in a header field.")
+        headers.append((name.decode("ascii"), value.decode("latin-1")))
+
+    request = Request(method.decode("ascii"), target.decode("latin-1"),
+                      version_text, headers)
+    hosts = [v for n, v in headers if n.lower() == "host"]
+    if len(hosts) > 1:
+        raise HTTPError(400, "More than one Host header.")
+    if version_text == "HTTP/1.1" and not hosts:
+        raise HTTPError(400, "HTTP/1.1 requests need a Host header.")
+    return request, head_end + blank
+
+
+def parse_target(target):
+    """Split a request target into (decoded path, raw query).
+
+    The path is percent-decoded as UTF-8 but not normalised.  Absolute-form
+    targets (http://host/path) are reduced to their path; "*" stays "*".
+    Raises HTTPError(400) for bad percent-encoding, invalid UTF-8 or NUL.
+    """
+    if target == "*":
+        return "*", ""
+    if ABSOLUTE_FORM_RE.match(target):
+        parts = urllib.parse.urlsplit(target)
+        target = (parts.path or "/") + ("?" + parts.query if parts.query else "")
+    if not target.startswith("/"):
+        raise HTTPError(400, "The request target must start with '/'.")
+    target = target.split("#", 1)[0]
+    raw_path, _, query = target.partition("?")
+    if BAD_PERCENT_RE.search(raw_path):
+        raise HTTPError(400, "Bad percent-encoding in the path.")
+    try:
+        path = urllib.parse.unquote_to_bytes(raw_path).decode("utf-8")
+    except UnicodeDecodeError:
+        raise HTTPError(400, "The path is not valid UTF-8.")
+    if "\x00" in path:
+        raise HTTPError(400, "NUL in the path.")
+    return path, query
+
+
+def parse_query(query):
+    """Return the query string as a dict of first values."""
+    result = {}
+    for name, value in urllib.parse.parse_qsl(query, keep_blank_values=True):
+        result.setdefault(name, value)
+    return result
+
+
+def parse_body_framing(request):
+    """Return the body length (0 for none) or None for chunked.
+
+    Raises HTTPError 400 for conflicting or malformed framing (RFC 9112
+    §6.3: both Content-Length and Transfer-Encoding are a smuggling sign)
+    and 501 for transfer codings other than chunked.
+    """
+    te = request.get_header("transfer-encoding")
+    cl = request.get_header("content-length")
+    if te is not None:
+        if cl is not None:
+            raise HTTPError(400, "Both Content-Length and Transfer-Encoding.")
+        if request.version == "HTTP/1.0":
+            raise HTTPError(400, "Transfer-Encoding in an HTTP/1.0 request.")
+        codings = [t.strip().lower() for t in te.split(",")]
+        if codings != ["chunked"]:
+            raise HTTPError(501, "Only the chunked transfer coding is supported.")
+        return None
+    if cl is None:
+        return 0
+    values = set(v.strip() for v in cl.split(","))
+    if len(values) != 1:
+        raise HTTPError(400, "Conflicting Content-Length values.")
+    value = values.pop()
+    if not value.isdigit() or len(value) > 18:
+        raise HTTPError(400, "Malformed Content-Length.")
+    return int(value)
+
+
+def parse_range(value, size):
+    """Parse a Range header against a representation of size bytes.
+
+    Returns a list of inclusive (start, end) pairs, or None when the header
+    is to be ignored (not bytes, malformed, or too many ranges).  Raises
+    HTTPError(416) when no range is satisfiable (RFC 9110 §14.1.2).
+    """
+    unit, sep, spec = value.partition("=")
+    if not sep or unit.strip().lower() != "bytes":
+        return None
+    specs = [s.strip() for s in spec.split(",")]
+    if not specs or len(specs) > MAX_RANGES:
+        return None
+    ranges = []
+    for item in specs:
+        if not item:
+            continue
+        first, dash, last = item.partition("-")
+        first, last = first.strip(), last.strip()
+        if not dash or (first and not first.isdigit()) or (last and not last.isdigit()):
+            return None
+        if not first:
+            if not last:
+                return None
+            suffix = int(last)
+            if suffix == 0:
+                continue                # "-0" selects nothing
+            ranges.append((max(0, size - suffix), size - 1))
+            continue
+        start = int(first)
+        end = int(last) if last else size - 1
+        if end < start:
+            return None
+        if start >= size:
+            continue
+        ranges.append((start, min(end, size - 1)))
+    if not ranges:
+        raise HTTPError(416, "Range not satisfiable.",
+                        [("Content-Range", "bytes */%d" % size)])
+    return ranges
+
+
+def parse_accept_encoding(value):
+    """Return {coding: q} from an Accept-Encoding value (RFC 9110 §12.5.3)."""
+    result = {}
+    for item in (value or "").split(","):
+        params = item.split(";")
+        coding = params[0].strip().lower()
+        if not coding:
+            continue
+        q = 1.0
+        for param in params[1:]:
+            name, _, val = param.partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    q = float(val.strip())
+                except ValueError:
+                    q = 0.0
+                q = min(max(q, 0.0), 1.0)
+        result[coding] = q
+    return result
+
+
+def accepts_gzip(value):
+    """Whether an Accept-Encoding value allows a gzip response."""
+    if value is None:
+        return False
+    codings = parse_accept_encoding(value)
+    for name in ("gzip", "x-gzip"):
+        if name in codings:
+            return codings[name] > 0
+    return codings.get("*", 0) > 0
+
+
+def parse_etags(value):
+    """Return the entity tags of an If-Match/If-None-Match value ("*" kept)."""
+    tags = []
+    pos = 0
+    value = value.strip()
+    while pos < len(value):
+        match = ETAG_LIST_RE.match(value, pos)
+        if not match:
+            return tags
+        tags.append(match.group(3) or match.group(2))
+        pos = match.end()
+    return tags
+
+
+def parse_http_date(text):
+    """Parse an HTTP date (IMF-fixdate, RFC 850 or asctime) to Unix seconds."""
+    import email.utils
+    try:
+        parsed = email.utils.parsedate_tz(text)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if parsed is None:
+        return None
+    try:
+        return int(email.utils.mktime_tz(parsed))
+    except (TypeError, ValueError, OverflowError):
+        return None
+
+
+_WEEKDAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct",
+           "Nov", "Dec")
+
+
+def format_http_date(timestamp):
+    """Format Unix seconds as an IMF-fixdate (RFC 9110 §5.6.7)."""
+    t = time.gmtime(timestamp)
+    return "%s, %02d %s %04d %02d:%02d:%02d GMT" % (
+        _WEEKDAYS[t.tm_wday], t.tm_mday, _MONTHS[t.tm_mon - 1], t.tm_year,
+        t.tm_hour, t.tm_min, t.tm_sec)
+
+
+def format_log_date(timestamp):
+    """Format Unix seconds as a Common Log Format date, in UTC."""
+    t = time.gmtime(timestamp)
+    return "%02d/%s/%04d:%02d:%02d:%02d +0000" % (
+        t.tm_mday, _MONTHS[t.tm_mon - 1], t.tm_year, t.tm_hour, t.tm_min, t.tm_sec)
+
+
+def format_response_head(version, status, headers):
+    """Return the bytes of a status line and header block."""
+    lines = ["%s %d %s" % (version, status, reason_phrase(status))]
+    lines.extend("%s: %s" % (name, value) for name, value in headers)
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+def parse_size(text):
+    """Parse a byte size: "500", "500K", "500M", "2G" (binary).  Raises ValueError."""
+    text = text.strip()
+    match = re.match(r"\A(\d+)\s*([KMGT]?)(?:i?B)?\Z", text, re.IGNORECASE)
+    if not match:
+        raise ValueError("not a size: %r" % text)
+    power = " KMGT".index(match.group(2).upper() or " ")
+    return int(match.group(1)) * (1024 ** power)
+
+
+def parse_header_params(value):
+    """Split 'type; a=1; b="x y"' into ("type", {"a": "1", "b": "x y"})."""
+    pos = value.find(";")
+    if pos < 0:
+        return value.strip().lower(), {}
+    main, rest = value[:pos].strip().lower(), value[pos + 1:]
+    params = {}
+    for match in re.finditer(r'\s*([^=;\s]+)\s*=\s*("(?:[^"\\]|\\.)*"|[^;]*)\s*;?', rest):
+        name, val = match.group(1).lower(), match.group(2).strip()
+        if val.startswith('"') and val.endswith('"') and len(val) >= 2:
+            val = re.sub(r"\\(.)", r"\1", val[1:-1])
+        params[name] = val
+    return main, params
+
+
+# ---------------------------------------------------------------------------
+# 4. Request bodies: chunked and multipart decoders, pure
+# ---------------------------------------------------------------------------
+
+class ChunkedDecoder(object):
+    """Decode a chunked body (RFC 9112 §7.1) fed in pieces.
+
+    feed(data) returns the payload decoded so far; .done turns true after
+    the last chunk and its trailers, and .unused holds what followed.
+    Chunk extensions and trailer fields are accepted and ignored.
+    """
+
+    def __init__(self):
+        self.done = False
+        self.unused = b""
+        self._buf = bytearray()
+        self._left = 0               # payload bytes left in the current chunk
+        self._state = "size"         # size, data, data_crlf, trailer
+
+    def feed(self, data):
+        """Consume data; return decoded payload bytes.  Raises HTTPError(400)."""
+        if self.done:
+            self.unused += bytes(data)
+            return b""
+        self._buf += data
+        out = bytearray()
+        buf = self._buf
+        while True:
+            if self._state == "size":
+                nl = buf.find(b"\n")
+                if nl < 0:
+                    if len(buf) > MAX_CHUNK_LINE_BYTES:
+                        raise HTTPError(400, "Chunk size line too long.")
+                    break
+                line = bytes(buf[:nl]).rstrip(b"\r")
+                del buf[:nl + 1]
+                size_text = line.split(b";", 1)[0].strip()
+                if not size_text or not re.match(rb"\A[0-9A-Fa-f]{1,16}\Z", size_text):
+                    raise HTTPError(400, "Bad chunk size.")
+                self._left = int(size_text, 16)
+                self._state = "data" if self._left else "trailer"
+                self._trailer_bytes = 0
+            elif self._state == "data":
+                if not buf:
+                    break
+                take = min(self._left, len(buf))
+                out += buf[:take]
+                del buf[:take]
+                self._left -= take
+                if self._left == 0:
+                    self._state = "data_crlf"
+            elif self._state == "data_crlf":
+                if len(buf) < 1:
+                    break
+                if buf[:1] == b"\n":
+                    del buf[:1]
+                elif len(buf) < 2:
+                    break
+                elif buf[:2] == b"\r\n":
+                    del buf[:2]
+                else:
+                    raise HTTPError(400, "Chunk data not followed by CRLF.")
+                self._state = "size"
+            else:  # trailer section: lines until an empty one
+                nl = buf.find(b"\n")
+                if nl < 0:
+                    if len(buf) > MAX_TRAILER_BYTES:
+                        raise HTTPError(400, "Trailer section too large.")
+                    break
+                line = bytes(buf[:nl]).rstrip(b"\r")
+                del buf[:nl + 1]
+                self._trailer_bytes += nl + 1
+                if self._trailer_bytes > MAX_TRAILER_BYTES:
+                    raise HTTPError(400, "Trailer section too large.")
+                if not line:
+                    self.done = True
+                    self.unused = bytes(buf)
+                    self._buf = bytearray()
+                    break
+        return bytes(out)
+
+
+class MultipartParser(object):
+    """Stream a multipart/form-data body (RFC 7578) without holding it.
+
+    feed(data) returns events: ("part", headers) with lower-case header
+    names, ("data", bytes) for part content, ("end", None) when a part ends.
+    .done turns true at the closing delimiter.  Only a delimiter's length of
+    bytes is ever held back, so memory stays flat for any upload size.
+    """
+
+    def __init__(self, boundary):
+        if not boundary or len(boundary) > 200:
+            raise HTTPError(400, "Bad multipart boundary.")
+        self.done = False
+        self._delim = b"\r\n--" + boundary
+        self._buf = bytearray(b"\r\n")   # lets the first delimiter match like the rest
+        self._state = "preamble"         # preamble, after_delim, headers, body, epilogue
+
+    def feed(self, data):
+        """Consume data; return a list of events.  Raises HTTPError(400)."""
+        events = []
+        self._buf += data
+        buf = self._buf
+        delim = self._delim
+        while True:
+            if self._state == "preamble":
+                pos = buf.find(delim)
+                if pos < 0:
+                    keep = len(delim) - 1
+                    if len(buf) > keep:
+                        del buf[:len(buf) - keep]
+                    break
+                del buf[:pos + len(delim)]
+                self._state = "after_delim"
+            elif self._state == "after_delim":
+                if len(buf) < 2:
+                    break
+                if buf[:2] == b"--":
+                    self.done = True
+                    self._state = "epilogue"
+                    continue
+                nl = buf.find(b"\n")
+                if nl < 0:
+                    if len(buf) > 256:
+                        raise HTTPError(400, "Malformed multipart delimiter.")
+                    break
+                if bytes(buf[:nl]).strip(b" \t\r"):
+                    raise HTTPError(400, "Malformed multipart delimiter.")
+                del buf[:nl + 1]
+                self._state = "headers"
+            elif self._state == "headers":
+                end, blank = _find_head_end(buf, 0)
+                if buf[:2] == b"\r\n":
+                    end, blank = -1, 2
+                    headers_block = b""
+                    del buf[:2]
+                elif buf[:1] == b"\n":
+                    headers_block = b""
+                    del buf[:1]
+                elif end < 0:
+                    if len(buf) > MAX_PART_HEADER_BYTES:
+                        raise HTTPError(400, "Multipart part headers too large.")
+                    break
+                else:
+                    headers_block = bytes(buf[:end + 1])
+                    del buf[:end + blank]
+                headers = {}
+                for line in headers_block.split(b"\n"):
+                    line = line.rstrip(b"\r")
+                    if not line:
+                        continue
+                    name, sep, value = line.partition(b":")
+                    if not sep:
+                        raise HTTPError(400, "Malformed multipart part header.")
+                    headers[name.strip().lower().decode("latin-1")] = \
+                        value.strip().decode("utf-8", "replace")
+                events.append(("part", headers))
+                self._state = "body"
+            elif self._state == "body":
+                pos = buf.find(delim)
+                if pos < 0:
+                    # Keep a tail that could be the start of a delimiter.
+                    keep = len(delim) - 1
+                    if len(buf) > keep:
+                        events.append(("data", bytes(buf[:len(buf) - keep])))
+                        del buf[:len(buf) - keep]
+                    break
+                if pos:
+                    events.append(("data", bytes(buf[:pos])))
+                del buf[:pos + len(delim)]
+                events.append(("end", None))
+                self._state = "after_delim"
+            else:  # epilogue: ignored
+                del buf[:]
+                break
+        return events
+
+
+# ---------------------------------------------------------------------------
+# 5. Paths and files
+# ---------------------------------------------------------------------------
+
+def is_inside(path, root):
+    """Whether the real path `path` is root itself or below it."""
+    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
+
+
+def resolve_path(root, url_path, hidden=False, follow_symlinks=False):
+    """Map a decoded URL path to a file system path under root.
+
+    Raises HTTPError(404) for anything that would leave the root: ".."
+    above it, backslashes, drive letters, dotfiles (unless hidden), upload
+    temporaries, and symlinks resolving outside (unless follow_symlinks).
+    The answer is the same 404 whatever lies outside.
+    """
+    parts = []
+    for segment in url_path.split("/"):
+        if segment in ("", "."):
+            continue
+        if segment == "..":
+            if not parts:
+                raise HTTPError(404, "Not found.")
+            parts.pop()
+            continue
+        if "\\" in segment or "\x00" in segment or (IS_WINDOWS and ":" in segment):
+            raise HTTPError(404, "Not found.")
+        if segment.startswith(UPLOAD_TMP_PREFIX):
+            raise HTTPError(404, "Not found.")
+        if segment.startswith(".") and not hidden:
+            raise HTTPError(404, "Not found.")
+        parts.append(segment)
+    fs_path = os.path.join(root, *parts)
+    if not follow_symlinks and not is_inside(os.path.realpath(fs_path), root):
+        raise HTTPError(404, "Not found.")
+    return fs_path
+
+
+def guess_content_type(name):
+    """Return the Content-Type for a file name, with charset for text."""
+    ext = os.path.splitext(name)[1].lower()
+    ctype = CONTENT_TYPES.get(ext)
+    if ctype is None:
+        ctype, encoding = mimetypes.guess_type(name, strict=False)
+        if encoding is not None or ctype is None:
+            ctype = "application/octet-stream"
+    if ctype.startswith("text/"):
+        ctype += "; charset=utf-8"
+    return ctype
+
+
+def is_compressible(content_type):
+    """Whether gzip helps this type (text and structured text, not media)."""
+    base = content_type.split(";", 1)[0].strip().lower()
+    return base.startswith("text/") or base in COMPRESSIBLE_TYPES or base.endswith("+json") \
+        or base.endswith("+xml")
+
+
+def make_etag(st):
+    """A strong entity tag from a file's mtime and size."""
+    return '"%x-%x"' % (st.st_mtime_ns, st.st_size)
+
+
+def etag_matches(tags, etag, weak=True):
+    """Whether etag is among tags ("*" matches); weak compare ignores W/."""
+    if "*" in tags:
+        return True
+    if etag is None:
+        return False
+    return etag in tags if weak else etag in tags and not etag.startswith("W/")
+
+
+def format_size(size):
+    """Human-readable size: 512 B, 1.5 KiB, 3.0 MiB."""
+    if size < 1024:
+        return "%d B" % size
+    for unit in ("KiB", "MiB", "GiB", "TiB"):
+        size /= 1024.0
+        if size < 1024 or unit == "TiB":
+            return "%.1f %s" % (size, unit)
+
+
+def list_directory(fs_dir, root, hidden=False, follow_symlinks=False):
+    """Return entries of a folder as dicts (name, type, size, mtime).
+
+    Dotfiles are left out unless hidden; upload temporaries always; and so
+    are symlinks that lead outside the root unless follow_symlinks.
+    """
+    entries = []
+    with os.scandir(fs_dir) as it:
+        for entry in it:
+            name = entry.name
+            if name.startswith(UPLOAD_TMP_PREFIX):
+                continue
+            if name.startswith(".") and not hidden:
+                continue
+            try:
+                if entry.is_symlink() and not follow_symlinks:
+                    if not is_inside(os.path.realpath(entry.path), root):
+                        continue
+                st = entry.stat()
+            except OSError:
+                continue                   # broken link or raced away
+            is_dir = stat.S_ISDIR(st.st_mode)
+            entries.append({"name": name, "type": "dir" if is_dir else "file",
+                            "size": 0 if is_dir else st.st_size,
+                            "mtime": int(st.st_mtime)})
+    return entries
+
+
+def sort_entries(entries, sort="name", order="asc"):
+    """Sort listing entries, folders first, by name, size or time."""
+    keys = {
+        "name": lambda e: (e["name"].lower(), e["name"]),
+        "size": lambda e: (e["size"], e["name"].lower()),
+        "time": lambda e: (e["mtime"], e["name"].lower()),
+    }
+    key = keys.get(sort, keys["name"])
+    reverse = order == "desc"
+    dirs = sorted((e for e in entries if e["type"] == "dir"), key=key, reverse=reverse)
+    files = sorted((e for e in entries if e["type"] != "dir"), key=key, reverse=reverse)
+    return dirs + files
+
+
+# ---------------------------------------------------------------------------
+# 6. Responses
+# ---------------------------------------------------------------------------
+
+class FileRegion(object):
+    """A byte range of an open file, sent without reading it all."""
+
+    __slots__ = ("file", "offset", "length")
+
+    def __init__(self, file, offset, length):
+        self.file = file
+        self.offset = offset
+        self.length = length
+
+
+class Response(object):
+    """What a handler returns: status, headers, and a body.
+
+    body is a list of parts, each bytes, a FileRegion, or an iterator of
+    bytes (whose total length is unknown, so the response is chunked).
+    files lists open files the connection closes when the response ends.
+    """
+
+    __slots__ = ("status", "headers", "body", "files", "close", "log_extra")
+
+    def __init__(self, status, headers=None, body=b"", files=None):
+        self.status = status
+        self.headers = list(headers or [])
+        self.body = [body] if isinstance(body, (bytes, FileRegion)) else list(body)
+        self.files = list(files or [])
+        self.close = False
+        self.log_extra = ""
+
+    def body_length(self):
+        """The body's total size, or None when a part has no known length."""
+        total = 0
+        for part in self.body:
+            if isinstance(part, bytes):
+                total += len(part)
+            elif isinstance(part, FileRegion):
+                total += part.length
+            else:
+                return None
+        return total
+
+    def close_files(self):
+        """Close the files this response holds open."""
+        for f in self.files:
+            try:
+                f.close()
+            except OSError:
+                pass
+        self.files = []
+
+
+def gzip_bytes(data):
+    """Compress data to a whole gzip member (header mtime 0, reproducible)."""
+    compressor = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 31)
+    return compressor.compress(data) + compressor.flush()
+
+
+def gzip_file_stream(f, offset, length):
+    """Yield the gzip of a file region piece by piece, reading as it goes."""
+    compressor = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 31)
+    f.seek(offset)
+    left = length
+    while left > 0:
+        data = f.read(min(FILE_CHUNK_BYTES, left))
+        if not data:
+            raise OSError("file shrank while being sent")
+        left -= len(data)
+        out = compressor.compress(data)
+        if out:
+            yield out
+    yield compressor.flush()
+
+
+def text_response(status, text, content_type="text/plain; charset=utf-8", headers=None):
+    """A response with a small text body."""
+    body = text.encode("utf-8")
+    return Response(status, [("Content-Type", content_type)] + list(headers or []), body)
+
+
+def json_response(status, obj, headers=None):
+    """A response with a JSON body."""
+    body = (json.dumps(obj, ensure_ascii=False, indent=1) + "\n").encode("utf-8")
+    return Response(status, [("Content-Type", "application/json")] + list(headers or []), body)
+
+
+def maybe_gzip(response, request, config, always=False):
+    """Compress a bytes response in place when the client accepts gzip.
+
+    Small bodies stay as they are (gzip would grow them) unless always,
+    which the echo endpoints use to show the mechanism.
+    """
+    ctype = dict((k.lower(), v) for k, v in response.headers).get("content-type", "")
+    if not config.gzip or not is_compressible(ctype):
+        return response
+    response.headers.append(("Vary", "Accept-Encoding"))
+    if not accepts_gzip(request.get_header("accept-encoding")):
+        return response
+    body = b"".join(response.body)
+    if len(body) < GZIP_MIN_BYTES and not always:
+        return response
+    response.body = [gzip_bytes(body)]
+    response.headers.append(("Content-Encoding", "gzip"))
+    return response
+
+
+# ---------------------------------------------------------------------------
+# 7. Pages: listing, error and landing pages
+# ---------------------------------------------------------------------------
+
+PAGE_STYLE = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0 auto;
+max-width:60rem;padding:1rem;color:#222;background:#fff}
+h1{font-size:1.3rem;word-break:break-all}
+table{border-collapse:collapse;width:100%}
+th,td{text-align:left;padding:.35rem .5rem;border-bottom:1px solid #eee}
+td.size,th.size{text-align:right;white-space:nowrap}
+td.time{white-space:nowrap;color:#555}
+a{color:#0550ae;text-decoration:none}a:hover{text-decoration:underline}
+form{margin:1rem 0;padding:1rem;border:2px dashed #bbb;border-radius:.5rem}
+form.drag{border-color:#0550ae;background:#f0f6ff}
+progress{width:100%}
+footer{margin-top:1rem;color:#777;font-size:.8rem}
+@media (max-width:40rem){td.time{display:none}}
+"""
+
+UPLOAD_SCRIPT = """
+(function(){
+var f=document.getElementById('upload');if(!f||!window.FormData)return;
+var input=f.querySelector('input[type=file]'),bar=document.getElementById('progress'),
+msg=document.getElementById('upload-status');
+function send(files){
+ if(!files.length)return;var data=new FormData();
+ for(var i=0;i<files.length;i++)data.append('file',files[i],files[i].name);
+ var x=new XMLHttpRequest();x.open('POST',location.pathname);
+ x.setRequestHeader('Accept','application/json');
+ bar.hidden=false;bar.value=0;
+ x.upload.onprogress=function(e){if(e.lengthComputable)bar.value=e.loaded/e.total;};
+ x.onload=function(){if(x.status<300){location.reload();}else{
+  bar.hidden=true;msg.textContent='Upload failed: '+x.status+' '+x.statusText;}};
+ x.onerror=function(){bar.hidden=true;msg.textContent='Upload failed: connection lost';};
+ x.send(data);}
+f.addEventListener('submit',function(e){e.preventDefault();send(input.files);});
+['dragenter','dragover'].forEach(function(t){document.addEventListener(t,function(e){
+ e.preventDefault();f.className='drag';});});
+document.addEventListener('dragleave',function(){f.className='';});
+document.addEventListener('drop',function(e){e.preventDefault();f.className='';
+ send(e.dataTransfer.files);});
+})();
+"""
+
+
+def html_page(title, body_html, extra_head=""):
+    """Wrap body HTML in a complete, phone-friendly HTML5 page."""
+    return ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+            "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n"
+            "<title>%s</title>\n<style>%s</style>%s\n</head>\n<body>\n%s\n"
+            "<footer>%s</footer>\n</body>\n</html>\n"
+            % (html.escape(title), PAGE_STYLE, extra_head, body_html,
+               html.escape(SERVER_NAME))).encode("utf-8")
+
+
+def render_error_page(status, message=""):
+    """A small HTML error page."""
+    title = "%d %s" % (status, reason_phrase(status))
+    body = "<h1>%s</h1>\n" % html.escape(title)
+    if message:
+        body += "<p>%s</p>\n" % html.escape(message)
+    return html_page(title, body)
+
+
+def render_listing(url_path, entries, sort, order, at_top, upload):
+    """The HTML listing of a folder; links are relative, so a prefix just works."""
+    title = "Index of " + url_path
+    rows = []
+    if not at_top:
+        rows.append('<tr><td><a href="../">../</a></td><td class="size">-</td>'
+                    '<td class="time"></td></tr>')
+    for e in entries:
+        is_dir = e["type"] == "dir"
+        shown = e["name"] + ("/" if is_dir else "")
+        href = urllib.parse.quote(e["name"]) + ("/" if is_dir else "")
+        size = "-" if is_dir else format_size(e["size"])
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(e["mtime"]))
+        rows.append('<tr><td><a href="%s">%s</a></td><td class="size" title="%d">%s</td>'
+                    '<td class="time">%s</td></tr>'
+                    % (html.escape(href), html.escape(shown), e["size"], size, when))
+    headings = []
+    for key, label, css in (("name", "Name", ""), ("size", "Size", ' class="size"'),
+                            ("time", "Modified", "")):
+        next_order = "desc" if (sort == key and order == "asc") else "asc"
+        arrow = (" &#9650;" if order == "asc" else " &#9660;") if sort == key else ""
+        headings.append('<th%s><a href="?sort=%s&amp;order=%s">%s</a>%s</th>'
+                        % (css, key, next_order, label, arrow))
+    form = ""
+    if upload:
+        form = ('<form id="upload" method="post" enctype="multipart/form-data">\n'
+                '<input type="file" name="file" multiple>\n'
+                '<button type="submit">Upload</button>\n'
+                '<progress id="progress" max="1" value="0" hidden></progress>\n'
+                '<p id="upload-status"></p>\n</form>\n<script>%s</script>\n' % UPLOAD_SCRIPT)
+    body = ("<h1>%s</h1>\n%s<table>\n<thead><tr>%s</tr></thead>\n<tbody>\n%s\n</tbody>\n"
+            "</table>" % (html.escape(title), form, "".join(headings), "\n".join(rows)))
+    return html_page(title, body)
+
+
+def render_landing(prefix):
+    """The page at / when the tree is served under a route prefix."""
+    href = html.escape(urllib.parse.quote(prefix + "/"))
+    return html_page(SERVER_NAME, '<h1>minihttpd</h1>\n<p>Files are served at '
+                     '<a href="%s">%s</a>.</p>' % (href, href))
+
+
+# ---------------------------------------------------------------------------
+# 8. Handlers: plain functions (request, config) -> Response or upload sink
+# ---------------------------------------------------------------------------
+
+Config = collections.namedtuple("Config", [
+    "root",             # real path of the served folder
+    "listing",          # directory listings on
+    "hidden",           # serve and list dotfiles
+    "follow_symlinks",  # serve symlinks that lead outside the root
+    "quiet",            # no access log
+    "upload",           # accept PUT/POST uploads
+    "overwrite",        # uploads may replace existing files
+    "max_upload",       # largest upload in bytes, or None
+    "echo",             # /echo/, /user-agent and /request on
+    "prefix",           # route prefix like "/files", or ""
+    "gzip",             # gzip responses when the client accepts it
+    "idle_timeout",     # seconds a keep-alive connection may idle
+    "request_timeout",  # seconds to finish a head; longest pause in a body
+])
+
+
+def error_response(error, request, config):
+    """Turn an HTTPError into an HTML error response (404.html when present)."""
+    body = None
+    if error.status == 404:
+        try:
+            with open(os.path.join(config.root, "404.html"), "rb") as f:
+                body = f.read()
+        except OSError:
+            body = None
+    if body is None:
+        body = render_error_page(error.status, error.message)
+    headers = [("Content-Type", "text/html; charset=utf-8")] + error.headers
+    return Response(error.status, headers, body)
+
+
+def allowed_methods(config):
+    """The methods allowed on files, for Allow headers."""
+    methods = ["GET", "HEAD", "OPTIONS"]
+    if config.upload:
+        methods += ["PUT", "POST"]
+    return ", ".join(methods)
+
+
+def route(request, config):
+    """Split the target; return (kind, tree_path, query) for a request.
+
+    kind is "tree" for a path in the served folder (tree_path is relative
+    to the root, starting with "/"), "landing" for / under a prefix, or an
+    echo endpoint name.  Raises HTTPError(404) outside the prefix.
+    """
+    path, query = parse_target(request.target)
+    if config.echo:
+        if path.startswith("/echo/"):
+            return "echo", path[len("/echo/"):], query
+        if path in ("/user-agent", "/request"):
+            return path[1:], path, query
+    if not config.prefix:
+        return "tree", path, query
+    if path == "/":
+        return "landing", path, query
+    if path == config.prefix:
+        return "prefix_redirect", path, query
+    if path.startswith(config.prefix + "/"):
+        return "tree", path[len(config.prefix):], query
+    raise HTTPError(404, "Not found.")
+
+
+def redirect_response(location):
+    """A 301 to location, with a short HTML body."""
+    body = html_page("301 Moved Permanently", '<p>Moved to <a href="%s">%s</a>.</p>'
+                     % (html.escape(location), html.escape(location)))
+    return Response(301, [("Location", location),
+                          ("Content-Type", "text/html; charset=utf-8")], body)
+
+
+def handle_get(request, config):
+    """GET and HEAD: echo endpoints, the landing page, files and folders."""
+    kind, path, query = route(request, config)
+    if kind == "echo":
+        return maybe_gzip(Response(200, [("Content-Type", "text/plain")],
+                                   path.encode("utf-8")), request, config, always=True)
+    if kind == "user-agent":
+        agent = request.get_header("user-agent", "")
+        return maybe_gzip(Response(200, [("Content-Type", "text/plain")],
+                                   agent.encode("latin-1", "replace")), request, config,
+                          always=True)
+    if kind == "request":
+        return maybe_gzip(handle_request_echo(request, config), request, config, always=True)
+    if kind == "landing":
+        return maybe_gzip(Response(200, [("Content-Type", "text/html; charset=utf-8"),
+                                         ("Cache-Control", "no-cache")],
+                                   render_landing(config.prefix)), request, config)
+    if kind == "prefix_redirect":
+        return redirect_response(urllib.parse.quote(config.prefix) + "/" +
+                                 ("?" + query if query else ""))
+    fs_path = resolve_path(config.root, path, config.hidden, config.follow_symlinks)
+    try:
+        st = os.stat(fs_path)
+    except OSError:
+        raise HTTPError(404, "Not found.")
+    if stat.S_ISDIR(st.st_mode):
+        if not path.endswith("/"):
+            location = urllib.parse.quote(config.prefix + path) + "/"
+            return redirect_response(location + ("?" + query if query else ""))
+        index = os.path.join(fs_path, "index.html")
+        if os.path.isfile(index):
+            return handle_file(request, config, index)
+        if not config.listing:
+            raise HTTPError(403, "Directory listing is turned off.")
+        return handle_listing(request, config, fs_path, path, query)
+    if not stat.S_ISREG(st.st_mode):
+        raise HTTPError(404, "Not found.")
+    if path.endswith("/"):
+        raise HTTPError(404, "Not found.")
+    return handle_file(request, config, fs_path)
+
+
+def handle_request_echo(request, config):
+    """GET /request: what the server received, as text or JSON."""
+    if "application/json" in (request.get_header("accept") or ""):
+        return json_response(200, {
+            "client": request.client, "method": request.method,
+            "target": request.target, "version": request.version,
+            "headers": [[n, v] for n, v in request.headers]})
+    lines = ["client: %s" % request.client, "", request.request_line()]
+    lines += ["%s: %s" % (n, v) for n, v in request.headers]
+    return text_response(200, "\n".join(lines) + "\n")
+
+
+def wants_json(request, query):
+    """Whether the client asked for JSON: ?format=json or Accept: application/json."""
+    if query.get("format") == "json":
+        return True
+    accept = request.get_header("accept") or ""
+    return "application/json" in accept and "text/html" not in accept
+
+
+def handle_listing(request, config, fs_dir, path, query_text):
+    """A folder's listing as HTML, or JSON on request."""
+    query = parse_query(query_text)
+    try:
+        entries = list_directory(fs_dir, config.root, config.hidden, config.follow_symlinks)
+    except OSError:
+        raise HTTPError(403, "This folder cannot be read.")
+    sort = query.get("sort", "name")
+    sort = sort if sort in ("name", "size", "time") else "name"
+    order = "desc" if query.get("order") == "desc" else "asc"
+    entries = sort_entries(entries, sort, order)
+    url_path = config.prefix + path
+    headers = [("Cache-Control", "no-cache")]
+    if wants_json(request, query):
+        response = json_response(200, {"path": url_path, "entries": entries}, headers)
+    else:
+        body = render_listing(url_path, entries, sort, order, path == "/", config.upload)
+        response = Response(200, [("Content-Type", "text/html; charset=utf-8")] + headers,
+                            body)
+    return maybe_gzip(response, request, config)
+
+
+def check_conditions(request, etag, mtime):
+    """Evaluate If-Match/If-Unmodified-Since/If-None-Match/If-Modified-Since.
+
+    Returns 412, 304 or None (go on), following RFC 9110 §13.2.2's order.
+    """
+    if_match = request.get_header("if-match")
+    if if_match is not None:
+        if not etag_matches(parse_etags(if_match), etag, weak=False):
+            return 412
+    else:
+        ius = request.get_header("if-unmodified-since")
+        if ius is not None:
+            when = parse_http_date(ius)
+            if when is not None and mtime > when:
+                return 412
+    if_none_match = request.get_header("if-none-match")
+    if if_none_match is not None:
+        if etag_matches(parse_etags(if_none_match), etag):
+            return 304 if request.method in ("GET", "HEAD") else 412
+        return None
+    ims = request.get_header("if-modified-since")
+    if ims is not None and request.method in ("GET", "HEAD"):
+        when = parse_http_date(ims)
+        if when is not None and mtime <= when:
+            return 304
+    return None
+
+
+def if_range_holds(request, etag, last_modified):
+    """Whether a Range may be applied given If-Range (RFC 9110 §13.1.5)."""
+    value = request.get_header("if-range")
+    if value is None:
+        return True
+    value = value.strip()
+    if value.startswith('"') or value.startswith("W/"):
+        return value == etag            # strong comparison; weak never matches
+    return value == last_modified
+
+
+def open_variant(request, config, fs_path, st, content_type):
+    """Pick the precompressed name.gz beside name when the client takes gzip."""
+    if not (config.gzip and is_compressible(content_type)
+            and accepts_gzip(request.get_header("accept-encoding"))
+            and request.get_header("range") is None):
+        return None
+    gz_path = fs_path + ".gz"
+    try:
+        gz_st = os.stat(gz_path)
+    except OSError:
+        return None
+    if not stat.S_ISREG(gz_st.st_mode):
+        return None
+    if not config.follow_symlinks and not is_inside(os.path.realpath(gz_path), config.root):
+        return None
+    return gz_path
+
+
+def handle_file(request, config, fs_path):
+    """A regular file: conditional requests, ranges, gzip, streamed body."""
+    content_type = guess_content_type(fs_path)
+    gz_path = open_variant(request, config, fs_path, None, content_type)
+    try:
+        f = open(gz_path or fs_path, "rb")
+    except OSError:
+        raise HTTPError(404 if not os.access(fs_path, os.F_OK) else 403, "Cannot open file.")
+    try:
+        st = os.fstat(f.fileno())
+        response = build_file_response(request, config, f, st, content_type,
+                                       precompressed=gz_path is not None)
+    except BaseException:
+        f.close()
+        raise
+    if f not in response.files:
+        f.close()
+    return response
+
+
+def build_file_response(request, config, f, st, content_type, precompressed):
+    """The response for an open file: 200, 206, 304, 412 or 416."""
+    size = st.st_size
+    compressible = config.gzip and is_compressible(content_type)
+    wants_gzip = compressible and accepts_gzip(request.get_header("accept-encoding"))
+    ranged = request.get_header("range") is not None and request.method in ("GET", "HEAD")
+    stream_gzip = (wants_gzip and not precompressed and not ranged and size >= GZIP_MIN_BYTES)
+    etag = make_etag(st)
+    if precompressed or stream_gzip:
+        etag = etag[:-1] + '-gz"'       # each representation has its own tag
+    last_modified = format_http_date(st.st_mtime)
+    headers = [("Content-Type", content_type), ("Last-Modified", last_modified),
+               ("ETag", etag), ("Cache-Control", "no-cache")]
+    if compressible:
+        headers.append(("Vary", "Accept-Encoding"))
+    status = check_conditions(request, etag, int(st.st_mtime))
+    if status == 304:
+        return Response(304, headers)
+    if status == 412:
+        raise HTTPError(412, "A precondition failed.")
+    if precompressed or stream_gzip:
+        headers.append(("Content-Encoding", "gzip"))
+        if precompressed:
+            return Response(200, headers, FileRegion(f, 0, size), files=[f])
+        if size <= GZIP_IN_MEMORY_BYTES:
+            return Response(200, headers, gzip_bytes(f.read(size)))
+        return Response(200, headers, [gzip_file_stream(f, 0, size)], files=[f])
+    headers.append(("Accept-Ranges", "bytes"))
+    ranges = None
+    if ranged and if_range_holds(request, etag, last_modified):
+        ranges = parse_range(request.get_header("range"), size)
+    if not ranges:
+        return Response(200, headers, FileRegion(f, 0, size), files=[f])
+    if len(ranges) == 1:
+        start, end = ranges[0]
+        headers.append(("Content-Range", "bytes %d-%d/%d" % (start, end, size)))
+        return Response(206, headers, FileRegion(f, start, end - start + 1), files=[f])
+    boundary = os.urandom(12).hex()
+    parts = []
+    for start, end in ranges:
+        parts.append(("\r\n--%s\r\nContent-Type: %s\r\nContent-Range: bytes %d-%d/%d\r\n\r\n"
+                      % (boundary, content_type, start, end, size)).encode("latin-1"))
+        parts.append(FileRegion(f, start, end - start + 1))
+    parts.append(("\r\n--%s--\r\n" % boundary).encode("latin-1"))
+    headers[0] = ("Content-Type", "multipart/byteranges; boundary=" + boundary)
+    return Response(206, headers, parts, files=[f])
+
+
+def handle_options(request, config):
+    """OPTIONS: 204 with the allowed methods."""
+    if request.target != "*":
+        route(request, config)          # 400/404 for bad targets, like GET
+    return Response(204, [("Allow", allowed_methods(config))])
+
+
+def handle_not_allowed(request, config):
+    """A known method this resource does not allow: 405 with Allow."""
+    parse_target(request.target)
+    raise HTTPError(405, "%s is not allowed here." % request.method,
+                    [("Allow", allowed_methods(config))])
+
+
+def handle_write(request, config):
+    """PUT and POST: an upload sink when uploads are on, else 405."""
+    if not config.upload:
+        return handle_not_allowed(request, config)
+    kind, path, query = route(request, config)
+    if kind != "tree":
+        raise HTTPError(405, "Uploads go into the served folder.",
+                        [("Allow", "GET, HEAD, OPTIONS")])
+    return start_upload(request, config, path)
+
+
+HANDLERS = {
+    "GET": handle_get,
+    "HEAD": handle_get,
+    "OPTIONS": handle_options,
+    "PUT": handle_write,
+    "POST": handle_write,
+}
+
+
+def dispatch(request, config):
+    """Choose the handler for a request; returns a Response or an upload sink."""
+    handler = HANDLERS.get(request.method)
+    if handler is None:
+        if request.method in KNOWN_METHODS:
+            handler = handle_not_allowed
+        else:
+            raise HTTPError(501, "Unknown method %s." % request.method)
+    return handler(request, config)
+
+
+# ---------------------------------------------------------------------------
+# 9. Uploads: temporary file in the target folder, atomic publish
+# ---------------------------------------------------------------------------
+
+def safe_upload_name(name, hidden=False):
+    """Reduce a client-given file name to a safe base name, or None."""
+    if name is None:
+        return None
+    name = name.replace("\\", "/").rsplit("/", 1)[-1].strip()
+    if not name or name in (".", "..") or re.search(r"[\x00-\x1f\x7f]", name):
+        return None
+    if IS_WINDOWS and re.search(r'[:*?"<>|]', name):
+        return None
+    if name.startswith(UPLOAD_TMP_PREFIX):
+        return None
+    if name.startswith(".") and not hidden:
+        return None
+    return name
+
+
+def write_error(exc):
+    """Map a write failure to an HTTPError: 507 for a full disk, else 500."""
+    if getattr(exc, "errno", None) in (errno.ENOSPC, getattr(errno, "EDQUOT", -1), errno.EFBIG):
+        return HTTPError(507, "Not enough space to store the upload.")
+    return HTTPError(500, "The upload could not be stored.")
+
+
+def remove_stale_temporaries(folder):
+    """Delete upload temporaries left by a server process that is gone."""
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return
+    for name in names:
+        if not name.startswith(UPLOAD_TMP_PREFIX):
+            continue
+        pid_text = name[len(UPLOAD_TMP_PREFIX):].split("-", 1)[0]
+        if not pid_text.isdigit():
+            continue
+        pid = int(pid_text)
+        if pid == os.getpid() or process_alive(pid):
+            continue
+        try:
+            os.unlink(os.path.join(folder, name))
+        except OSError:
+            pass
+
+
+def process_alive(pid):
+    """Whether a process with this id exists (conservatively True if unknown)."""
+    if IS_WINDOWS:
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
+class TempFile(object):
+    """An upload being written: a hidden temporary beside its target."""
+
+    def __init__(self, folder):
+        fd, self.path = tempfile.mkstemp(prefix="%s%d-" % (UPLOAD_TMP_PREFIX, os.getpid()),
+                                         dir=folder)
+        self.file = os.fdopen(fd, "wb")
+        self.size = 0
+
+    def write(self, data):
+        """Append data; raises HTTPError 507/500 when the disk refuses."""
+        try:
+            self.file.write(data)
+        except OSError as exc:
+            raise write_error(exc)
+        self.size += len(data)
+
+    def publish(self, target, overwrite):
+        """Give the complete file its name, atomically; 409 if taken."""
+        try:
+            self.file.flush()
+            os.fsync(self.file.fileno())
+            self.file.close()
+        except OSError as exc:
+            raise write_error(exc)
+        try:
+            if overwrite:
+                os.replace(self.path, target)
+            elif IS_WINDOWS:
+                os.rename(self.path, target)        # fails if the target exists
+            else:
+                try:
+                    os.link(self.path, target)      # atomic and never clobbers
+                except OSError as exc:
+                    if exc.errno in (errno.EEXIST,):
+                        raise
+                    if os.path.lexists(target):     # no hard links here (FAT, some FUSE)
+                        raise FileExistsError(errno.EEXIST, "exists")
+                    os.rename(self.path, target)
+                self.discard()
+        except FileExistsError:
+            raise HTTPError(409, "A file of that name exists.")
+        except IsADirectoryError:
+            raise HTTPError(409, "A folder of that name exists.")
+        except OSError as exc:
+            raise write_error(exc)
+        finally:
+            self.discard()
+
+    def discard(self):
+        """Close and delete the temporary (safe to call more than once)."""
+        try:
+            self.file.close()
+        except OSError:
+            pass
+        try:
+            os.unlink(self.path)
+        except OSError:
+            pass
+
+
+def check_upload_target(request, config, fs_path):
+    """Refuse a target early (before any body byte): 409 or 412."""
+    try:
+        st = os.stat(fs_path)
+    except FileNotFoundError:
+        st = None
+    except OSError:
+        raise HTTPError(409, "The target path is not usable.")
+    if st is not None and stat.S_ISDIR(st.st_mode):
+        raise HTTPError(409, "A folder of that name exists.")
+    if_none_match = request.get_header("if-none-match")
+    if st is not None and if_none_match is not None and "*" in parse_etags(if_none_match):
+        raise HTTPError(412, "The target exists (If-None-Match: *).")
+    if st is None:
+        if request.get_header("if-match") is not None:
+            raise HTTPError(412, "The target does not exist (If-Match).")
+        return
+    if check_conditions(request, make_etag(st), int(st.st_mtime)) == 412:
+        raise HTTPError(412, "A precondition failed.")
+    if not config.overwrite:
+        raise HTTPError(409, "A file of that name exists; the server was not "
+                             "started with --overwrite.")
+
+
+def make_folder(root, fs_folder):
+    """Create missing folders inside the root (PUT /new/sub/file)."""
+    try:
+        os.makedirs(fs_folder, exist_ok=True)
+    except FileExistsError:
+        raise HTTPError(409, "A file stands where a folder is needed.")
+    except OSError as exc:
+        if exc.errno == errno.ENOTDIR:
+            raise HTTPError(409, "A file stands where a folder is needed.")
+        raise write_error(exc)
+    if not is_inside(os.path.realpath(fs_folder), root):
+        raise HTTPError(404, "Not found.")
+
+
+class RawUpload(object):
+    """Sink for a PUT/POST body that becomes one file."""
+
+    def __init__(self, request, config, fs_path, url_path):
+        self.request = request
+        self.config = config
+        self.fs_path = fs_path
+        self.url_path = url_path
+        check_upload_target(request, config, fs_path)
+        folder = os.path.dirname(fs_path)
+        make_folder(config.root, folder)
+        remove_stale_temporaries(folder)
+        try:
+            self.temp = TempFile(folder)
+        except OSError as exc:
+            raise write_error(exc)
+        self.received = 0
+
+    def write(self, data):
+        """Store a piece of the body."""
+        self.received += len(data)
+        self.temp.write(data)
+
+    def finish(self):
+        """The body is complete: publish and answer 201."""
+        check_upload_target(self.request, self.config, self.fs_path)
+        self.temp.publish(self.fs_path, self.config.overwrite)
+        location = urllib.parse.quote(self.url_path)
+        response = text_response(201, "Created %s (%d bytes)\n" % (self.url_path, self.received),
+                                 headers=[("Location", location)])
+        return response
+
+    def abort(self):
+        """The upload failed: leave nothing behind."""
+        self.temp.discard()
+
+
+class FormUpload(object):
+    """Sink for a browser's multipart/form-data POST to a folder."""
+
+    def __init__(self, request, config, fs_folder, url_folder, boundary):
+        self.request = request
+        self.config = config
+        self.fs_folder = fs_folder
+        self.url_folder = url_folder
+        self.parser = MultipartParser(boundary)
+        self.received = 0
+        self.temp = None
+        self.name = None
+        self.saved = []
+        self.conflicts = []
+        make_folder(config.root, fs_folder)
+        remove_stale_temporaries(fs_folder)
+
+    def write(self, data):
+        """Feed body bytes through the multipart parser to temporary files."""
+        self.received += len(data)
+        for kind, value in self.parser.feed(data):
+            if kind == "part":
+                self.start_part(value)
+            elif kind == "data":
+                if self.temp is not None:
+                    self.temp.write(value)
+            elif self.temp is not None:
+                self.finish_part()
+
+    def start_part(self, headers):
+        """A new part: file parts get a temporary, other fields are ignored."""
+        _, params = parse_header_params(headers.get("content-disposition", ""))
+        if "filename" not in params:
+            return
+        name = safe_upload_name(params["filename"], self.config.hidden)
+        if name is None:
+            if params["filename"] == "":
+                return                          # an empty file input
+            raise HTTPError(400, "Unsafe file name %r." % params["filename"])
+        self.name = name
+        try:
+            self.temp = TempFile(self.fs_folder)
+        except OSError as exc:
+            raise write_error(exc)
+
+    def finish_part(self):
+        """A file part is complete: publish it under its name."""
+        temp, self.temp = self.temp, None
+        target = os.path.join(self.fs_folder, self.name)
+        if not self.config.overwrite and os.path.lexists(target):
+            temp.discard()
+            self.conflicts.append(self.name)
+            return
+        try:
+            temp.publish(target, self.config.overwrite)
+        except HTTPError as exc:
+            if exc.status != 409:
+                raise
+            self.conflicts.append(self.name)
+            return
+        self.saved.append({"name": self.name, "size": temp.size,
+                           "url": urllib.parse.quote(self.url_folder + self.name)})
+
+    def finish(self):
+        """The body is complete: 409, 303 back to the listing, or 201 JSON."""
+        if not self.parser.done:
+            raise HTTPError(400, "The multipart body ended early.")
+        if self.conflicts:
+            raise HTTPError(409, "Exists already: %s." % ", ".join(self.conflicts))
+        if not self.saved:
+            raise HTTPError(400, "The form held no file.")
+        if "application/json" in (self.request.get_header("accept") or ""):
+            return json_response(201, {"saved": self.saved})
+        location = urllib.parse.quote(self.url_folder)
+        body = html_page("303 See Other", '<p>Uploaded. <a href="%s">Back</a></p>'
+                         % html.escape(location))
+        return Response(303, [("Location", location),
+                              ("Content-Type", "text/html; charset=utf-8")], body)
+
+    def abort(self):
+        """The upload failed: remove the part in progress."""
+        if self.temp is not None:
+            self.temp.discard()
+            self.temp = None
+
+
+def start_upload(request, config, path):
+    """Check a write request before its body and return the sink for it."""
+    length = parse_body_framing(request)
+    if config.max_upload is not None and length is not None and length > config.max_upload:
+        raise HTTPError(413, "The upload is larger than %d bytes." % config.max_upload)
+    fs_path = resolve_path(config.root, path, config.hidden, config.follow_symlinks)
+    ctype, params = parse_header_params(request.get_header("content-type") or "")
+    url_path = config.prefix + path
+    if path.endswith("/") or os.path.isdir(fs_path):
+        if request.method != "POST" or ctype != "multipart/form-data":
+            raise HTTPError(400 if request.method == "POST" else 405,
+                            "Send a file to a file URL, or a form to a folder.")
+        if "boundary" not in params:
+            raise HTTPError(400, "multipart/form-data without a boundary.")
+        if not path.endswith("/"):
+            url_path += "/"
+        return FormUpload(request, config, fs_path, url_path,
+                          params["boundary"].encode("latin-1"))
+    return RawUpload(request, config, fs_path, url_path)
+
+
+# ---------------------------------------------------------------------------
+# 10. Connection: the per-client state machine
+# ---------------------------------------------------------------------------
+
+READING_HEAD = "reading-head"     # waiting for (more of) a request head
+READING_BODY = "reading-body"     # streaming a request body into an upload sink
+WRITING = "writing"               # sending a response
+CLOSING = "closing"               # our side is shut; draining input, then close
+CLOSED = "closed"
+
+
+class Connection(object):
+    """One client: buffers, the current request and response, a deadline.
+
+    The loop calls on_readable/on_writable; advance() runs the state
+    machine until it needs the socket again.  Every state sets the
+    deadline the loop checks with on_deadline().
+    """
+
+    def __init__(self, server, sock, addr):
+        self.server = server
+        self.config = server.config
+        self.sock = sock
+        self.client = format_client(addr)
+        self.state = READING_HEAD
+        self.events = 0
+        self.inbuf = bytearray()
+        self.out = bytearray()
+        self.parts = collections.deque()
+        self.peer_eof = False
+        self.request = None
+        self.response = None
+        self.sink = None
+        self.decoder = None
+        self.body_left = 0
+        self.chunked_out = False
+        self.close_after = False
+        self.sent = 0                 # bytes of the current response sent
+        self.head_bytes = 0
+        self.use_sendfile = HAS_SENDFILE
+        self.deadline = 0.0
+        self.set_deadline(self.config.idle_timeout)
+
+    # -- plumbing ---------------------------------------------------------
+
+    def set_deadline(self, seconds):
+        """Arm the one deadline this connection has."""
+        self.deadline = time.monotonic() + seconds
+        self.server.note_deadline(self.deadline)
+
+    def wanted_events(self):
+        """The selector events the current state waits for."""
+        if self.state == WRITING:
+            return WRITE_EVENTS
+        if self.state == READING_BODY and self.out:
+            return READ_EVENTS | WRITE_EVENTS
+        return READ_EVENTS
+
+    def on_readable(self):
+        """Read what the socket has and run the state machine."""
+        try:
+            data = self.sock.recv(RECV_BYTES)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self.abort("connection reset")
+            return
+        if self.state == CLOSING:
+            if not data:
+                self.close()
+            return
+        if not data:
+            self.peer_eof = True
+        else:
+            self.inbuf += data
+        self.advance()
+
+    def on_writable(self):
+        """Send what is pending and run the state machine."""
+        self.advance()
+
+    def on_deadline(self, now):
+        """The deadline passed: 408 for a slow head or body, else just close."""
+        if now < self.deadline or self.state == CLOSED:
+            return
+        if self.state == READING_HEAD and self.inbuf.strip():
+            self.fail(HTTPError(408, "The request head took too long."))
+        elif self.state == READING_BODY:
+            self.fail(HTTPError(408, "The request body stalled."))
+        elif self.state == WRITING:
+            self.abort("client stopped reading")
+        else:
+            self.close()
+
+    # -- the state machine ------------------------------------------------
+
+    def advance(self):
+        """Run states until one needs I/O; then tell the selector what we wait for."""
+        try:
+            while True:
+                state = self.state
+                if state == READING_HEAD:
+                    progressed = self.read_head()
+                elif state == READING_BODY:
+                    progressed = self.read_body()
+                elif state == WRITING:
+                    progressed = self.write_response()
+                else:
+                    break
+                if not progressed:
+                    break
+        except (BrokenPipeError, ConnectionResetError, ConnectionAbortedError) as exc:
+            self.abort("client went away (%s)" % exc.__class__.__name__)
+        except OSError as exc:
+            self.abort("I/O error: %s" % exc)
+        if self.state not in (CLOSED,):
+            self.server.update_events(self)
+
+    def read_head(self):
+        """READING_HEAD: parse a head when one is complete.  Returns progress."""
+        try:
+            result = parse_request_head(self.inbuf)
+        except HTTPError as exc:
+            self.fail(exc)
+            return False
+        if result is None:
+            if self.peer_eof:
+                if bytes(self.inbuf).strip():
+                    self.fail(HTTPError(400, "The request head ended early."))
+                else:
+                    self.close()
+                return False
+            if self.inbuf and self.request is None and not getattr(self, "_head_timer", False):
+                self._head_timer = True
+                self.set_deadline(self.config.request_timeout)
+            return False
+        request, consumed = result
+        del self.inbuf[:consumed]
+        self._head_timer = False
+        request.client = self.client
+        self.request = request
+        self.begin_request(request)
+        return True
+
+    def begin_request(self, request):
+        """Dispatch a parsed request: straight to a response, or read a body."""
+        try:
+            length = parse_body_framing(request)
+            result = dispatch(request, self.config)
+        except HTTPError as exc:
+            self.respond(error_response(exc, request, self.config))
+            self.close_after = self.close_after or exc.status in (400, 408, 413, 414, 431, 501,
+                                                                  505)
+            if parse_body_framing_safe(request) != 0:
+                self.close_after = True        # the body was not read
+            return
+        except Exception as exc:  # a bug must cost one request, not the server
+            self.server.log_error("error handling %s: %r" % (request.request_line(), exc))
+            self.respond(error_response(HTTPError(500, "Internal error."), request,
+                                        self.config))
+            self.close_after = True
+            return
+        if isinstance(result, Response):
+            if length != 0:
+                self.close_after = True        # a body nobody asked for stays unread
+            self.respond(result)
+            return
+        self.sink = result
+        self.decoder = ChunkedDecoder() if length is None else None
+        self.body_left = length or 0
+        self.body_received = 0
+        self.state = READING_BODY
+        self.set_deadline(self.config.request_timeout)
+        if "100-continue" in request.header_tokens("expect") and request.version == "HTTP/1.1":
+            self.out += b"HTTP/1.1 100 Continue\r\n\r\n"
+
+    def read_body(self):
+        """READING_BODY: pass buffered body bytes to the sink.  Returns progress."""
+        if self.out:                       # a pending 100 Continue
+            self.send_out()
+        if not self.inbuf and not self.peer_eof:
+            return False
+        try:
+            if self.decoder is not None:
+                payload = self.decoder.feed(bytes(self.inbuf))
+                self.inbuf = bytearray()
+                done = self.decoder.done
+                if done:
+                    self.inbuf += self.decoder.unused
+            else:
+                take = min(self.body_left, len(self.inbuf))
+                payload = bytes(self.inbuf[:take])
+                del self.inbuf[:take]
+                self.body_left -= take
+                done = self.body_left == 0
+            if payload:
+                self.body_received += len(payload)
+                limit = self.config.max_upload
+                if limit is not None and self.body_received > limit:
+                    raise HTTPError(413, "The upload is larger than %d bytes." % limit)
+                self.sink.write(payload)
+                self.set_deadline(self.config.request_timeout)
+            if done:
+                sink, self.sink = self.sink, None
+                response = sink.finish()
+                response.log_extra = " upload=%d" % self.body_received
+                self.respond(response)
+                return True
+        except HTTPError as exc:
+            self.fail(exc)
+            return False
+        except Exception as exc:
+            self.server.log_error("error storing upload: %r" % (exc,))
+            self.fail(HTTPError(500, "The upload could not be stored."))
+            return False
+        if self.peer_eof:
+            self.abort("client went away during the body")
+        return False
+
+    def respond(self, response):
+        """Queue a response's head and body, and switch to WRITING."""
+        request = self.request
+        if self.sink is not None:
+            self.sink.abort()
+            self.sink = None
+        self.response = response
+        if self.server.stopping or self.peer_eof or (request is not None and not request.keep_alive):
+            self.close_after = True
+        if response.close:
+            self.close_after = True
+        version = "HTTP/1.1"
+        headers = [("Date", self.server.http_date()), ("Server", SERVER_NAME)]
+        headers += response.headers
+        headers.append(("X-Content-Type-Options", "nosniff"))
+        bodyless = (response.status in (204, 304) or response.status < 200)
+        length = response.body_length()
+        self.chunked_out = False
+        if bodyless:
+            response.body = []
+        elif length is not None:
+            headers.append(("Content-Length", str(length)))
+        elif request is not None and request.version == "HTTP/1.1":
+            headers.append(("Transfer-Encoding", "chunked"))
+            self.chunked_out = True
+        else:
+            self.close_after = True           # HTTP/1.0: the close ends the body
+        if self.close_after:
+            headers.append(("Connection", "close"))
+        elif request is not None and request.version == "HTTP/1.0":
+            headers.append(("Connection", "keep-alive"))
+        head = format_response_head(version, response.status, headers)
+        self.out += head
+        self.head_bytes = len(head)
+        self.sent = 0
+        self.parts = collections.deque()
+        if request is not None and request.method == "HEAD":
+            self.chunked_out = False
+            response.close_files()
+        else:
+            self.parts.extend(response.body)
+            if self.chunked_out:
+                self.parts.append(_CHUNKED_END)
+        self.state = WRITING
+        self.set_deadline(WRITE_STALL_S)
+
+    def fail(self, error):
+        """Answer an error and close the connection afterwards."""
+        if self.sink is not None:
+            self.sink.abort()
+            self.sink = None
+        self.close_after = True
+        if self.state == WRITING and self.sent:
+            self.abort("error after the response began: %s" % error.message)
+            return
+        self.out = bytearray()
+        request = self.request
+        self.respond(error_response(error, request or _PSEUDO_REQUEST, self.config))
+        self.close_after = True
+        if self.response.headers and ("Connection", "close") not in self.response.headers:
+            pass
+        self.server.update_events(self)
+
+    def send_out(self):
+        """Send from the output buffer.  Returns True when it is empty."""
+        try:
+            n = self.sock.send(self.out)
+        except (BlockingIOError, InterruptedError):
+            return False
+        del self.out[:n]
+        self.sent += n
+        if n:
+            self.set_deadline(WRITE_STALL_S if self.state == WRITING
+                              else self.config.request_timeout)
+        return not self.out
+
+    def write_response(self):
+        """WRITING: move body parts to the socket.  Returns progress."""
+        while True:
+            if self.out:
+                if not self.send_out():
+                    return False
+                continue
+            if not self.parts:
+                break
+            part = self.parts[0]
+            if part is _CHUNKED_END:
+                self.parts.popleft()
+                self.out += b"0\r\n\r\n"
+            elif isinstance(part, bytes):
+                self.parts.popleft()
+                self.queue_payload(part)
+            elif isinstance(part, FileRegion):
+                if part.length <= 0:
+                    self.parts.popleft()
+                elif self.use_sendfile and not self.chunked_out and part.length > SMALL_FILE_BYTES:
+                    if not self.sendfile(part):
+                        return False
+                else:
+                    part.file.seek(part.offset)
+                    data = part.file.read(min(part.length, FILE_CHUNK_BYTES))
+                    if not data:
+                        raise OSError("file shrank while being sent")
+                    part.offset += len(data)
+                    part.length -= len(data)
+                    self.queue_payload(data)
+            else:
+                data = next(part, None)
+                if data is None:
+                    self.parts.popleft()
+                else:
+                    self.queue_payload(data)
+        self.finish_response()
+        return self.state != CLOSED
+
+    def queue_payload(self, data):
+        """Add body bytes to the output buffer, framed when chunked."""
+        if not data:
+            return                           # an empty chunk would end the body
+        if self.chunked_out:
+            self.out += b"%x\r\n" % len(data)
+            self.out += data
+            self.out += b"\r\n"
+        else:
+            self.out += data
+
+    def sendfile(self, part):
+        """Send a file region with os.sendfile.  Returns False when blocked."""
+        try:
+            n = os.sendfile(self.sock.fileno(), part.file.fileno(), part.offset,
+                            min(part.length, FILE_CHUNK_BYTES))
+        except (BlockingIOError, InterruptedError):
+            return False
+        except OSError as exc:
+            if exc.errno in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP,
+                             getattr(errno, "EOPNOTSUPP", errno.ENOTSUP), errno.ENOTSOCK):
+                self.use_sendfile = False     # this file or socket can't: read instead
+                return True
+            raise
+        if n == 0:
+            raise OSError("file shrank while being sent")
+        part.offset += n
+        part.length -= n
+        self.sent += n
+        self.set_deadline(WRITE_STALL_S)
+        return True
+
+    def finish_response(self):
+        """The response is out: log it, then keep the connection or close it."""
+        self.log_response()
+        if self.response is not None:
+            self.response.close_files()
+        self.response = None
+        self.request = None
+        self.parts = collections.deque()
+        if self.close_after:
+            self.start_closing()
+            return
+        self.state = READING_HEAD
+        self._head_timer = False
+        if self.inbuf:
+            self._head_timer = True
+            self.set_deadline(self.config.request_timeout)
+        else:
+            self.set_deadline(self.config.idle_timeout)
+
+    def log_response(self):
+        """One Common Log Format line for the response just sent (or cut)."""
+        if self.config.quiet or self.response is None:
+            return
+        request = self.request
+        line = request.request_line() if request is not None else "-"
+        body_bytes = max(0, self.sent - self.head_bytes)
+        extra = self.response.log_extra
+        self.server.log('%s - - [%s] "%s" %d %d%s' % (
+            self.client.rsplit(":", 1)[0].strip("[]"), format_log_date(time.time()),
+            line.replace('"', '\\"'), self.response.status, body_bytes, extra))
+
+    def start_closing(self):
+        """Shut our side so the client sees the end, then drain its input briefly."""
+        if self.peer_eof:
+            self.close()
+            return
+        try:
+            self.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            self.close()
+            return
+        self.state = CLOSING
+        self.set_deadline(LINGER_S)
+
+    def abort(self, why):
+        """Drop the connection at once (the client is gone or stuck)."""
+        if self.sink is not None:
+            self.sink.abort()
+            self.sink = None
+        if self.response is not None and self.state == WRITING:
+            if self.response.log_extra == "":
+                self.response.log_extra = " (cut: %s)" % why
+            self.log_response()
+        self.close()
+
+    def close(self):
+        """Release the socket and any open files."""
+        if self.state == CLOSED:
+            return
+        if self.sink is not None:
+            self.sink.abort()
+            self.sink = None
+        if self.response is not None:
+            self.response.close_files()
+            self.response = None
+        self.state = CLOSED
+        self.server.forget(self)
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+
+_CHUNKED_END = object()             # marks where the last chunk goes
+_PSEUDO_REQUEST = Request("GET", "/", "HTTP/1.1", [])
+
+
+def parse_body_framing_safe(request):
+    """parse_body_framing that answers 1 (some body) instead of raising."""
+    try:
+        return parse_body_framing(request)
+    except HTTPError:
+        return 1
+
+
+def format_client(addr):
+    """host:port of a peer, with IPv4-mapped IPv6 shown as IPv4."""
+    if isinstance(addr, tuple) and len(addr) >= 2:
+        host = addr[0]
+        if host.startswith("::ffff:") and "." in host:
+            host = host[len("::ffff:"):]
+        if ":" in host:
+            return "[%s]:%d" % (host, addr[1])
+        return "%s:%d" % (host, addr[1])
+    return str(addr or "-")
+
+
+# ---------------------------------------------------------------------------
+# 11. Server and loop: listeners, one selector, deadlines, signals
+# ---------------------------------------------------------------------------
+
+class Server(object):
+    """The event loop: accepts clients and drives their connections."""
+
+    def __init__(self, config, listener, log_stream=None):
+        self.config = config
+        self.listener = listener
+        self.selector = selectors.DefaultSelector()
+        self.connections = set()
+        self.stopping = False
+        self.stop_deadline = None
+        self.next_sweep = time.monotonic() + 1.0
+        self.log_stream = log_stream or sys.stderr
+        self._date_cache = (0, "")
+        listener.setblocking(False)
+        self.selector.register(listener, READ_EVENTS, None)
+        self.wakeup = None
+
+    # -- helpers for connections ----------------------------------------
+
+    def http_date(self):
+        """The Date header value, formatted once per second."""
+        now = int(time.time())
+        if self._date_cache[0] != now:
+            self._date_cache = (now, format_http_date(now))
+        return self._date_cache[1]
+
+    def note_deadline(self, deadline):
+        """Make sure the loop wakes up by this deadline."""
+        if deadline < self.next_sweep:
+            self.next_sweep = deadline
+
+    def update_events(self, conn):
+        """Tell the selector what this connection waits for now."""
+        if conn.state == CLOSED:
+            return
+        wanted = conn.wanted_events()
+        if wanted != conn.events:
+            self.selector.modify(conn.sock, wanted, conn)
+            conn.events = wanted
+
+    def forget(self, conn):
+        """Remove a closed connection from the loop."""
+        if conn in self.connections:
+            self.connections.discard(conn)
+            try:
+                self.selector.unregister(conn.sock)
+            except (KeyError, ValueError, OSError):
+                pass
+
+    def log(self, line):
+        """Write one access-log line."""
+        try:
+            self.log_stream.write(line + "\n")
+            self.log_stream.flush()
+        except (OSError, ValueError):
+            pass
+
+    def log_error(self, line):
+        """Write one error line (even when quiet)."""
+        try:
+            self.log_stream.write("minihttpd: " + line + "\n")
+            self.log_stream.flush()
+        except (OSError, ValueError):
+            pass
+
+    # -- the loop -------------------------------------------------------
+
+    def accept(self):
+        """Accept waiting clients (a few per turn, to stay fair)."""
+        for _ in range(ACCEPTS_PER_EVENT):
+            try:
+                sock, addr = self.listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    self.log_error("cannot accept: %s" % exc.strerror)
+                return
+            sock.setblocking(False)
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
+            conn = Connection(self, sock, addr)
+            self.connections.add(conn)
+            conn.events = READ_EVENTS
+            self.selector.register(sock, READ_EVENTS, conn)
+
+    def sweep(self, now):
+        """Fire the deadlines that passed; note when the next one is due."""
+        self.next_sweep = now + 1.0
+        for conn in list(self.connections):
+            if conn.deadline <= now:
+                conn.on_deadline(now)
+            if conn.state != CLOSED and conn.deadline < self.next_sweep:
+                self.next_sweep = conn.deadline
+
+    def request_stop(self):
+        """Stop accepting; let responses in flight finish for a while."""
+        if self.stopping:
+            return
+        self.stopping = True
+        self.stop_deadline = time.monotonic() + SHUTDOWN_GRACE_S
+        try:
+            self.selector.unregister(self.listener)
+        except (KeyError, ValueError):
+            pass
+        self.listener.close()
+        for conn in list(self.connections):
+            if conn.state == READING_HEAD and not conn.inbuf and conn.request is None:
+                conn.close()
+            elif conn.state == CLOSING:
+                conn.close()
+
+    def serve(self, should_stop):
+        """Run until should_stop() turns true and the connections are done."""
+        while True:
+            if should_stop() and not self.stopping:
+                self.request_stop()
+            if self.stopping:
+                if not self.connections or time.monotonic() >= self.stop_deadline:
+                    break
+            timeout = max(0.0, min(self.next_sweep - time.monotonic(), 0.5))
+            for key, mask in self.selector.select(timeout):
+                conn = key.data
+                if conn is None:
+                    if key.fileobj is self.listener:
+                        self.accept()
+                    else:
+                        drain_wakeup(key.fileobj)
+                    continue
+                try:
+                    if mask & READ_EVENTS and conn.state != CLOSED:
+                        conn.on_readable()
+                    if mask & WRITE_EVENTS and conn.state != CLOSED:
+                        conn.on_writable()
+                except Exception as exc:  # one connection's bug never stops the loop
+                    self.log_error("closing %s after an internal error: %r"
+                                   % (conn.client, exc))
+                    conn.close()
+            now = time.monotonic()
+            if now >= self.next_sweep:
+                self.sweep(now)
+        for conn in list(self.connections):
+            conn.abort("server stopping")
+        self.selector.close()
+
+
+def drain_wakeup(sock):
+    """Empty the signal wake-up socket."""
+    try:
+        while sock.recv(512):
+            pass
+    except OSError:
+        pass
+
+
+# ---------------------------------------------------------------------------
+# 12. Command line
+# ---------------------------------------------------------------------------
+
+def port_number(text):
+    """argparse type: a TCP port, 0 to 65535."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("not a port number: %r" % text)
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError("port out of range 0-65535: %d" % port)
+    return port
+
+
+def positive_seconds(text):
+    """argparse type: a positive number of seconds."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("not a number of seconds: %r" % text)
+    if not value > 0 or value != value or value == float("inf"):
+        raise argparse.ArgumentTypeError("must be more than 0 seconds: %r" % text)
+    return value
+
+
+def size_argument(text):
+    """argparse type: a size like 500K or 2G."""
+    try:
+        return parse_size(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            "not a size: %r (use bytes, or a K, M, G or T suffix)" % text)
+
+
+def route_prefix(text):
+    """argparse type: a route prefix like /files."""
+    prefix = "/" + text.strip("/")
+    if prefix == "/" or "//" in prefix or any(s in (".", "..") for s in prefix.split("/")):
+        raise argparse.ArgumentTypeError("not a usable route prefix: %r" % text)
+    return prefix
+
+
+def build_arg_parser():
+    """The command-line interface."""
+    parser = argparse.ArgumentParser(
+        prog="minihttpd",
+        description="Serve a folder over HTTP/1.1: keep-alive, ranges, listings, "
+                    "gzip and (with -u) uploads. One file, standard library only.",
+        epilog="Made for trusted networks: anyone who can reach the port can read "
+               "the folder (and write to it with -u).")
+    parser.add_argument("-d", "--directory", default=".", metavar="DIR",
+                        help="folder to serve (default: the current folder)")
+    parser.add_argument("-p", "--port", type=port_number, default=None, metavar="PORT",
+                        help="port to listen on (default %d, falling back to %d, then any "
+                             "free port; 0 picks a free port)" % (DEFAULT_PORT, FALLBACK_PORT))
+    parser.add_argument("-b", "--bind", default=None, metavar="ADDR",
+                        help="address to listen on (default: all interfaces, IPv6 and IPv4)")
+    parser.add_argument("--no-listing", action="store_true",
+                        help="answer 403 for folders without index.html instead of listing them")
+    parser.add_argument("--hidden", action="store_true",
+                        help="serve and list dotfiles (hidden by default: 404, unlisted)")
+    parser.add_argument("--follow-symlinks", action="store_true",
+                        help="serve symlinks that point outside the folder (404 by default)")
+    parser.add_argument("-u", "--upload", action="store_true",
+                        help="accept uploads: PUT/POST to a file URL, or a browser form "
+                             "posted to a folder")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="let uploads replace existing files (atomically; 409 otherwise)")
+    parser.add_argument("--max-upload", type=size_argument, default=None, metavar="SIZE",
+                        help="largest upload accepted, in bytes or with K, M, G suffix "
+                             "(binary: 2G = 2*2^30); larger ones get 413")
+    parser.add_argument("--echo", action="store_true",
+                        help="turn on the diagnostic endpoints GET /echo/TEXT, "
+                             "/user-agent and /request")
+    parser.add_argument("--route-prefix", type=route_prefix, default=None, metavar="/PREFIX",
+                        help="serve the folder under /PREFIX/ instead of /")
+    parser.add_argument("--no-gzip", action="store_true",
+                        help="never compress responses")
+    parser.add_argument("--idle-timeout", type=positive_seconds, default=IDLE_TIMEOUT_S,
+                        metavar="SECONDS",
+                        help="close keep-alive connections idle this long (default %g)"
+                             % IDLE_TIMEOUT_S)
+    parser.add_argument("--request-timeout", type=positive_seconds, default=REQUEST_TIMEOUT_S,
+                        metavar="SECONDS",
+                        help="408 when a request head takes longer, or an upload pauses "
+                             "longer (default %g)" % REQUEST_TIMEOUT_S)
+    parser.add_argument("-q", "--quiet", action="store_true",
+                        help="no access log on stderr")
+    parser.add_argument("--version", action="version", version="minihttpd " + __version__)
+    return parser
+
+
+class PortInUse(Exception):
+    """The port asked for is taken."""
+
+
+def open_listener(bind, port):
+    """Create, bind and listen; raises PortInUse or OSError."""
+    if bind is None:
+        candidates = []
+        if socket.has_ipv6:
+            candidates.append((socket.AF_INET6, ("::", port), True))
+        candidates.append((socket.AF_INET, ("0.0.0.0", port), False))
+    else:
+        infos = socket.getaddrinfo(bind, port, 0, socket.SOCK_STREAM, 0, socket.AI_PASSIVE)
+        candidates = [(family, addr, False) for family, _, _, _, addr in infos[:1]]
+    last_error = None
+    for family, addr, dual in candidates:
+        try:
+            sock = socket.socket(family, socket.SOCK_STREAM)
+        except OSError as exc:
+            last_error = exc
+            continue
+        try:
+            if IS_WINDOWS:
+                if hasattr(socket, "SO_EXCLUSIVEADDRUSE"):
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_EXCLUSIVEADDRUSE, 1)
+            else:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6 and dual:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            sock.bind(addr)
+            sock.listen(LISTEN_BACKLOG)
+            return sock
+        except OSError as exc:
+            sock.close()
+            if exc.errno == errno.EADDRINUSE or getattr(exc, "winerror", None) == 10048:
+                raise PortInUse(port)
+            last_error = exc
+    raise last_error or OSError("no address to listen on")
+
+
+def lan_addresses():
+    """IPv4 addresses of this machine other than loopback, best effort, no traffic."""
+    found = []
+    try:
+        infos = socket.getaddrinfo(socket.gethostname(), None, socket.AF_INET)
+    except OSError:
+        infos = []
+    for info in infos:
+        addr = info[4][0]
+        if not addr.startswith("127.") and addr not in found:
+            found.append(addr)
+    return found
+
+
+def url_host(host):
+    """A host for a URL: IPv6 addresses in brackets."""
+    return "[%s]" % host if ":" in host else host
+
+
+def main(argv=None):
+    """Parse arguments, open the listener, serve until stopped.  Returns the exit code."""
+    parser = build_arg_parser()
+    args = parser.parse_args(argv)
+    root = os.path.abspath(args.directory)
+    if not os.path.exists(root):
+        parser.error("directory not found: %s" % args.directory)
+    if not os.path.isdir(root):
+        parser.error("not a directory: %s" % args.directory)
+    if args.overwrite and not args.upload:
+        parser.error("--overwrite needs -u/--upload")
+    config = Config(root=os.path.realpath(root), listing=not args.no_listing,
+                    hidden=args.hidden, follow_symlinks=args.follow_symlinks,
+                    quiet=args.quiet, upload=args.upload, overwrite=args.overwrite,
+                    max_upload=args.max_upload, echo=args.echo, prefix=args.route_prefix or "",
+                    gzip=not args.no_gzip, idle_timeout=args.idle_timeout,
+                    request_timeout=args.request_timeout)
+
+    ports = [args.port] if args.port is not None else [DEFAULT_PORT, FALLBACK_PORT, 0]
+    listener = None
+    for i, port in enumerate(ports):
+        try:
+            listener = open_listener(args.bind, port)
+            break
+        except PortInUse:
+            if args.port is not None:
+                sys.stderr.write("minihttpd: port %d is already in use\n" % port)
+                return 1
+            sys.stderr.write("minihttpd: port %d is in use, trying %s\n"
+                             % (port, ports[i + 1] or "any free port"))
+        except (OSError, UnicodeError) as exc:
+            sys.stderr.write("minihttpd: cannot listen on %s port %d: %s\n"
+                             % (args.bind or "all interfaces", port,
+                                getattr(exc, "strerror", None) or exc))
+            return 1
+    host, port = listener.getsockname()[:2]
+    shown = host
+    sys.stdout.write("Serving %s on http://%s:%d%s/\n"
+                     % (root, url_host(shown), port, config.prefix))
+    if host in ("::", "0.0.0.0"):
+        sys.stdout.write("  on this machine: http://127.0.0.1:%d%s/\n" % (port, config.prefix))
+        for addr in lan_addresses():
+            sys.stdout.write("  on the network:  http://%s:%d%s/\n" % (addr, port, config.prefix))
+    sys.stdout.flush()
+
+    server = Server(config, listener)
+    stop = {"requested": 0}
+
+    def on_signal(signum, frame):
+        stop["requested"] += 1
+        if stop["requested"] > 1 and signum == signal.SIGINT:
+            os._exit(130)                   # a second Ctrl+C: leave now
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    install_wakeup(server)
+    try:
+        server.serve(lambda: stop["requested"] > 0)
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+def install_wakeup(server):
+    """Wake the selector at once when a signal arrives (best effort)."""
+    try:
+        reader, writer = socket.socketpair()
+        reader.setblocking(False)
+        writer.setblocking(False)
+        signal.set_wakeup_fd(writer.fileno())
+    except (AttributeError, OSError, ValueError):
+        return
+    server.wakeup = (reader, writer)
+    server.selector.register(reader, READ_EVENTS, None)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
