@@ -83,6 +83,7 @@ GZIP_LEVEL = 6
 UPLOAD_TMP_PREFIX = ".minihttpd-upload-"
 UPLOAD_WRITE_BYTES = 1024 * 1024       # a body is written through in pieces this large
 
+CLOSING_STATUSES = frozenset([400, 408, 413, 414, 431, 501, 505])  # framing can't be trusted
 READ_EVENTS = selectors.EVENT_READ
 WRITE_EVENTS = selectors.EVENT_WRITE
 
@@ -1702,6 +1703,7 @@ class Connection(object):
         self.sent = 0                 # bytes of the current response sent
         self.head_bytes = 0
         self.use_sendfile = HAS_SENDFILE
+        self.head_timer = False       # the request-timeout clock runs for this head
         self.deadline = 0.0
         self.set_deadline(self.config.idle_timeout)
 
@@ -1794,13 +1796,13 @@ class Connection(object):
                 else:
                     self.close()
                 return False
-            if self.inbuf and self.request is None and not getattr(self, "_head_timer", False):
-                self._head_timer = True
+            if self.inbuf and not self.head_timer:
+                self.head_timer = True
                 self.set_deadline(self.config.request_timeout)
             return False
         request, consumed = result
         del self.inbuf[:consumed]
-        self._head_timer = False
+        self.head_timer = False
         request.client = self.client
         self.request = request
         self.begin_request(request)
@@ -1812,17 +1814,18 @@ class Connection(object):
             length = parse_body_framing(request)
             result = dispatch(request, self.config)
         except HTTPError as exc:
-            self.respond(error_response(exc, request, self.config))
-            self.close_after = self.close_after or exc.status in (400, 408, 413, 414, 431, 501,
-                                                                  505)
-            if parse_body_framing_safe(request) != 0:
-                self.close_after = True        # the body was not read
+            response = error_response(exc, request, self.config)
+            # A body we did not read, or a framing we could not trust, ends
+            # the connection: its bytes must not be taken for a next request.
+            response.close = exc.status in CLOSING_STATUSES or \
+                parse_body_framing_safe(request) != 0
+            self.respond(response)
             return
         except Exception as exc:  # a bug must cost one request, not the server
             self.server.log_error("error handling %s: %r" % (request.request_line(), exc))
-            self.respond(error_response(HTTPError(500, "Internal error."), request,
-                                        self.config))
-            self.close_after = True
+            response = error_response(HTTPError(500, "Internal error."), request, self.config)
+            response.close = True
+            self.respond(response)
             return
         if isinstance(result, Response):
             if length != 0:
@@ -1865,8 +1868,8 @@ class Connection(object):
                 self.sink.write(payload)
                 self.set_deadline(self.config.request_timeout)
             if done:
-                sink, self.sink = self.sink, None
-                response = sink.finish()
+                response = self.sink.finish()
+                self.sink = None
                 response.log_extra = " upload=%d" % self.body_received
                 self.respond(response)
                 return True
@@ -1888,8 +1891,10 @@ class Connection(object):
             self.sink.abort()
             self.sink = None
         self.response = response
-        if self.server.stopping or self.peer_eof or (request is not None and not request.keep_alive):
+        if self.server.stopping or (request is not None and not request.keep_alive):
             self.close_after = True
+        if self.peer_eof and not bytes(self.inbuf).strip():
+            self.close_after = True           # half-closed and nothing more to answer
         if response.close:
             self.close_after = True
         version = "HTTP/1.1"
@@ -1938,10 +1943,9 @@ class Connection(object):
             return
         self.out = bytearray()
         request = self.request
-        self.respond(error_response(error, request or _PSEUDO_REQUEST, self.config))
-        self.close_after = True
-        if self.response.headers and ("Connection", "close") not in self.response.headers:
-            pass
+        response = error_response(error, request or _PSEUDO_REQUEST, self.config)
+        response.close = True
+        self.respond(response)
         self.server.update_events(self)
 
     def send_out(self):
@@ -2036,13 +2040,13 @@ class Connection(object):
         self.response = None
         self.request = None
         self.parts = collections.deque()
-        if self.close_after:
+        if self.close_after or self.server.stopping:
             self.start_closing()
             return
         self.state = READING_HEAD
-        self._head_timer = False
+        self.head_timer = False
         if self.inbuf:
-            self._head_timer = True
+            self.head_timer = True
             self.set_deadline(self.config.request_timeout)
         else:
             self.set_deadline(self.config.idle_timeout)
@@ -2475,8 +2479,10 @@ def main(argv=None):
             return 1
     host, port = listener.getsockname()[:2]
     shown = host
-    sys.stdout.write("Serving %s on http://%s:%d%s/\n"
-                     % (root, url_host(shown), port, config.prefix))
+    # The first line is a contract: scripts and tests read the port from it.
+    sys.stdout.write("Serving %s on http://%s:%d/\n" % (root, url_host(shown), port))
+    if config.prefix:
+        sys.stdout.write("  the folder is under %s/\n" % config.prefix)
     if host in ("::", "0.0.0.0"):
         sys.stdout.write("  on this machine: http://127.0.0.1:%d%s/\n" % (port, config.prefix))
         for addr in lan_addresses():
