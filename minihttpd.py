@@ -76,6 +76,7 @@ LISTEN_BACKLOG = 1024                  # socketserver's 5 drops SYNs under load
 RECV_BYTES = 256 * 1024
 FILE_CHUNK_BYTES = 256 * 1024          # read/sendfile step: bounded memory per client
 SMALL_FILE_BYTES = 64 * 1024           # read whole and send with the head: one syscall
+SEND_BUFFER_BYTES = 256 * 1024         # fill the output buffer up to this before a send
 ACCEPTS_PER_EVENT = 64
 GZIP_MIN_BYTES = 1024                  # below this gzip's header outweighs the savings
 GZIP_IN_MEMORY_BYTES = 256 * 1024      # larger bodies are compressed as they are sent
@@ -994,15 +995,20 @@ def render_listing(url_path, entries, sort, order, at_top, upload):
     if not at_top:
         rows.append('<tr><td><a href="../">../</a></td><td class="size">-</td>'
                     '<td class="time"></td></tr>')
+    minutes = {}                        # strftime is slow; many files share a minute
     for e in entries:
         is_dir = e["type"] == "dir"
-        shown = e["name"] + ("/" if is_dir else "")
-        href = urllib.parse.quote(e["name"]) + ("/" if is_dir else "")
-        size = "-" if is_dir else format_size(e["size"])
-        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(e["mtime"]))
-        rows.append('<tr><td><a href="%s">%s</a></td><td class="size" title="%d">%s</td>'
+        slash = "/" if is_dir else ""
+        minute = e["mtime"] // 60
+        when = minutes.get(minute)
+        if when is None:
+            when = minutes[minute] = time.strftime("%Y-%m-%d %H:%M",
+                                                   time.localtime(e["mtime"]))
+        rows.append('<tr><td><a href="%s%s">%s%s</a></td><td class="size" title="%d">%s</td>'
                     '<td class="time">%s</td></tr>'
-                    % (html.escape(href), html.escape(shown), e["size"], size, when))
+                    % (html.escape(urllib.parse.quote(e["name"])), slash,
+                       html.escape(e["name"]), slash, e["size"],
+                       "-" if is_dir else format_size(e["size"]), when))
     headings = []
     for key, label, css in (("name", "Name", ""), ("size", "Size", ' class="size"'),
                             ("time", "Modified", "")):
@@ -1964,41 +1970,54 @@ class Connection(object):
     def write_response(self):
         """WRITING: move body parts to the socket.  Returns progress."""
         while True:
+            # Fill the buffer first, so a head and a small body leave in one
+            # send (with TCP_NODELAY, two sends would cost two packets).
+            while self.parts and len(self.out) < SEND_BUFFER_BYTES:
+                if not self.fill_from(self.parts[0]):
+                    break
             if self.out:
                 if not self.send_out():
                     return False
                 continue
             if not self.parts:
                 break
-            part = self.parts[0]
-            if part is _CHUNKED_END:
-                self.parts.popleft()
-                self.out += b"0\r\n\r\n"
-            elif isinstance(part, bytes):
-                self.parts.popleft()
-                self.queue_payload(part)
-            elif isinstance(part, FileRegion):
-                if part.length <= 0:
-                    self.parts.popleft()
-                elif self.use_sendfile and not self.chunked_out and part.length > SMALL_FILE_BYTES:
-                    if not self.sendfile(part):
-                        return False
-                else:
-                    part.file.seek(part.offset)
-                    data = part.file.read(min(part.length, FILE_CHUNK_BYTES))
-                    if not data:
-                        raise OSError("file shrank while being sent")
-                    part.offset += len(data)
-                    part.length -= len(data)
-                    self.queue_payload(data)
-            else:
-                data = next(part, None)
-                if data is None:
-                    self.parts.popleft()
-                else:
-                    self.queue_payload(data)
+            if not self.sendfile(self.parts[0]):
+                return False
         self.finish_response()
         return self.state != CLOSED
+
+    def fill_from(self, part):
+        """Move bytes of the first body part into the buffer.
+
+        Returns False when the part is a file region for sendfile, which
+        goes out only once the buffer is empty.
+        """
+        if part is _CHUNKED_END:
+            self.parts.popleft()
+            self.out += b"0\r\n\r\n"
+        elif isinstance(part, bytes):
+            self.parts.popleft()
+            self.queue_payload(part)
+        elif isinstance(part, FileRegion):
+            if part.length <= 0:
+                self.parts.popleft()
+            elif self.use_sendfile and not self.chunked_out and part.length > SMALL_FILE_BYTES:
+                return False
+            else:
+                part.file.seek(part.offset)
+                data = part.file.read(min(part.length, FILE_CHUNK_BYTES))
+                if not data:
+                    raise OSError("file shrank while being sent")
+                part.offset += len(data)
+                part.length -= len(data)
+                self.queue_payload(data)
+        else:
+            data = next(part, None)
+            if data is None:
+                self.parts.popleft()
+            else:
+                self.queue_payload(data)
+        return True
 
     def queue_payload(self, data):
         """Add body bytes to the output buffer, framed when chunked."""
@@ -2013,6 +2032,8 @@ class Connection(object):
 
     def sendfile(self, part):
         """Send a file region with os.sendfile.  Returns False when blocked."""
+        if not self.use_sendfile:
+            return True                       # fill_from reads it instead
         try:
             n = os.sendfile(self.sock.fileno(), part.file.fileno(), part.offset,
                             min(part.length, FILE_CHUNK_BYTES))
