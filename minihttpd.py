@@ -32,6 +32,7 @@ Map of this file (each section uses only those above it):
 __version__ = "1.0.0"
 
 import argparse
+import calendar
 import collections
 import errno
 import html
@@ -365,13 +366,11 @@ def parse_range(value, size):
     unit, sep, spec = value.partition("=")
     if not sep or unit.strip().lower() != "bytes":
         return None
-    specs = [s.strip() for s in spec.split(",")]
+    specs = [s.strip() for s in spec.split(",") if s.strip()]
     if not specs or len(specs) > MAX_RANGES:
         return None
     ranges = []
     for item in specs:
-        if not item:
-            continue
         first, dash, last = item.partition("-")
         first, last = first.strip(), last.strip()
         if not dash or (first and not first.isdigit()) or (last and not last.isdigit()):
@@ -380,17 +379,14 @@ def parse_range(value, size):
             if not last:
                 return None
             suffix = int(last)
-            if suffix == 0:
-                continue                # "-0" selects nothing
-            ranges.append((max(0, size - suffix), size - 1))
+            if suffix > 0 and size > 0:  # "-0", or any suffix of nothing, selects nothing
+                ranges.append((max(0, size - suffix), size - 1))
             continue
         start = int(first)
-        end = int(last) if last else size - 1
-        if end < start:
-            return None
-        if start >= size:
-            continue
-        ranges.append((start, min(end, size - 1)))
+        if last and int(last) < start:
+            return None                  # RFC 9110 §14.1.1: invalid, so ignored
+        if start < size:
+            ranges.append((start, min(int(last) if last else size - 1, size - 1)))
     if not ranges:
         raise HTTPError(416, "Range not satisfiable.",
                         [("Content-Range", "bytes */%d" % size)])
@@ -451,6 +447,10 @@ def parse_http_date(text):
     except (TypeError, ValueError, IndexError):
         return None
     if parsed is None:
+        return None
+    year, month, day, hour, minute, second = parsed[:6]
+    if not (1 <= month <= 12 and 1 <= day <= calendar.monthrange(year, month)[1]
+            and hour < 24 and minute < 60 and second < 61):
         return None
     try:
         return int(email.utils.mktime_tz(parsed))
@@ -2094,6 +2094,9 @@ class Connection(object):
         except OSError:
             self.close()
             return
+        if self.server.stopping:
+            self.close()                      # no lingering while the server exits
+            return
         self.state = CLOSING
         self.set_deadline(LINGER_S)
 
@@ -2354,9 +2357,17 @@ def route_prefix(text):
     return prefix
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, but a mistake is one line on stderr and exit 2."""
+
+    def error(self, message):
+        """Print "minihttpd: error: MESSAGE (see --help)" and exit 2."""
+        self.exit(2, "%s: error: %s (see --help)\n" % (self.prog, message))
+
+
 def build_arg_parser():
     """The command-line interface."""
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="minihttpd",
         description="Serve a folder over HTTP/1.1: keep-alive, ranges, listings, "
                     "gzip and (with -u) uploads. One file, standard library only.",
