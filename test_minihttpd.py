@@ -9,9 +9,11 @@ package outside the standard library; the one browser test skips, with a
 printed reason, where Chromium is not installed.
 """
 
+import email.utils
 import gzip
+import hashlib
+import html
 import http.client
-import io
 import json
 import os
 import re
@@ -19,6 +21,7 @@ import select
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -27,6 +30,7 @@ import time
 import unittest
 import urllib.parse
 import urllib.request
+import zlib
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SERVER = os.path.join(HERE, "minihttpd.py")
@@ -329,3 +333,3051 @@ def run_cli(*args, **kwargs):
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                           stdin=subprocess.DEVNULL, timeout=timeout,
                           universal_newlines=True)
+
+
+# ---------------------------------------------------------------------------
+# Small helpers for the core test classes (prefixed _core_ to avoid clashes)
+# ---------------------------------------------------------------------------
+
+_core_IMF_RE = re.compile(
+    r"^(Mon|Tue|Wed|Thu|Fri|Sat|Sun), \d{2} "
+    r"(Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) \d{4} "
+    r"\d{2}:\d{2}:\d{2} GMT$")
+_core_CLF_RE_TEMPLATE = (
+    r'^127\.0\.0\.1 - - \[\d{2}/[A-Z][a-z]{2}/\d{4}:\d{2}:\d{2}:\d{2} [+-]\d{4}\] '
+    r'"%s" %s %s(\s.*)?$')
+
+
+class _core_Cleanups(object):
+    """Stands in for a TestCase in setUpClass (start_server/make_tree need addCleanup)."""
+
+    def __init__(self):
+        self._fns = []
+
+    def addCleanup(self, fn, *args, **kwargs):
+        self._fns.append((fn, args, kwargs))
+
+    def fail(self, msg):
+        raise AssertionError(msg)
+
+    def run(self):
+        while self._fns:
+            fn, args, kwargs = self._fns.pop()
+            try:
+                fn(*args, **kwargs)
+            except Exception:
+                pass
+
+
+def _core_raw(method, path, version="HTTP/1.1", headers=None, close=False, host=True,
+              eol="\r\n"):
+    """Build the bytes of one request head."""
+    lines = ["%s %s %s" % (method, path, version)]
+    if host:
+        lines.append("Host: 127.0.0.1")
+    for name, value in (headers or []):
+        lines.append("%s: %s" % (name, value))
+    if close:
+        lines.append("Connection: close")
+    return (eol.join(lines) + eol + eol).encode("utf-8")
+
+
+def _core_is_closed(sock, timeout=5):
+    """True when the peer has closed (recv -> b"" or a reset) within timeout."""
+    sock.settimeout(timeout)
+    try:
+        data = sock.recv(65536)
+    except socket.timeout:
+        return False
+    except (ConnectionResetError, ConnectionAbortedError):
+        return True
+    return data == b""
+
+
+def _core_exchange(port, data, head_request=False, timeout=5):
+    """Send data (no half-close), read one response, then report if the server closed."""
+    sock = connect(port, timeout)
+    try:
+        try:
+            sock.sendall(data)
+        except OSError:
+            pass
+        resp = read_response(sock, head_request)
+        if not resp.raw_head.startswith("HTTP/1."):
+            raise AssertionError("stray bytes before the status line: %r" % resp.raw_head[:80])
+        closed = _core_is_closed(sock, timeout)
+        return resp, closed
+    finally:
+        sock.close()
+
+
+def _core_read_ok(testcase, sock, head_request=False):
+    """read_response plus a check that the response starts exactly at a status line."""
+    r = read_response(sock, head_request)
+    testcase.assertTrue(r.raw_head.startswith("HTTP/1.1 "), "stray bytes before %r" % r.raw_head[:80])
+    return r
+
+
+def _core_responses(testcase, raw, head_flags=None):
+    """parse_responses plus a check that every response starts exactly at a status line."""
+    rs = parse_responses(raw, head_flags)
+    for r in rs:
+        testcase.assertTrue(r.raw_head.startswith("HTTP/1."), "stray bytes before %r"
+                            % r.raw_head[:80])
+    return rs
+
+
+def _core_read_head(sock):
+    """Read from sock until the end of a response head; return (head_text, extra_bytes)."""
+    buf = b""
+    while b"\r\n\r\n" not in buf:
+        data = sock.recv(65536)
+        if not data:
+            raise ValueError("closed before a full head: %r" % buf)
+        buf += data
+    head, _, rest = buf.partition(b"\r\n\r\n")
+    return head.decode("latin-1"), rest
+
+
+def _core_header(head_text, name):
+    for line in head_text.split("\r\n")[1:]:
+        k, _, v = line.partition(":")
+        if k.strip().lower() == name.lower():
+            return v.strip()
+    return None
+
+
+def _core_small_rcvbuf_socket(port, timeout=IO_TIMEOUT_S, rcvbuf=8192):
+    """A client socket with a small receive buffer, so big downloads stay in flight."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    sock.settimeout(timeout)
+    sock.connect(("127.0.0.1", port))
+    return sock
+
+
+def _core_rst_close(sock):
+    """Close abortively: the peer gets a TCP RST instead of a FIN."""
+    fmt = "HH" if os.name == "nt" else "ii"
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack(fmt, 1, 0))
+    except OSError:
+        pass
+    sock.close()
+
+
+def _core_hrefs(body_text):
+    return [html.unescape(m.group(2)) for m in re.finditer(r'href=(["\'])(.*?)\1', body_text)]
+
+
+def _core_entry_hrefs(body_text):
+    """Listing entry links in page order (no parent link, no sort links)."""
+    out = []
+    for h in _core_hrefs(body_text):
+        if h.startswith("?") or h.startswith("../") or h in ("..", "/", "./"):
+            continue
+        if "://" in h or h.startswith("#"):
+            continue
+        out.append(h)
+    return out
+
+
+def _core_parse_multipart(body, boundary):
+    """Split a multipart/byteranges body into [(headers_dict, data)]."""
+    delim = b"--" + boundary
+    pieces = body.split(delim)
+    parts = []
+    if len(pieces) < 3:
+        raise ValueError("no parts in %r" % body[:200])
+    if pieces[0] not in (b"", b"\r\n"):
+        raise ValueError("unexpected preamble %r" % pieces[0])
+    if not pieces[-1].startswith(b"--"):
+        raise ValueError("no closing delimiter: %r" % pieces[-1][:50])
+    for piece in pieces[1:-1]:
+        if not piece.startswith(b"\r\n") or not piece.endswith(b"\r\n"):
+            raise ValueError("bad part framing %r" % piece[:80])
+        head, sep, data = piece[2:-2].partition(b"\r\n\r\n")
+        if not sep:
+            raise ValueError("part without a head %r" % piece[:80])
+        headers = {}
+        for line in head.decode("latin-1").split("\r\n"):
+            k, _, v = line.partition(":")
+            headers[k.strip().lower()] = v.strip()
+        parts.append((headers, data))
+    return parts
+
+
+def _core_hold_port(port, host="127.0.0.1"):
+    """Bind+listen on (host, port); return the socket, or None when that fails."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        s.bind((host, port))
+        s.listen(1)
+        return s
+    except OSError:
+        s.close()
+        return None
+
+
+def _core_ipv6_loopback_ok():
+    if not socket.has_ipv6:
+        return False
+    s = None
+    try:
+        s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+        s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+    finally:
+        if s is not None:
+            s.close()
+
+
+def _core_spawn(testcase, args, cwd=None):
+    """Start minihttpd with exactly args (no -p/-d added); return (proc, first_line, stderr_path)."""
+    errfile = tempfile.NamedTemporaryFile(prefix="minihttpd-stderr-", delete=False)
+    errfile.close()
+    testcase.addCleanup(os.unlink, errfile.name)
+    err = open(errfile.name, "wb")
+    env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONDONTWRITEBYTECODE="1")
+    proc = subprocess.Popen([sys.executable, SERVER] + list(args), stdout=subprocess.PIPE,
+                            stderr=err, stdin=subprocess.DEVNULL, env=env, cwd=cwd)
+    err.close()
+
+    def stop():
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+        proc.stdout.close()
+    testcase.addCleanup(stop)
+    line = read_line_with_deadline(proc.stdout, START_TIMEOUT_S).rstrip("\r\n")
+    return proc, line, errfile.name
+
+
+def _core_read_text(path):
+    with open(path, "r", encoding="utf-8", errors="replace") as f:
+        return f.read()
+
+
+def _core_tool_env():
+    env = dict(os.environ)
+    for k in list(env):
+        if k.lower() in ("http_proxy", "https_proxy", "all_proxy", "no_proxy"):
+            del env[k]
+    return env
+
+
+# ---------------------------------------------------------------------------
+# Pure parsers, no server
+# ---------------------------------------------------------------------------
+
+class TestRequestParsing(unittest.TestCase):
+    """minihttpd's pure functions, fed bytes the way the connection feeds them."""
+
+    SECOND = b"GET /second HTTP/1.1\r\nHost: y\r\n\r\n"
+
+    def _parse_three_ways(self, raw, check):
+        """Whole buffer; growing buffer one byte at a time; with a pipelined request after."""
+        res = minihttpd.parse_request_head(raw)
+        self.assertIsNotNone(res, "whole buffer not parsed: %r" % raw[:200])
+        req, consumed = res
+        self.assertEqual(consumed, len(raw))
+        check(req)
+        for i in range(len(raw)):
+            self.assertIsNone(minihttpd.parse_request_head(raw[:i]),
+                              "incomplete prefix of %d bytes gave a result: %r" % (i, raw[:i]))
+        both = raw + self.SECOND
+        res = minihttpd.parse_request_head(both)
+        self.assertIsNotNone(res)
+        req, consumed = res
+        self.assertEqual(consumed, len(raw), "consumed must stop at the first request's end")
+        check(req)
+        res2 = minihttpd.parse_request_head(both[consumed:])
+        self.assertIsNotNone(res2)
+        self.assertEqual(res2[0].target, "/second")
+        self.assertEqual(res2[1], len(self.SECOND))
+
+    def _expect_error(self, raw, status):
+        with self.assertRaises(minihttpd.HTTPError) as cm:
+            minihttpd.parse_request_head(raw)
+        self.assertEqual(cm.exception.status, status)
+        # fed one byte at a time: each prefix is incomplete or already the same error
+        for i in range(len(raw)):
+            try:
+                minihttpd.parse_request_head(raw[:i])
+            except minihttpd.HTTPError as e:
+                self.assertEqual(e.status, status, "prefix %d raised %d" % (i, e.status))
+        with self.assertRaises(minihttpd.HTTPError) as cm:
+            minihttpd.parse_request_head(raw + self.SECOND)
+        self.assertEqual(cm.exception.status, status)
+
+    def test_valid_request_heads(self):
+        def simple(req):
+            self.assertEqual(req.method, "GET")
+            self.assertEqual(req.target, "/")
+            self.assertEqual(req.version, "HTTP/1.1")
+            self.assertEqual(req.get_header("host"), "x")
+            self.assertEqual(req.get_header("HOST"), "x")
+            self.assertIsNone(req.get_header("x-missing"))
+            self.assertEqual(req.get_header("x-missing", "dflt"), "dflt")
+            self.assertTrue(req.keep_alive)
+
+        def bare_lf(req):
+            self.assertEqual((req.method, req.target, req.version), ("HEAD", "/a", "HTTP/1.1"))
+            self.assertEqual(req.get_header("Host"), "x")
+
+        def http10(req):
+            self.assertEqual(req.version, "HTTP/1.0")
+            self.assertFalse(req.keep_alive)
+
+        def http10_ka(req):
+            self.assertEqual(req.version, "HTTP/1.0")
+            self.assertTrue(req.keep_alive)
+
+        def close(req):
+            self.assertFalse(req.keep_alive)
+
+        def http12(req):
+            self.assertEqual(req.version, "HTTP/1.1")
+
+        def repeated(req):
+            self.assertEqual(req.get_header("accept"), "text/html, application/json")
+            self.assertEqual(req.get_header("X-Tab"), "v")
+            names = [n for n, _ in req.headers]
+            self.assertEqual(names, ["Host", "Accept", "X-Tab", "Accept"])
+            self.assertEqual(req.headers[0], ("Host", "x"))
+
+        def absolute(req):
+            self.assertEqual(req.target, "http://example.com:8000/p/q?z=1")
+
+        def star(req):
+            self.assertEqual((req.method, req.target), ("OPTIONS", "*"))
+
+        def post(req):
+            self.assertEqual(req.method, "POST")
+            self.assertEqual(req.get_header("content-length"), "5")
+
+        cases = [
+            ("crlf", b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", simple),
+            ("bare_lf", b"HEAD /a HTTP/1.1\nHost: x\n\n", bare_lf),
+            ("mixed_eol", b"GET / HTTP/1.1\r\nHost: x\n\r\n", simple),
+            ("leading_empty_lines", b"\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\n", simple),
+            ("http10_default_close", b"GET / HTTP/1.0\r\n\r\n", http10),
+            ("http10_keep_alive", b"GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n", http10_ka),
+            ("http11_close", b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", close),
+            ("http11_close_in_list", b"GET / HTTP/1.1\r\nHost: x\r\nConnection: foo, CLOSE\r\n\r\n",
+             close),
+            ("http12_as_11", b"GET / HTTP/1.2\r\nHost: x\r\n\r\n", http12),
+            ("repeated_and_ows", b"GET / HTTP/1.1\r\nHost: x\r\nAccept: text/html\r\n"
+                                 b"X-Tab:\t v \t\r\nAccept:  application/json \r\n\r\n", repeated),
+            ("absolute_form", b"GET http://example.com:8000/p/q?z=1 HTTP/1.1\r\nHost: x\r\n\r\n",
+             absolute),
+            ("options_star", b"OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n", star),
+            ("post_head_only", b"POST /up HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\n", post),
+        ]
+        for name, raw, check in cases:
+            with self.subTest(name):
+                self._parse_three_ways(raw, check)
+
+    def test_incomplete_heads_need_more(self):
+        for raw in [b"", b"\r\n", b"\r\n\r\n", b"GET", b"GET / HTTP/1.1", b"GET / HTTP/1.1\r\n",
+                    b"GET / HTTP/1.1\r\nHost: x\r\n", b"GET / HTTP/1.1\r\nHost: x\r\n\r"]:
+            with self.subTest(raw=raw):
+                self.assertIsNone(minihttpd.parse_request_head(raw))
+
+    def test_bad_request_heads(self):
+        cases = [
+            ("no_version", b"GET /\r\nHost: x\r\n\r\n", None),
+            ("extra_token", b"GET / HTTP/1.1 x\r\nHost: x\r\n\r\n", 400),
+            ("one_token", b"GARBAGE\r\nHost: x\r\n\r\n", 400),
+            ("binary", b"\x16\x03\x01\x00\xa5 \x01\x00\r\n\r\n", 400),
+            ("bad_version_minor", b"GET / HTTP/1.x\r\nHost: x\r\n\r\n", 400),
+            ("bad_protocol", b"GET / FOO/1.1\r\nHost: x\r\n\r\n", 400),
+            ("header_without_colon", b"GET / HTTP/1.1\r\nHost x\r\n\r\n", 400),
+            ("space_before_colon", b"GET / HTTP/1.1\r\nHost : x\r\n\r\n", 400),
+            ("obs_fold", b"GET / HTTP/1.1\r\nHost: x\r\nX-A: 1\r\n  continued\r\n\r\n", 400),
+            ("empty_header_name", b"GET / HTTP/1.1\r\nHost: x\r\n: v\r\n\r\n", 400),
+            ("http2", b"GET / HTTP/2.0\r\nHost: x\r\n\r\n", 505),
+            ("http09", b"GET / HTTP/0.9\r\nHost: x\r\n\r\n", 505),
+            ("http3", b"GET / HTTP/3\r\nHost: x\r\n\r\n", 505),
+        ]
+        for name, raw, status in cases:
+            if status is None:
+                # "GET /" without a version: must be rejected, 400 or 505 both acceptable
+                with self.subTest(name):
+                    with self.assertRaises(minihttpd.HTTPError) as cm:
+                        minihttpd.parse_request_head(raw)
+                    self.assertIn(cm.exception.status, (400, 505))
+                continue
+            with self.subTest(name):
+                self._expect_error(raw, status)
+
+    def test_size_limits(self):
+        ok_line = b"GET /" + b"a" * 8000 + b" HTTP/1.1\r\nHost: x\r\n\r\n"
+        self.assertEqual(minihttpd.parse_request_head(ok_line)[1], len(ok_line))
+        long_line = b"GET /" + b"a" * 8300 + b" HTTP/1.1\r\nHost: x\r\n\r\n"
+        with self.assertRaises(minihttpd.HTTPError) as cm:
+            minihttpd.parse_request_head(long_line)
+        self.assertEqual(cm.exception.status, 414)
+        # detected before the line is even complete
+        with self.assertRaises(minihttpd.HTTPError) as cm:
+            minihttpd.parse_request_head(b"GET /" + b"a" * 9000)
+        self.assertEqual(cm.exception.status, 414)
+
+        fields = ["Host: x"] + ["X-F%d: v" % i for i in range(99)]  # exactly 100
+        raw = ("GET / HTTP/1.1\r\n" + "\r\n".join(fields) + "\r\n\r\n").encode()
+        req, n = minihttpd.parse_request_head(raw)
+        self.assertEqual(len(req.headers), 100)
+        fields.append("X-Extra: 1")  # 101
+        raw = ("GET / HTTP/1.1\r\n" + "\r\n".join(fields) + "\r\n\r\n").encode()
+        with self.assertRaises(minihttpd.HTTPError) as cm:
+            minihttpd.parse_request_head(raw)
+        self.assertEqual(cm.exception.status, 431)
+
+        medium = b"GET / HTTP/1.1\r\nHost: x\r\n" + b"".join(
+            b"X-B%d: %s\r\n" % (i, b"b" * 3000) for i in range(10)) + b"\r\n"
+        self.assertIsNotNone(minihttpd.parse_request_head(medium))
+        big = b"GET / HTTP/1.1\r\nHost: x\r\n" + b"".join(
+            b"X-B%d: %s\r\n" % (i, b"b" * 3500) for i in range(20)) + b"\r\n"
+        with self.assertRaises(minihttpd.HTTPError) as cm:
+            minihttpd.parse_request_head(big)
+        self.assertEqual(cm.exception.status, 431)
+        # an endless header block is refused before its end arrives
+        with self.assertRaises(minihttpd.HTTPError) as cm:
+            minihttpd.parse_request_head(big[:-2] + b"X-More: " + b"m" * 2000)
+        self.assertEqual(cm.exception.status, 431)
+
+    def test_parse_target(self):
+        cases = [
+            ("/", ("/", "")),
+            ("/a/b.txt", ("/a/b.txt", "")),
+            ("/a%20b?x=1&y=2", ("/a b", "x=1&y=2")),
+            ("/h%C3%A9llo%20w%C3%B6rld.txt", ("/h\u00e9llo w\u00f6rld.txt", "")),
+            ("/a?b?c", ("/a", "b?c")),
+            ("/a+b", ("/a+b", "")),
+            ("/%2e%2e/x", ("/../x", "")),
+            ("/a%2Fb", ("/a/b", "")),
+            ("/a%5cb", ("/a\\b", "")),
+            ("/a?", ("/a", "")),
+            ("http://example.com:8000/p/q?z=1", ("/p/q", "z=1")),
+            ("http://example.com/", ("/", "")),
+        ]
+        for target, expected in cases:
+            with self.subTest(target=target):
+                self.assertEqual(minihttpd.parse_target(target), expected)
+        with self.subTest(target="/a.txt#frag"):
+            self.assertEqual(minihttpd.parse_target("/a.txt#frag")[0], "/a.txt")
+        for bad in ["/%zz", "/%4", "/%", "/a%g0", "/%00", "/a%00.txt", "/%ff", "/%C3", "/%C3%28",
+                    "/%ED%A0%80"]:
+            with self.subTest(bad=bad):
+                with self.assertRaises(minihttpd.HTTPError) as cm:
+                    minihttpd.parse_target(bad)
+                self.assertEqual(cm.exception.status, 400)
+
+    def test_parse_range(self):
+        size = 100
+        cases = [
+            ("bytes=0-9", [(0, 9)]),
+            ("bytes=90-", [(90, 99)]),
+            ("bytes=-10", [(90, 99)]),
+            ("bytes=-200", [(0, 99)]),
+            ("bytes=50-500", [(50, 99)]),
+            ("bytes=0-0", [(0, 0)]),
+            ("bytes=99-99", [(99, 99)]),
+            ("bytes=0-0,-1", [(0, 0), (99, 99)]),
+            ("bytes=0-9, 20-29", [(0, 9), (20, 29)]),
+            ("bytes=100-,0-0", [(0, 0)]),
+            # ignored: syntactically invalid or another unit
+            ("bytes=9-0", None),
+            ("bytes=abc", None),
+            ("bytes=", None),
+            ("bytes=1-2-3", None),
+            ("bytes=-", None),
+            ("items=0-9", None),
+            ("0-9", None),
+            ("", None),
+        ]
+        for value, expected in cases:
+            with self.subTest(value=value):
+                try:
+                    got = minihttpd.parse_range(value, size)
+                except minihttpd.HTTPError as e:
+                    self.fail("parse_range(%r, %d) raised HTTPError(%d), expected %r"
+                              % (value, size, e.status, expected))
+                self.assertEqual(got, expected)
+        for value, sz in [("bytes=100-", 100), ("bytes=200-300", 100), ("bytes=-0", 100),
+                          ("bytes=100-,200-", 100), ("bytes=0-", 0)]:
+            with self.subTest(unsatisfiable=value, size=sz):
+                with self.assertRaises(minihttpd.HTTPError) as cm:
+                    minihttpd.parse_range(value, sz)
+                self.assertEqual(cm.exception.status, 416)
+
+    def test_accept_encoding(self):
+        cases = [
+            ("gzip, deflate", {"gzip": 1.0, "deflate": 1.0}),
+            ("gzip;q=0.5, br;q=0", {"gzip": 0.5, "br": 0.0}),
+            ("GZIP", {"gzip": 1.0}),
+            ("gzip; q=0.8 , identity", {"gzip": 0.8, "identity": 1.0}),
+            ("", {}),
+        ]
+        for value, expected in cases:
+            with self.subTest(value=value):
+                self.assertEqual(minihttpd.parse_accept_encoding(value), expected)
+        gz = [
+            (None, False), ("", False), ("gzip", True), ("GZip", True), ("gzip;q=0", False),
+            ("gzip;q=0.0", False), ("gzip;q=0.001", True), ("*", True), ("*, gzip;q=0", False),
+            ("*;q=0", False), ("x-gzip", True), ("deflate", False), ("identity", False),
+            ("deflate, gzip;q=1.0", True), ("br, *;q=0.1", True),
+        ]
+        for value, expected in gz:
+            with self.subTest(accepts_gzip=value):
+                self.assertIs(bool(minihttpd.accepts_gzip(value)), expected)
+
+    def test_http_dates(self):
+        self.assertEqual(minihttpd.format_http_date(784111777), "Sun, 06 Nov 1994 08:49:37 GMT")
+        self.assertEqual(minihttpd.format_http_date(0), "Thu, 01 Jan 1970 00:00:00 GMT")
+        self.assertEqual(minihttpd.format_http_date(1700000000), "Tue, 14 Nov 2023 22:13:20 GMT")
+        for text in ["Sun, 06 Nov 1994 08:49:37 GMT", "Sunday, 06-Nov-94 08:49:37 GMT",
+                     "Sun Nov  6 08:49:37 1994"]:
+            with self.subTest(text=text):
+                self.assertEqual(minihttpd.parse_http_date(text), 784111777)
+        for bad in ["", "garbage", "Sun, 32 Nov 1994 08:49:37 GMT", "1994-11-06T08:49:37Z"]:
+            with self.subTest(bad=bad):
+                self.assertIsNone(minihttpd.parse_http_date(bad))
+        for ts in [0, 1, 951782400, 1700000000, 2147483647, 4102444800]:
+            with self.subTest(roundtrip=ts):
+                text = minihttpd.format_http_date(ts)
+                self.assertRegex(text, _core_IMF_RE)
+                self.assertEqual(minihttpd.parse_http_date(text), ts)
+
+    def test_parse_size(self):
+        cases = [("500", 500), ("0", 0), ("500K", 500 * 1024), ("500k", 500 * 1024),
+                 ("500M", 500 * 2 ** 20), ("3m", 3 * 2 ** 20), ("2G", 2 * 2 ** 30),
+                 ("2g", 2 * 2 ** 30)]
+        for text, expected in cases:
+            with self.subTest(text=text):
+                self.assertEqual(minihttpd.parse_size(text), expected)
+        for bad in ["", "abc", "K", "5X", "-1", "1.2.3M"]:
+            with self.subTest(bad=bad):
+                with self.assertRaises(ValueError):
+                    minihttpd.parse_size(bad)
+
+    def _decode(self, pieces):
+        dec = minihttpd.ChunkedDecoder()
+        out = b""
+        for p in pieces:
+            out += dec.feed(p)
+        return dec, out
+
+    def test_chunked_decoder(self):
+        cases = [
+            ("simple", b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n", b"hello world"),
+            ("hex_upper_lower", b"A\r\n0123456789\r\na\r\nabcdefghij\r\n0\r\n\r\n",
+             b"0123456789abcdefghij"),
+            ("extension", b"5;name=val\r\nhello\r\n0;x\r\n\r\n", b"hello"),
+            ("trailers", b"5\r\nhello\r\n0\r\nX-T: 1\r\nX-U: 2\r\n\r\n", b"hello"),
+            ("empty", b"0\r\n\r\n", b""),
+            ("leading_zeros", b"005\r\nhello\r\n0\r\n\r\n", b"hello"),
+        ]
+        tail = b"GET /next HTTP/1.1\r\nHost: x\r\n\r\n"
+        for name, raw, payload in cases:
+            with self.subTest(name, how="whole"):
+                dec, out = self._decode([raw])
+                self.assertEqual(out, payload)
+                self.assertTrue(dec.done)
+                self.assertEqual(dec.unused, b"")
+            with self.subTest(name, how="bytewise"):
+                dec = minihttpd.ChunkedDecoder()
+                out = b""
+                for i in range(len(raw)):
+                    self.assertFalse(dec.done, "done before the last byte (%d)" % i)
+                    out += dec.feed(raw[i:i + 1])
+                self.assertTrue(dec.done)
+                self.assertEqual(out, payload)
+            with self.subTest(name, how="pipelined"):
+                dec, out = self._decode([raw + tail])
+                self.assertEqual(out, payload)
+                self.assertTrue(dec.done)
+                self.assertEqual(dec.unused, tail)
+        for name, raw in [("bad_size", b"zz\r\nhello\r\n"), ("negative", b"-1\r\n"),
+                          ("missing_crlf", b"5\r\nhelloXX0\r\n\r\n"), ("empty_size", b"\r\n"),
+                          ("size_space", b"5 5\r\nhello\r\n")]:
+            with self.subTest(name):
+                with self.assertRaises(minihttpd.HTTPError) as cm:
+                    self._decode([raw])
+                self.assertEqual(cm.exception.status, 400)
+
+
+# ---------------------------------------------------------------------------
+# Command line
+# ---------------------------------------------------------------------------
+
+class TestCommandLine(unittest.TestCase):
+
+    def test_help_mentions_every_option(self):
+        r = run_cli("--help")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        for opt in ["-d", "--directory", "-p", "--port", "-b", "--bind", "--no-listing",
+                    "--hidden", "--follow-symlinks", "-q", "--quiet", "--version",
+                    "--idle-timeout", "--request-timeout"]:
+            with self.subTest(opt=opt):
+                self.assertRegex(r.stdout, r"(^|[\s,\[])%s\b" % re.escape(opt))
+
+    def test_version(self):
+        r = run_cli("--version")
+        self.assertEqual(r.returncode, 0)
+        self.assertEqual(r.stdout.strip(), "minihttpd 1.0.0")
+
+    def test_bad_arguments_exit_2_with_one_line(self):
+        root = make_tree(self, {"f.txt": b"x"})
+        missing = os.path.join(root, "no-such-dir")
+        afile = os.path.join(root, "f.txt")
+        cases = [
+            ("missing_dir", ["-d", missing, "-p", "0", "-b", "127.0.0.1"]),
+            ("file_as_dir", ["-d", afile, "-p", "0", "-b", "127.0.0.1"]),
+            ("port_abc", ["-d", root, "-p", "abc", "-b", "127.0.0.1"]),
+            ("port_70000", ["-d", root, "-p", "70000", "-b", "127.0.0.1"]),
+            ("port_negative", ["-d", root, "--port=-5", "-b", "127.0.0.1"]),
+        ]
+        for name, args in cases:
+            with self.subTest(name):
+                try:
+                    r = run_cli(*args, timeout=10)
+                except subprocess.TimeoutExpired:
+                    self.fail("server started instead of rejecting %r" % (args,))
+                self.assertEqual(r.returncode, 2, r.stderr)
+                self.assertNotIn("Traceback", r.stderr)
+                lines = [l for l in r.stderr.splitlines() if l.strip()]
+                self.assertEqual(len(lines), 1, "expected one line, got %r" % r.stderr)
+
+    def test_named_port_in_use_exits_1(self):
+        root = make_tree(self, {})
+        holder = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.addCleanup(holder.close)
+        holder.bind(("127.0.0.1", 0))
+        holder.listen(1)
+        port = holder.getsockname()[1]
+        try:
+            r = run_cli("-d", root, "-b", "127.0.0.1", "-p", str(port), timeout=10)
+        except subprocess.TimeoutExpired:
+            self.fail("server kept running although port %d is taken" % port)
+        self.assertEqual(r.returncode, 1, r.stderr)
+        self.assertNotIn("Traceback", r.stderr)
+        lines = [l for l in r.stderr.splitlines() if l.strip()]
+        self.assertEqual(len(lines), 1, r.stderr)
+        self.assertIn(str(port), lines[0])
+
+    def test_default_port_falls_back(self):
+        root = make_tree(self, {"a.txt": b"A"})
+        h8000 = _core_hold_port(8000)
+        if h8000 is None:
+            self.skipTest("cannot hold port 8000 for the fallback test (in use elsewhere)")
+        self.addCleanup(h8000.close)
+        probe = _core_hold_port(8080)
+        if probe is not None:
+            probe.close()
+            with self.subTest("8000 taken -> 8080"):
+                proc, line, errp = _core_spawn(self, ["-d", root, "-b", "127.0.0.1", "-q"])
+                m = SERVING_RE.match(line)
+                self.assertTrue(m, "first line %r" % line)
+                self.assertEqual(int(m.group(3)), 8080)
+                self.assertTrue(wait_for(lambda: "8000" in _core_read_text(errp), timeout=5),
+                                "no notice about port 8000 on stderr: %r" % _core_read_text(errp))
+                self.assertEqual(get(8080, "/a.txt").body, b"A")
+                proc.kill()
+                proc.wait(timeout=10)
+            h8080 = _core_hold_port(8080)
+            if h8080 is None:
+                self.skipTest("port 8080 could not be held again")
+            self.addCleanup(h8080.close)
+        with self.subTest("8000 and 8080 taken -> any free port"):
+            proc, line, errp = _core_spawn(self, ["-d", root, "-b", "127.0.0.1", "-q"])
+            m = SERVING_RE.match(line)
+            self.assertTrue(m, "first line %r" % line)
+            port = int(m.group(3))
+            self.assertNotIn(port, (0, 8000, 8080))
+            self.assertTrue(wait_for(lambda: "8080" in _core_read_text(errp), timeout=5),
+                            "no notice about port 8080 on stderr: %r" % _core_read_text(errp))
+            self.assertEqual(get(port, "/a.txt").body, b"A")
+
+    def test_first_stdout_line(self):
+        root = make_tree(self, {"sub": None})
+        srv = start_server(self, root, "-q")
+        m = SERVING_RE.match(srv.first_line)
+        self.assertIn(m.group(1), (os.path.abspath(root), os.path.realpath(root)))
+        self.assertEqual(m.group(2), "127.0.0.1")
+        self.assertNotEqual(srv.port, 0)
+        self.assertEqual(get(srv.port, "/").status, 200)
+        # a relative -d is printed as an absolute path
+        parent, base = os.path.split(root)
+        proc, line, _ = _core_spawn(self, ["-d", os.path.join(base, "sub"), "-p", "0",
+                                           "-b", "127.0.0.1", "-q"], cwd=parent)
+        m = SERVING_RE.match(line)
+        self.assertTrue(m, "first line %r" % line)
+        self.assertIn(m.group(1), (os.path.join(root, "sub"),
+                                   os.path.realpath(os.path.join(root, "sub"))))
+
+    def test_bind_ipv6_and_default_dual_stack(self):
+        if not _core_ipv6_loopback_ok():
+            self.skipTest("no IPv6 loopback on this machine")
+        root = make_tree(self, {"a.txt": b"six"})
+        with self.subTest("-b ::1"):
+            srv = start_server(self, root, "-q", bind="::1")
+            self.assertIn("http://[::1]:%d/" % srv.port, srv.first_line)
+            s = socket.create_connection(("::1", srv.port), timeout=5)
+            try:
+                s.sendall(_core_raw("GET", "/a.txt", close=True))
+                self.assertEqual(parse_response(recv_until_closed(s)).body, b"six")
+            finally:
+                s.close()
+        with self.subTest("default bind: all interfaces, both families"):
+            srv = start_server(self, root, "-q", bind=None)
+            self.assertEqual(get(srv.port, "/a.txt").body, b"six")
+            s = socket.create_connection(("::1", srv.port), timeout=5)
+            try:
+                s.sendall(_core_raw("GET", "/a.txt", close=True))
+                self.assertEqual(parse_response(recv_until_closed(s)).body, b"six")
+            finally:
+                s.close()
+
+    @unittest.skipIf(os.name == "nt", "POSIX signals")
+    def test_sigterm_and_sigint_exit_0(self):
+        root = make_tree(self, {"a.txt": b"A"})
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with self.subTest(sig=sig):
+                srv = start_server(self, root, "-q")
+                self.assertEqual(get(srv.port, "/a.txt").status, 200)
+                srv.proc.send_signal(sig)
+                self.assertEqual(srv.proc.wait(timeout=10), 0)
+                self.assertNotIn("Traceback", srv.stderr_text())
+
+    @unittest.skipIf(os.name == "nt", "POSIX signals")
+    def test_sigterm_lets_inflight_download_finish(self):
+        size = 16 * 1024 * 1024
+        data = (bytes(range(256)) * (size // 256))
+        root = make_tree(self, {"big.bin": data})
+        srv = start_server(self, root, "-q")
+        sock = _core_small_rcvbuf_socket(srv.port, rcvbuf=1 << 20)
+        self.addCleanup(sock.close)
+        sock.sendall(_core_raw("GET", "/big.bin"))
+        head, body = _core_read_head(sock)
+        self.assertTrue(head.startswith("HTTP/1.1 200"), head)
+        n = int(_core_header(head, "Content-Length"))
+        self.assertEqual(n, size)
+        srv.proc.send_signal(signal.SIGTERM)
+        chunks = [body]
+        got = len(body)
+        while got < n:
+            d = sock.recv(1 << 20)
+            if not d:
+                break
+            chunks.append(d)
+            got += len(d)
+        self.assertEqual(got, n, "download cut short by SIGTERM")
+        self.assertTrue(b"".join(chunks) == data, "downloaded bytes differ")
+        # the server ends the connection once that response is out
+        self.assertTrue(_core_is_closed(sock, 5), "connection left open while stopping")
+        sock.close()
+        self.assertEqual(srv.proc.wait(timeout=10), 0)
+
+    @unittest.skipIf(os.name == "nt", "POSIX signals")
+    def test_second_sigint_exits_at_once(self):
+        size = 16 * 1024 * 1024
+        root = make_tree(self, {"big.bin": b"\0" * size})
+        srv = start_server(self, root, "-q")
+        sock = _core_small_rcvbuf_socket(srv.port)
+        self.addCleanup(sock.close)
+        sock.sendall(_core_raw("GET", "/big.bin"))
+        head, _ = _core_read_head(sock)   # download now stalled: we read no more
+        srv.proc.send_signal(signal.SIGINT)
+
+        def refused():
+            try:
+                c = socket.create_connection(("127.0.0.1", srv.port), timeout=1)
+            except OSError:
+                return True
+            c.close()
+            return False
+        # the first SIGINT has been handled once the server stops accepting
+        self.assertTrue(wait_for(refused, timeout=3), "still accepting after SIGINT")
+        self.assertIsNone(srv.proc.poll(), "exited before the in-flight response finished")
+        t0 = time.monotonic()
+        srv.proc.send_signal(signal.SIGINT)
+        srv.proc.wait(timeout=10)
+        self.assertLess(time.monotonic() - t0, 2.5, "second SIGINT did not exit at once")
+
+    def test_access_log_clf(self):
+        root = make_tree(self, {"a.txt": b"x" * 1234})
+        srv = start_server(self, root)
+        self.assertEqual(get(srv.port, "/a.txt").status, 200)
+        r404 = get(srv.port, "/missing.txt")
+        self.assertEqual(request(srv.port, "HEAD", "/a.txt").status, 200)
+        self.assertEqual(get(srv.port, "/a.txt", {"Range": "bytes=0-9"}).status, 206)
+        expected = [
+            ("GET /a.txt HTTP/1.1", "200", "1234"),
+            ("GET /missing.txt HTTP/1.1", "404", str(len(r404.body))),
+            ("HEAD /a.txt HTTP/1.1", "200", "(0|-)"),
+            ("GET /a.txt HTTP/1.1", "206", "10"),
+        ]
+        for req_line, status, nbytes in expected:
+            with self.subTest(req_line, status=status):
+                rx = re.compile(_core_CLF_RE_TEMPLATE % (re.escape(req_line), status, nbytes),
+                                re.M)
+                self.assertTrue(wait_for(lambda: rx.search(srv.stderr_text()), timeout=5),
+                                "no CLF line %r in %r" % (rx.pattern, srv.stderr_text()))
+
+    @unittest.skipIf(os.name == "nt", "POSIX signals")
+    def test_quiet_silences_access_log(self):
+        root = make_tree(self, {"a.txt": b"quiet"})
+        srv = start_server(self, root, "-q")
+        self.assertEqual(get(srv.port, "/a.txt").status, 200)
+        self.assertEqual(get(srv.port, "/nope").status, 404)
+        srv.proc.send_signal(signal.SIGTERM)     # flush everything, then look
+        srv.proc.wait(timeout=10)
+        text = srv.stderr_text()
+        self.assertNotIn("GET /", text)
+        self.assertNotIn(" 404 ", text)
+
+
+# ---------------------------------------------------------------------------
+# Static files, methods, caching
+# ---------------------------------------------------------------------------
+
+class TestStaticFiles(unittest.TestCase):
+
+    FILES = {
+        "a.txt": b"hello text\n",
+        "page.html": b"<!DOCTYPE html><p>hi</p>",
+        "style.css": b"body{}",
+        "img.png": b"\x89PNG\r\n\x1a\n fake",
+        "data.zzqx": b"\x00\x01binary",
+        "noext": b"noext-content",
+        "empty.txt": b"",
+        "sub/b.bin": bytes(range(256)),
+    }
+    MTIME = 1700000000
+
+    @classmethod
+    def setUpClass(cls):
+        cls._cl = _core_Cleanups()
+        try:
+            cls.root = make_tree(cls._cl, cls.FILES)
+            os.utime(os.path.join(cls.root, "a.txt"), (cls.MTIME, cls.MTIME))
+            cls.srv = start_server(cls._cl, cls.root, "-q")
+        except BaseException:
+            cls._cl.run()
+            raise
+
+    @classmethod
+    def tearDownClass(cls):
+        cls._cl.run()
+
+    @property
+    def port(self):
+        return self.srv.port
+
+    def test_file_contents(self):
+        for path, rel in [("/a.txt", "a.txt"), ("/sub/b.bin", "sub/b.bin"), ("/empty.txt", "empty.txt"),
+                          ("/page.html", "page.html")]:
+            with self.subTest(path=path):
+                r = get(self.port, path)
+                self.assertEqual(r.status, 200)
+                self.assertEqual(r.body, self.FILES[rel])
+                self.assertEqual(int(r.headers["content-length"]), len(self.FILES[rel]))
+
+    def test_content_types(self):
+        cases = [
+            ("/a.txt", "text/plain; charset=utf-8"),
+            ("/page.html", "text/html; charset=utf-8"),
+            ("/style.css", "text/css; charset=utf-8"),
+            ("/img.png", "image/png"),
+            ("/data.zzqx", "application/octet-stream"),
+            ("/noext", "application/octet-stream"),
+        ]
+        for path, ctype in cases:
+            with self.subTest(path=path):
+                r = get(self.port, path)
+                self.assertEqual(r.headers.get("content-type", "").lower().replace(" ", ""),
+                                 ctype.replace(" ", ""))
+
+    def test_required_headers_on_every_response(self):
+        etag = get(self.port, "/a.txt").headers["etag"]
+        cases = [
+            ("GET", "/a.txt", {}, 200),
+            ("GET", "/", {}, 200),
+            ("GET", "/?format=json", {}, 200),
+            ("GET", "/missing", {}, 404),
+            ("GET", "/sub", {}, 301),
+            ("GET", "/%zz", {}, 400),
+            ("HEAD", "/a.txt", {}, 200),
+            ("HEAD", "/missing", {}, 404),
+            ("OPTIONS", "/a.txt", {}, 204),
+            ("OPTIONS", "*", {}, 204),
+            ("POST", "/a.txt", {}, 405),
+            ("DELETE", "/a.txt", {}, 405),
+            ("BREW", "/a.txt", {}, 501),
+            ("GET", "/a.txt", {"If-None-Match": etag}, 304),
+            ("GET", "/a.txt", {"Range": "bytes=0-1"}, 206),
+            ("GET", "/a.txt", {"Range": "bytes=500-"}, 416),
+        ]
+        now = time.time()
+        for method, path, hdrs, status in cases:
+            with self.subTest(method=method, path=path, status=status):
+                r = request(self.port, method, path, hdrs)
+                self.assertEqual(r.status, status)
+                date = r.headers.get("date", "")
+                self.assertRegex(date, _core_IMF_RE)
+                ts = email.utils.mktime_tz(email.utils.parsedate_tz(date))
+                self.assertLess(abs(ts - now), 120)
+                self.assertRegex(r.headers.get("server", ""), r"^minihttpd/\d+\.\d+\.\d+$")
+                self.assertEqual(r.headers.get("x-content-type-options"), "nosniff")
+                if status in (204, 304):
+                    self.assertNotIn("content-length", r.headers)
+                    self.assertEqual(r.body, b"")
+                else:
+                    self.assertIn("content-length", r.headers)
+                    if method != "HEAD":
+                        self.assertEqual(int(r.headers["content-length"]), len(r.body))
+                self.assertNotIn("transfer-encoding", r.headers)
+                self.assertEqual(r.headers.get("connection", "").lower(), "close")
+
+    def test_server_header_matches_version(self):
+        r = get(self.port, "/a.txt")
+        self.assertEqual(r.headers["server"], "minihttpd/1.0.0")
+
+    def _head_then_get(self, path):
+        raw = send_raw(self.port, _core_raw("HEAD", path) + _core_raw("GET", path, close=True))
+        self.assertEqual(raw.count(b"HTTP/1.1 "), 2, raw[:500])
+        try:
+            head, get_ = parse_responses(raw, head_flags=[True, False])
+        except (ValueError, IndexError) as e:
+            self.fail("HEAD answer followed by body bytes? %s: %r" % (e, raw[:400]))
+        return head, get_
+
+    def test_head_same_headers_no_body(self):
+        for path in ["/a.txt", "/sub/b.bin", "/", "/missing", "/sub"]:
+            with self.subTest(path=path):
+                head, full = self._head_then_get(path)
+                self.assertEqual(head.status, full.status)
+                self.assertEqual(head.body, b"")
+                for name in ["content-length", "content-type", "etag", "last-modified",
+                             "accept-ranges", "cache-control", "location"]:
+                    self.assertEqual(head.headers.get(name), full.headers.get(name), name)
+                self.assertEqual(int(head.headers["content-length"]), len(full.body))
+
+    def _allow(self, r):
+        return set(t.strip() for t in r.headers.get("allow", "").split(",") if t.strip())
+
+    def test_options(self):
+        for path in ["/a.txt", "/", "*"]:
+            with self.subTest(path=path):
+                r = request(self.port, "OPTIONS", path)
+                self.assertEqual(r.status, 204)
+                self.assertEqual(r.body, b"")
+                self.assertEqual(self._allow(r), {"GET", "HEAD", "OPTIONS"})
+
+    def test_write_methods_405(self):
+        for method in ["POST", "PUT", "DELETE", "PATCH"]:
+            with self.subTest(method=method):
+                body = b"hello" if method in ("POST", "PUT", "PATCH") else b""
+                r = request(self.port, method, "/a.txt", body=body)
+                self.assertEqual(r.status, 405)
+                allow = self._allow(r)
+                self.assertTrue({"GET", "HEAD", "OPTIONS"} <= allow, allow)
+                self.assertNotIn(method, allow)
+                self.assertTrue(r.headers.get("content-type", "").startswith("text/html"))
+        self.assertEqual(get(self.port, "/a.txt").body, self.FILES["a.txt"], "file was changed")
+
+    def test_unknown_method_501(self):
+        for method in ["BREW", "get", "PROPFIND2"]:
+            with self.subTest(method=method):
+                self.assertEqual(request(self.port, method, "/a.txt").status, 501)
+
+    def test_validators(self):
+        r = get(self.port, "/a.txt")
+        self.assertRegex(r.headers.get("etag", ""), r'^"[^"]+"$')
+        self.assertEqual(r.headers.get("last-modified"), "Tue, 14 Nov 2023 22:13:20 GMT")
+        self.assertEqual(r.headers.get("cache-control"), "no-cache")
+        self.assertEqual(r.headers.get("accept-ranges"), "bytes")
+        self.assertNotEqual(get(self.port, "/sub/b.bin").headers.get("etag"), r.headers["etag"])
+
+    def test_conditional_get(self):
+        r = get(self.port, "/a.txt")
+        etag, lm = r.headers["etag"], r.headers["last-modified"]
+        later = "Wed, 15 Nov 2023 00:00:00 GMT"
+        earlier = "Mon, 13 Nov 2023 00:00:00 GMT"
+        cases = [
+            ({"If-None-Match": etag}, 304),
+            ({"If-None-Match": "W/" + etag}, 304),
+            ({"If-None-Match": '"other", ' + etag}, 304),
+            ({"If-None-Match": "*"}, 304),
+            ({"If-None-Match": '"other"'}, 200),
+            ({"If-Modified-Since": lm}, 304),
+            ({"If-Modified-Since": later}, 304),
+            ({"If-Modified-Since": earlier}, 200),
+            ({"If-Modified-Since": "garbage"}, 200),
+            ({"If-None-Match": '"other"', "If-Modified-Since": lm}, 200),
+            ({"If-None-Match": etag, "If-Modified-Since": earlier}, 304),
+        ]
+        for hdrs, status in cases:
+            with self.subTest(**{k.replace("-", "_"): v for k, v in hdrs.items()}):
+                r = get(self.port, "/a.txt", hdrs)
+                self.assertEqual(r.status, status)
+                if status == 304:
+                    self.assertEqual(r.body, b"")
+                    self.assertNotIn("content-length", r.headers)
+                    self.assertEqual(r.headers.get("etag"), etag)
+                else:
+                    self.assertEqual(r.body, self.FILES["a.txt"])
+
+    def test_304_on_keepalive_has_no_body(self):
+        etag = get(self.port, "/a.txt").headers["etag"]
+        raw = send_raw(self.port, _core_raw("GET", "/a.txt", headers=[("If-None-Match", etag)]) +
+                       _core_raw("GET", "/a.txt", close=True))
+        rs = _core_responses(self, raw)
+        self.assertEqual([r.status for r in rs], [304, 200])
+        self.assertEqual(rs[1].body, self.FILES["a.txt"])
+
+    def test_listing_cache_control(self):
+        r = get(self.port, "/")
+        self.assertEqual(r.headers.get("cache-control"), "no-cache")
+
+    def test_404_page(self):
+        r = get(self.port, "/missing.txt")
+        self.assertEqual(r.status, 404)
+        self.assertEqual(r.headers.get("content-type", "").replace(" ", "").lower(),
+                         "text/html;charset=utf-8")
+        self.assertIn(b"<title>404 Not Found</title>", r.body)
+
+    def test_custom_404_page(self):
+        page = b"<!DOCTYPE html><title>Gone fishing</title><p>custom 404</p>"
+        root = make_tree(self, {"404.html": page, "a.txt": b"A"})
+        srv = start_server(self, root, "-q")
+        r = get(srv.port, "/nope/deeper.txt")
+        self.assertEqual(r.status, 404)
+        self.assertEqual(r.body, page)
+        self.assertTrue(r.headers.get("content-type", "").startswith("text/html"))
+        raw = send_raw(srv.port, _core_raw("HEAD", "/nope") + _core_raw("GET", "/a.txt", close=True))
+        try:
+            head, nxt = parse_responses(raw, head_flags=[True, False])
+        except (ValueError, IndexError) as e:
+            self.fail("HEAD 404 followed by body bytes? %s %r" % (e, raw[:300]))
+        self.assertEqual(head.status, 404)
+        self.assertEqual(int(head.headers["content-length"]), len(page))
+        self.assertEqual(nxt.body, b"A")
+
+
+# ---------------------------------------------------------------------------
+# Path handling and the root boundary
+# ---------------------------------------------------------------------------
+
+class TestPaths(unittest.TestCase):
+
+    SECRET = b"TOP-SECRET-9f8e7d"
+    UNAME = "h\u00e9llo w\u00f6rld.txt"
+
+    @classmethod
+    def setUpClass(cls):
+        cls._cl = _core_Cleanups()
+        try:
+            cls.outer = make_tree(cls._cl, {
+                "secret.txt": cls.SECRET,
+                "secretdir/inner.txt": cls.SECRET,
+                "root/pub.txt": b"public",
+                "root/sub/x.txt": b"x-in-sub",
+                "root/.hidden": b"dot-file",
+                "root/.dotdir/f.txt": b"in-dot-dir",
+                "root/d\u00edr/in.txt": b"in-unicode-dir",
+                "root/" + cls.UNAME: b"unicode-content",
+            })
+            cls.root = os.path.join(cls.outer, "root")
+            cls.symlinks = True
+            try:
+                os.symlink(os.path.join(cls.outer, "secret.txt"), os.path.join(cls.root, "link_out"))
+                os.symlink(os.path.join(cls.outer, "secretdir"), os.path.join(cls.root, "linkdir_out"))
+                os.symlink(os.path.join(cls.root, "pub.txt"), os.path.join(cls.root, "link_in"))
+                os.symlink(cls.root, os.path.join(cls.outer, "rootlink"))
+            except (OSError, NotImplementedError, AttributeError):
+                cls.symlinks = False
+            cls.srv = start_server(cls._cl, cls.root, "-q")
+        except BaseException:
+            cls._cl.run()
+            raise
+
+    @classmethod
+    def tearDownClass(cls):
+        cls._cl.run()
+
+    @property
+    def port(self):
+        return self.srv.port
+
+    def _raw_get(self, target, port=None):
+        data = ("GET %s HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n" % target).encode("utf-8")
+        return parse_response(send_raw(port or self.port, data))
+
+    def test_traversal_never_leaves_root(self):
+        plain404 = self._raw_get("/definitely-missing")
+        self.assertEqual(plain404.status, 404)
+        outer_abs = self.outer.replace(os.sep, "/").lstrip("/")
+        targets = [
+            "/../secret.txt",
+            "/../../../../../../../../secret.txt",
+            "/sub/../../secret.txt",
+            "/%2e%2e/secret.txt",
+            "/%2E%2E/secret.txt",
+            "/.%2e/secret.txt",
+            "/%2e./secret.txt",
+            "/sub/%2e%2e/%2e%2e/secret.txt",
+            "/..%2fsecret.txt",
+            "/..%2f..%2fsecret.txt",
+            "/sub/..%2F..%2Fsecret.txt",
+            "/%2e%2e%2fsecret.txt",
+            "/..%5csecret.txt",
+            "/sub/..%5c..%5csecret.txt",
+            "/..\\secret.txt",
+            "/sub\\..\\..\\secret.txt",
+            "//" + outer_abs + "/secret.txt",
+            "/%2F" + outer_abs + "/secret.txt",
+            "/%2f" + urllib.parse.quote(outer_abs, safe="") + "%2fsecret.txt",
+            "/../secretdir/inner.txt",
+            "/%2e%2e/secretdir/",
+            "/../secretdir/",
+            "http://127.0.0.1/../secret.txt",
+        ]
+        for target in targets:
+            with self.subTest(target=target):
+                r = self._raw_get(target)
+                self.assertNotIn(self.SECRET, r.body)
+                self.assertNotIn(b"inner.txt", r.body)
+                self.assertEqual(r.status, 404)
+                self.assertEqual(r.body, plain404.body, "404 body differs from a plain 404")
+
+    def test_normalised_inside_root(self):
+        for target in ["/sub/../pub.txt", "/./pub.txt", "/sub/./x.txt", "/sub//x.txt",
+                       "/sub/%2e%2e/pub.txt", "http://127.0.0.1/pub.txt"]:
+            with self.subTest(target=target):
+                r = self._raw_get(target)
+                self.assertEqual(r.status, 200)
+                self.assertIn(r.body, (b"public", b"x-in-sub"))
+
+    def test_symlinks(self):
+        if not self.symlinks:
+            self.skipTest("symlinks not supported here")
+        for target in ["/link_out", "/linkdir_out/inner.txt", "/linkdir_out/"]:
+            with self.subTest(target=target, follow=False):
+                r = self._raw_get(target)
+                self.assertEqual(r.status, 404)
+                self.assertNotIn(self.SECRET, r.body)
+        with self.subTest("symlink inside the root"):
+            self.assertEqual(self._raw_get("/link_in").body, b"public")
+        with self.subTest("symlinked root directory"):
+            srv = start_server(self, os.path.join(self.outer, "rootlink"), "-q")
+            self.assertEqual(self._raw_get("/pub.txt", srv.port).body, b"public")
+        srv = start_server(self, self.root, "-q", "--follow-symlinks")
+        with self.subTest(follow=True):
+            r = self._raw_get("/link_out", srv.port)
+            self.assertEqual(r.status, 200)
+            self.assertEqual(r.body, self.SECRET)
+            self.assertEqual(self._raw_get("/linkdir_out/inner.txt", srv.port).body, self.SECRET)
+            # following symlinks does not open plain '..' escapes
+            self.assertEqual(self._raw_get("/../secret.txt", srv.port).status, 404)
+
+    def _json_names(self, port, path="/"):
+        r = get(port, path + "?format=json")
+        self.assertEqual(r.status, 200)
+        return [e["name"].rstrip("/") for e in json.loads(r.body.decode("utf-8"))["entries"]]
+
+    def test_dotfiles_hidden_by_default(self):
+        for target in ["/.hidden", "/.dotdir/f.txt", "/.dotdir/", "/.dotdir", "/%2ehidden"]:
+            with self.subTest(target=target):
+                r = self._raw_get(target)
+                self.assertEqual(r.status, 404)
+                self.assertNotIn(b"dot-file", r.body)
+        names = self._json_names(self.port)
+        self.assertNotIn(".hidden", names)
+        self.assertNotIn(".dotdir", names)
+        self.assertNotIn(b".hidden", get(self.port, "/").body)
+
+    def test_hidden_flag(self):
+        srv = start_server(self, self.root, "-q", "--hidden")
+        self.assertEqual(self._raw_get("/.hidden", srv.port).body, b"dot-file")
+        self.assertEqual(self._raw_get("/.dotdir/f.txt", srv.port).body, b"in-dot-dir")
+        names = self._json_names(srv.port)
+        self.assertIn(".hidden", names)
+        self.assertIn(".dotdir", names)
+        self.assertIn(b".hidden", get(srv.port, "/").body)
+        # --hidden does not allow leaving the root
+        self.assertEqual(self._raw_get("/../secret.txt", srv.port).status, 404)
+
+    def test_bad_encoding_400(self):
+        for target in ["/pub.txt%00", "/%00", "/%00/../pub.txt", "/%zz", "/%4", "/pub%",
+                       "/%C3%28", "/%ff.txt"]:
+            with self.subTest(target=target):
+                r, closed = _core_exchange(self.port, ("GET %s HTTP/1.1\r\nHost: x\r\n\r\n" %
+                                                       target).encode())
+                self.assertEqual(r.status, 400)
+                self.assertTrue(closed, "connection not closed after 400")
+
+    def test_directory_redirect(self):
+        cases = [
+            ("/sub", "/sub/", ""),
+            ("/sub?a=1", "/sub/", "a=1"),
+            ("/sub?a=1&b=%20", "/sub/", "a=1&b=%20"),
+            ("/d%C3%ADr", "/d%C3%ADr/", ""),
+        ]
+        for target, path, query in cases:
+            with self.subTest(target=target):
+                r = self._raw_get(target)
+                self.assertEqual(r.status, 301)
+                loc = urllib.parse.urlsplit(r.headers.get("location", ""))
+                self.assertIn(loc.path.upper(), (path.upper(),))
+                self.assertEqual(loc.query, query)
+                if loc.netloc:
+                    self.assertEqual(loc.netloc.split(":")[0], "127.0.0.1")
+        self.assertEqual(self._raw_get("/d%C3%ADr/in.txt").body, b"in-unicode-dir")
+
+    def test_query_and_fragment_ignored(self):
+        for target in ["/pub.txt?x=1", "/pub.txt?", "/pub.txt#frag", "/pub.txt?x=1#frag",
+                       "/pub.txt?x=../../secret.txt"]:
+            with self.subTest(target=target):
+                r = self._raw_get(target)
+                self.assertEqual(r.status, 200)
+                self.assertEqual(r.body, b"public")
+
+    def test_utf8_names(self):
+        r = self._raw_get("/" + urllib.parse.quote(self.UNAME))
+        self.assertEqual(r.status, 200)
+        self.assertEqual(r.body, b"unicode-content")
+        r = self._raw_get("/" + urllib.parse.quote(self.UNAME.encode("utf-8")).lower())
+        self.assertEqual(r.body, b"unicode-content")
+
+
+# ---------------------------------------------------------------------------
+# Directory listings
+# ---------------------------------------------------------------------------
+
+class TestListing(unittest.TestCase):
+
+    EVIL = "<script>alert('1')&\"x\".txt"
+    UNAME = "h\u00e9llo w\u00f6rld.txt"
+
+    @classmethod
+    def setUpClass(cls):
+        cls._cl = _core_Cleanups()
+        try:
+            files = {
+                "a.txt": b"a" * 10,
+                "b.txt": b"b" * 300,
+                "c.bin": b"c" * 2048,
+                cls.UNAME: b"u" * 5,
+                "adir/inner.txt": b"inner",
+                "zdir": None,
+                "site/index.html": b"<!DOCTYPE html><title>site index</title>",
+                "site/other.txt": b"other",
+            }
+            cls.evil = os.name != "nt"
+            if cls.evil:
+                files[cls.EVIL] = b"e"
+            cls.root = make_tree(cls._cl, files)
+            times = {"a.txt": 1700000000, "b.txt": 1700000100, "c.bin": 1700000050,
+                     cls.UNAME: 1700000300, cls.EVIL: 1700000400, "adir": 1600000000,
+                     "zdir": 1650000000}
+            for name, t in times.items():
+                p = os.path.join(cls.root, name)
+                if os.path.exists(p):
+                    os.utime(p, (t, t))
+            cls.srv = start_server(cls._cl, cls.root, "-q")
+        except BaseException:
+            cls._cl.run()
+            raise
+
+    @classmethod
+    def tearDownClass(cls):
+        cls._cl.run()
+
+    @property
+    def port(self):
+        return self.srv.port
+
+    def _files(self, order):
+        """Expected file order for a sort: name/size/time ascending."""
+        files = {"a.txt": (10, 1700000000), "b.txt": (300, 1700000100), "c.bin": (2048, 1700000050),
+                 self.UNAME: (5, 1700000300)}
+        if self.evil:
+            files[self.EVIL] = (1, 1700000400)
+        if order == "name":
+            return sorted(files)
+        idx = 0 if order == "size" else 1
+        return sorted(files, key=lambda n: files[n][idx])
+
+    def _html(self, path="/"):
+        r = get(self.port, path)
+        self.assertEqual(r.status, 200)
+        self.assertEqual(r.headers.get("content-type", "").replace(" ", "").lower(),
+                         "text/html;charset=utf-8")
+        return r.body.decode("utf-8")
+
+    def test_html5_document(self):
+        text = self._html("/")
+        self.assertTrue(text.lstrip().lower().startswith("<!doctype html>"), text[:100])
+        self.assertRegex(text, r'(?i)<meta\s+charset="?utf-8"?')
+        self.assertRegex(text, r'(?i)<meta\s+name="viewport"')
+        self.assertIn("<table", text.lower())
+        # no external assets
+        self.assertNotRegex(text, r'(?i)(src|href)\s*=\s*["\']?(https?:)?//')
+        self.assertNotRegex(text, r'(?i)<script[^>]*\bsrc=')
+        self.assertNotRegex(text, r'(?i)<link[^>]*stylesheet')
+
+    def test_names_escaped_and_quoted(self):
+        if not self.evil:
+            self.skipTest("file name with <, > and quotes not possible on Windows")
+        text = self._html("/")
+        self.assertNotIn("<script>", text)
+        self.assertNotIn(self.EVIL, text)
+        self.assertIn(html.escape(self.EVIL), text)
+        hrefs = _core_entry_hrefs(text)
+        decoded = [urllib.parse.unquote(h) for h in hrefs]
+        self.assertIn(self.EVIL, decoded)
+        for h in hrefs:
+            self.assertNotRegex(h, r'[<>"\s]', "href not URL-quoted: %r" % h)
+        href = hrefs[decoded.index(self.EVIL)]
+        self.assertEqual(get(self.port, "/" + href).body, b"e")
+
+    def test_utf8_names_quoted_hrefs(self):
+        text = self._html("/")
+        self.assertIn(html.escape(self.UNAME), text)
+        hrefs = _core_entry_hrefs(text)
+        decoded = [urllib.parse.unquote(h) for h in hrefs]
+        self.assertIn(self.UNAME, decoded)
+        href = hrefs[decoded.index(self.UNAME)]
+        self.assertTrue(all(ord(c) < 128 for c in href), href)
+        self.assertNotIn(" ", href)
+        self.assertEqual(get(self.port, "/" + href).body, b"u" * 5)
+
+    def test_folders_first_and_links(self):
+        hrefs = [urllib.parse.unquote(h) for h in _core_entry_hrefs(self._html("/"))]
+        self.assertEqual(hrefs[:3], ["adir/", "site/", "zdir/"])
+        self.assertEqual(hrefs[3:], self._files("name"))
+        text = self._html("/")
+        self.assertIn(">adir/<", text)
+
+    def test_parent_link(self):
+        self.assertNotIn("../", _core_hrefs(self._html("/")))
+        sub = self._html("/adir/")
+        self.assertIn("../", _core_hrefs(sub))
+        self.assertEqual(_core_entry_hrefs(sub), ["inner.txt"])
+
+    def test_sizes_and_times_shown(self):
+        text = self._html("/")
+        self.assertIn("2.0 KiB", text)
+        self.assertIn("2023", text)
+
+    def test_sort_html(self):
+        for key in ["name", "size", "time"]:
+            for order in ["asc", "desc"]:
+                with self.subTest(sort=key, order=order):
+                    text = self._html("/?sort=%s&order=%s" % (key, order))
+                    hrefs = [urllib.parse.unquote(h) for h in _core_entry_hrefs(text)]
+                    dirs = [h for h in hrefs if h.endswith("/")]
+                    files = [h for h in hrefs if not h.endswith("/")]
+                    self.assertEqual(hrefs, dirs + files, "folders not first")
+                    expected = self._files(key)
+                    if order == "desc":
+                        expected = expected[::-1]
+                    self.assertEqual(files, expected)
+                    if key == "name":
+                        want = ["adir/", "site/", "zdir/"]
+                        self.assertEqual(dirs, want if order == "asc" else want[::-1])
+
+    def test_headings_link_to_sorts(self):
+        text = self._html("/")
+        found = {}
+        for h in _core_hrefs(text):
+            if h.startswith("?"):
+                q = urllib.parse.parse_qs(h[1:])
+                if "sort" in q:
+                    found.setdefault(q["sort"][0], set()).update(q.get("order", []))
+        for key in ["name", "size", "time"]:
+            with self.subTest(key=key):
+                self.assertIn(key, found)
+                self.assertTrue(found[key] & {"asc", "desc"}, found[key])
+
+    def _json(self, path, headers=None):
+        r = get(self.port, path, headers)
+        self.assertEqual(r.status, 200)
+        self.assertEqual(r.headers.get("content-type", "").split(";")[0].strip(), "application/json")
+        return json.loads(r.body.decode("utf-8"))
+
+    def test_json_listing_shape(self):
+        for how, path, headers in [("query", "/?format=json", None),
+                                   ("accept", "/", {"Accept": "application/json"})]:
+            with self.subTest(how=how):
+                doc = self._json(path, headers)
+                self.assertEqual(set(doc), {"path", "entries"})
+                self.assertEqual(doc["path"], "/")
+                names = []
+                for e in doc["entries"]:
+                    self.assertEqual(set(e), {"name", "type", "size", "mtime"})
+                    self.assertIn(e["type"], ("file", "dir"))
+                    self.assertIsInstance(e["size"], int)
+                    self.assertIsInstance(e["mtime"], int)
+                    names.append(e["name"].rstrip("/"))
+                    if e["type"] == "file":
+                        st = os.stat(os.path.join(self.root, e["name"]))
+                        self.assertEqual(e["size"], st.st_size)
+                        self.assertEqual(e["mtime"], int(st.st_mtime))
+                types = [e["type"] for e in doc["entries"]]
+                self.assertEqual(types, ["dir"] * 3 + ["file"] * len(self._files("name")))
+                self.assertEqual(names, ["adir", "site", "zdir"] + self._files("name"))
+        doc = self._json("/adir/?format=json")
+        self.assertEqual(doc["path"], "/adir/")
+        self.assertEqual(doc["entries"], [{"name": "inner.txt", "type": "file", "size": 5,
+                                           "mtime": int(os.stat(os.path.join(
+                                               self.root, "adir", "inner.txt")).st_mtime)}])
+
+    def test_json_sorted(self):
+        doc = self._json("/?format=json&sort=size&order=desc")
+        files = [e["name"] for e in doc["entries"] if e["type"] == "file"]
+        self.assertEqual(files, self._files("size")[::-1])
+        doc = self._json("/?sort=time&order=asc", {"Accept": "application/json"})
+        files = [e["name"] for e in doc["entries"] if e["type"] == "file"]
+        self.assertEqual(files, self._files("time"))
+
+    def test_browser_accept_gets_html(self):
+        r = get(self.port, "/", {"Accept": "text/html,application/xhtml+xml,application/xml;q=0.9,"
+                                           "*/*;q=0.8"})
+        self.assertTrue(r.headers.get("content-type", "").startswith("text/html"))
+
+    def test_index_html_served(self):
+        for path in ["/site/", "/site/?x=1"]:
+            with self.subTest(path=path):
+                r = get(self.port, path)
+                self.assertEqual(r.status, 200)
+                self.assertEqual(r.body, b"<!DOCTYPE html><title>site index</title>")
+                self.assertEqual(r.headers.get("content-type", "").replace(" ", "").lower(),
+                                 "text/html;charset=utf-8")
+
+    def test_no_listing(self):
+        srv = start_server(self, self.root, "-q", "--no-listing")
+        for path in ["/", "/adir/", "/?format=json"]:
+            with self.subTest(path=path):
+                r = get(srv.port, path)
+                self.assertEqual(r.status, 403)
+                self.assertNotIn(b"inner.txt", r.body)
+                self.assertNotIn(b"a.txt", r.body)
+        r = get(srv.port, "/", {"Accept": "application/json"})
+        self.assertEqual(r.status, 403)
+        self.assertEqual(get(srv.port, "/site/").body, b"<!DOCTYPE html><title>site index</title>")
+        self.assertEqual(get(srv.port, "/a.txt").body, b"a" * 10)
+
+
+# ---------------------------------------------------------------------------
+# Persistent connections
+# ---------------------------------------------------------------------------
+
+class TestKeepAlive(unittest.TestCase):
+
+    FILES = {"1.txt": b"one", "2.txt": b"two-two", "3.txt": b"three-three-three",
+             "big.bin": b"B" * 300000}
+
+    @classmethod
+    def setUpClass(cls):
+        cls._cl = _core_Cleanups()
+        try:
+            cls.root = make_tree(cls._cl, cls.FILES)
+            cls.srv = start_server(cls._cl, cls.root, "-q")
+        except BaseException:
+            cls._cl.run()
+            raise
+
+    @classmethod
+    def tearDownClass(cls):
+        cls._cl.run()
+
+    @property
+    def port(self):
+        return self.srv.port
+
+    def test_several_requests_one_connection(self):
+        sock = connect(self.port, 5)
+        self.addCleanup(sock.close)
+        for i in range(6):
+            name = "%d.txt" % (i % 3 + 1)
+            with self.subTest(i=i):
+                sock.sendall(_core_raw("GET", "/" + name))
+                r = _core_read_ok(self, sock)
+                self.assertEqual(r.status, 200)
+                self.assertEqual(r.body, self.FILES[name])
+                self.assertNotEqual(r.headers.get("connection", "").lower(), "close")
+        sock.sendall(_core_raw("HEAD", "/big.bin"))
+        self.assertEqual(_core_read_ok(self, sock, head_request=True).body, b"")
+        sock.sendall(_core_raw("GET", "/big.bin"))
+        self.assertEqual(_core_read_ok(self, sock).body, self.FILES["big.bin"])
+        sock.sendall(_core_raw("GET", "/missing"))
+        self.assertEqual(_core_read_ok(self, sock).status, 404)
+        sock.sendall(b"\r\n" + _core_raw("GET", "/1.txt"))   # stray CRLF between requests
+        self.assertEqual(_core_read_ok(self, sock).body, b"one")
+
+    def test_pipelined_in_order(self):
+        data = (_core_raw("GET", "/1.txt") + _core_raw("GET", "/2.txt") +
+                _core_raw("GET", "/3.txt", close=True))
+        rs = _core_responses(self, send_raw(self.port, data))
+        self.assertEqual([r.body for r in rs], [b"one", b"two-two", b"three-three-three"])
+
+    def test_pipelined_mixed(self):
+        reqs = [("GET", "/big.bin"), ("HEAD", "/2.txt"), ("GET", "/missing"), ("GET", "/"),
+                ("OPTIONS", "*"), ("GET", "/3.txt")] * 3
+        data = b"".join(_core_raw(m, p, close=(i == len(reqs) - 1)) for i, (m, p) in enumerate(reqs))
+        rs = _core_responses(self, send_raw(self.port, data), head_flags=[m == "HEAD" for m, _ in reqs])
+        self.assertEqual([r.status for r in rs], [200, 200, 404, 200, 204, 200] * 3)
+        self.assertEqual(rs[0].body, self.FILES["big.bin"])
+        self.assertEqual(rs[-1].body, self.FILES["3.txt"])
+
+    def test_pipelined_sent_bytewise(self):
+        data = _core_raw("GET", "/1.txt") + _core_raw("GET", "/2.txt", close=True)
+        sock = connect(self.port, 5)
+        self.addCleanup(sock.close)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for i in range(len(data)):
+            sock.sendall(data[i:i + 1])
+        rs = _core_responses(self, recv_until_closed(sock))
+        self.assertEqual([r.body for r in rs], [b"one", b"two-two"])
+
+    def test_connection_close_honoured(self):
+        sock = connect(self.port, 5)
+        self.addCleanup(sock.close)
+        sock.sendall(_core_raw("GET", "/1.txt", close=True))
+        r = _core_read_ok(self, sock)
+        self.assertEqual(r.body, b"one")
+        self.assertEqual(r.headers.get("connection", "").lower(), "close")
+        self.assertTrue(_core_is_closed(sock), "server kept the connection open")
+
+    def test_http10_closes_by_default(self):
+        sock = connect(self.port, 5)
+        self.addCleanup(sock.close)
+        sock.sendall(b"GET /2.txt HTTP/1.0\r\n\r\n")
+        r = _core_read_ok(self, sock)
+        self.assertEqual(r.body, b"two-two")
+        self.assertNotEqual(r.headers.get("connection", "").lower(), "keep-alive")
+        self.assertTrue(_core_is_closed(sock), "HTTP/1.0 connection left open")
+
+    def test_http10_keep_alive(self):
+        sock = connect(self.port, 5)
+        self.addCleanup(sock.close)
+        for name in ["1.txt", "2.txt", "3.txt"]:
+            sock.sendall(("GET /%s HTTP/1.0\r\nConnection: keep-alive\r\n\r\n" % name).encode())
+            r = _core_read_ok(self, sock)
+            self.assertEqual(r.body, self.FILES[name])
+            self.assertEqual(r.headers.get("connection", "").lower(), "keep-alive")
+            self.assertTrue(r.raw_head.startswith("HTTP/1."))
+        sock.sendall(b"GET /1.txt HTTP/1.0\r\n\r\n")
+        self.assertEqual(_core_read_ok(self, sock).body, b"one")
+        self.assertTrue(_core_is_closed(sock))
+
+    def test_http11_response_version(self):
+        r = get(self.port, "/1.txt")
+        self.assertTrue(r.raw_head.startswith("HTTP/1.1 200"), r.raw_head)
+        r = parse_response(send_raw(self.port, b"GET /1.txt HTTP/1.2\r\nHost: x\r\n"
+                                                b"Connection: close\r\n\r\n"))
+        self.assertTrue(r.raw_head.startswith("HTTP/1.1 200"), r.raw_head)
+        self.assertEqual(r.body, b"one")
+
+    def test_idle_timeout(self):
+        srv = start_server(self, self.root, "-q", "--idle-timeout", "0.5")
+        sock = connect(srv.port, 5)
+        self.addCleanup(sock.close)
+        sock.sendall(_core_raw("GET", "/1.txt"))
+        self.assertEqual(_core_read_ok(self, sock).body, b"one")
+        t0 = time.monotonic()
+        sock.settimeout(5)
+        try:
+            data = sock.recv(100)
+        except ConnectionResetError:
+            data = b""
+        elapsed = time.monotonic() - t0
+        self.assertEqual(data, b"", "idle close should be silent")
+        self.assertGreater(elapsed, 0.3)
+        self.assertLess(elapsed, 4)
+        # a fresh connection that never sends a byte is closed as well
+        fresh = connect(srv.port, 5)
+        self.addCleanup(fresh.close)
+        self.assertTrue(_core_is_closed(fresh, 5))
+        # the server keeps working
+        self.assertEqual(get(srv.port, "/2.txt").body, b"two-two")
+
+    def test_bare_lf(self):
+        raw = send_raw(self.port, b"GET /1.txt HTTP/1.1\nHost: x\n\nGET /2.txt HTTP/1.1\nHost: x\n"
+                                  b"Connection: close\n\n")
+        rs = _core_responses(self, raw)
+        self.assertEqual([r.body for r in rs], [b"one", b"two-two"])
+
+
+# ---------------------------------------------------------------------------
+# Range requests
+# ---------------------------------------------------------------------------
+
+class TestRanges(unittest.TestCase):
+
+    DATA = bytes((i * 7 + i // 256) % 256 for i in range(1000))
+    MTIME = 1700000000
+
+    @classmethod
+    def setUpClass(cls):
+        cls._cl = _core_Cleanups()
+        try:
+            cls.big = os.urandom(300 * 1024)
+            cls.root = make_tree(cls._cl, {"f.bin": cls.DATA, "empty.bin": b"", "big.bin": cls.big})
+            os.utime(os.path.join(cls.root, "f.bin"), (cls.MTIME, cls.MTIME))
+            cls.srv = start_server(cls._cl, cls.root)
+        except BaseException:
+            cls._cl.run()
+            raise
+
+    @classmethod
+    def tearDownClass(cls):
+        cls._cl.run()
+
+    @property
+    def port(self):
+        return self.srv.port
+
+    def test_single_ranges(self):
+        cases = [
+            ("bytes=0-99", 0, 99),
+            ("bytes=900-", 900, 999),
+            ("bytes=-100", 900, 999),
+            ("bytes=990-2000", 990, 999),
+            ("bytes=0-0", 0, 0),
+            ("bytes=-5000", 0, 999),
+            ("bytes=500-500", 500, 500),
+        ]
+        for value, start, end in cases:
+            with self.subTest(range=value):
+                r = get(self.port, "/f.bin", {"Range": value})
+                self.assertEqual(r.status, 206)
+                self.assertEqual(r.body, self.DATA[start:end + 1])
+                self.assertEqual(r.headers.get("content-range"), "bytes %d-%d/1000" % (start, end))
+                self.assertEqual(int(r.headers["content-length"]), end - start + 1)
+
+    def test_accept_ranges(self):
+        r = get(self.port, "/f.bin")
+        self.assertEqual(r.status, 200)
+        self.assertEqual(r.headers.get("accept-ranges"), "bytes")
+
+    def test_unsatisfiable_416(self):
+        for path, value, size in [("/f.bin", "bytes=1000-", 1000), ("/f.bin", "bytes=2000-3000", 1000),
+                                  ("/f.bin", "bytes=-0", 1000), ("/empty.bin", "bytes=0-", 0)]:
+            with self.subTest(path=path, range=value):
+                r = get(self.port, path, {"Range": value})
+                self.assertEqual(r.status, 416)
+                self.assertEqual(r.headers.get("content-range"), "bytes */%d" % size)
+                self.assertNotIn(self.DATA[:50], r.body)
+
+    def test_empty_file_ranges(self):
+        for value in ["bytes=0-", "bytes=-5", "bytes=0-0", "bytes=-1"]:
+            with self.subTest(range=value):
+                r = get(self.port, "/empty.bin", {"Range": value})
+                self.assertIn(r.status, (200, 416))
+                if r.status == 200:
+                    self.assertEqual(r.body, b"")
+                if "content-range" in r.headers:
+                    self.assertEqual(r.headers["content-range"], "bytes */0")
+
+    def test_invalid_range_ignored(self):
+        for value in ["bytes=abc", "bytes=9-1", "items=0-9", "bytes=", "0-9", "bytes=1-2-3"]:
+            with self.subTest(range=value):
+                r = get(self.port, "/f.bin", {"Range": value})
+                self.assertEqual(r.status, 200)
+                self.assertEqual(r.body, self.DATA)
+                self.assertNotIn("content-range", r.headers)
+
+    def test_if_range(self):
+        full = get(self.port, "/f.bin")
+        etag, lm = full.headers["etag"], full.headers["last-modified"]
+        cases = [
+            (etag, 206),
+            ('"not-the-etag"', 200),
+            ("W/" + etag, 200),
+            (lm, 206),
+            ("Tue, 14 Nov 2023 22:13:21 GMT", 200),
+            ("Mon, 13 Nov 2023 00:00:00 GMT", 200),
+        ]
+        for value, status in cases:
+            with self.subTest(if_range=value):
+                r = get(self.port, "/f.bin", {"Range": "bytes=10-19", "If-Range": value})
+                self.assertEqual(r.status, status)
+                self.assertEqual(r.body, self.DATA[10:20] if status == 206 else self.DATA)
+
+    def test_multipart_byteranges(self):
+        r = get(self.port, "/f.bin", {"Range": "bytes=0-9,100-199,-5"})
+        self.assertEqual(r.status, 206)
+        ctype = r.headers.get("content-type", "")
+        m = re.match(r'^multipart/byteranges;\s*boundary=("?)([^";]+)\1$', ctype)
+        self.assertTrue(m, ctype)
+        self.assertEqual(int(r.headers["content-length"]), len(r.body))
+        self.assertNotIn("content-range", r.headers)
+        parts = _core_parse_multipart(r.body, m.group(2).encode("latin-1"))
+        self.assertEqual(len(parts), 3)
+        expected = [(0, 9), (100, 199), (995, 999)]
+        for (hdrs, data), (a, b) in zip(parts, expected):
+            self.assertEqual(hdrs.get("content-range"), "bytes %d-%d/1000" % (a, b))
+            self.assertEqual(data, self.DATA[a:b + 1])
+            self.assertEqual(hdrs.get("content-type"), "application/octet-stream")
+
+    def test_range_on_keepalive(self):
+        raw = send_raw(self.port, _core_raw("GET", "/f.bin", headers=[("Range", "bytes=0-1,5-6")]) +
+                       _core_raw("GET", "/f.bin", headers=[("Range", "bytes=0-3")]) +
+                       _core_raw("GET", "/f.bin", headers=[("Range", "bytes=5000-")]) +
+                       _core_raw("HEAD", "/f.bin", headers=[("Range", "bytes=0-3")]) +
+                       _core_raw("GET", "/f.bin", close=True))
+        rs = _core_responses(self, raw, head_flags=[False, False, False, True, False])
+        self.assertEqual([r.status for r in rs], [206, 206, 416, 206, 200])
+        self.assertEqual(rs[1].body, self.DATA[:4])
+        self.assertEqual(rs[3].headers.get("content-length"), "4")
+        self.assertEqual(rs[4].body, self.DATA)
+
+    def _partial_copy(self, nbytes):
+        d = tempfile.mkdtemp(prefix="minihttpd-dl-")
+        self.addCleanup(shutil.rmtree, d, True)
+        path = os.path.join(d, "big.bin")
+        with open(path, "wb") as f:
+            f.write(self.big[:nbytes])
+        return d, path
+
+    def _assert_206_logged(self):
+        rx = re.compile(r'"GET /big\.bin HTTP/1\.[01]" 206 %d' % (len(self.big) - 100000))
+        self.assertTrue(wait_for(lambda: rx.search(self.srv.stderr_text()), timeout=5),
+                        "no 206 for the resumed download in %r" % self.srv.stderr_text()[-2000:])
+
+    def test_curl_resume(self):
+        curl = shutil.which("curl")
+        if not curl:
+            self.skipTest("curl is not installed")
+        d, path = self._partial_copy(100000)
+        r = subprocess.run([curl, "-s", "-S", "-f", "--noproxy", "*", "-C", "-", "-o", path,
+                            self.srv.url("/big.bin")], stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, timeout=30,
+                           universal_newlines=True, env=_core_tool_env())
+        self.assertEqual(r.returncode, 0, r.stderr)
+        with open(path, "rb") as f:
+            self.assertTrue(f.read() == self.big, "resumed file differs")
+        self._assert_206_logged()
+
+    def test_wget_resume(self):
+        wget = shutil.which("wget")
+        if not wget:
+            self.skipTest("wget is not installed")
+        d, path = self._partial_copy(100000)
+        env = _core_tool_env()
+        env["HOME"] = d
+        r = subprocess.run([wget, "-q", "-c", "--no-proxy", "-t", "1", "-T", "20",
+                            self.srv.url("/big.bin")], cwd=d, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, timeout=30,
+                           universal_newlines=True, env=env)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        with open(path, "rb") as f:
+            self.assertTrue(f.read() == self.big, "resumed file differs")
+        self._assert_206_logged()
+
+
+# ---------------------------------------------------------------------------
+# Limits, malformed input, robustness
+# ---------------------------------------------------------------------------
+
+class TestLimits(unittest.TestCase):
+
+    @classmethod
+    def setUpClass(cls):
+        cls._cl = _core_Cleanups()
+        try:
+            cls.big = os.urandom(8 * 1024 * 1024)
+            cls.root = make_tree(cls._cl, {"a.txt": b"alpha", "big.bin": cls.big})
+            cls.srv = start_server(cls._cl, cls.root)
+        except BaseException:
+            cls._cl.run()
+            raise
+
+    @classmethod
+    def tearDownClass(cls):
+        cls._cl.run()
+
+    @property
+    def port(self):
+        return self.srv.port
+
+    def _expect(self, data, status, port=None):
+        r, closed = _core_exchange(port or self.port, data)
+        self.assertEqual(r.status, status, r)
+        self.assertEqual(r.headers.get("connection", "").lower(), "close")
+        self.assertTrue(closed, "connection not closed after %d" % status)
+        return r
+
+    def _assert_alive(self, port=None):
+        r = get(port or self.port, "/a.txt")
+        self.assertEqual(r.body, b"alpha")
+
+    def test_request_line_too_long_414(self):
+        self._expect(b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 414)
+        self._assert_alive()
+
+    def test_header_block_too_large_431(self):
+        big = b"GET / HTTP/1.1\r\nHost: x\r\n" + b"".join(
+            b"X-B%d: %s\r\n" % (i, b"b" * 3500) for i in range(20)) + b"\r\n"
+        self._expect(big, 431)
+        self._assert_alive()
+
+    def test_too_many_fields_431(self):
+        fields = b"".join(b"X-F%d: v\r\n" % i for i in range(100))
+        self._expect(b"GET /a.txt HTTP/1.1\r\nHost: x\r\n" + fields + b"\r\n", 431)
+        ok = b"".join(b"X-F%d: v\r\n" % i for i in range(98))   # + Host + Connection = 100
+        r = parse_response(send_raw(self.port, b"GET /a.txt HTTP/1.1\r\nHost: x\r\n" + ok +
+                                    b"Connection: close\r\n\r\n"))
+        self.assertEqual(r.status, 200)
+
+    def test_malformed_400(self):
+        cases = [
+            ("garbage_line", b"GARBAGE\r\n\r\n"),
+            ("binary", b"\x00\x01\x02 \xff\xfe garbage\r\n\r\n"),
+            ("extra_token", b"GET / HTTP/1.1 extra\r\nHost: x\r\n\r\n"),
+            ("bad_version", b"GET / HTTP/1.x\r\nHost: x\r\n\r\n"),
+            ("bad_protocol", b"GET / FOO/1.1\r\nHost: x\r\n\r\n"),
+            ("header_no_colon", b"GET / HTTP/1.1\r\nHost: x\r\nNoColonHere\r\n\r\n"),
+            ("space_before_colon", b"GET / HTTP/1.1\r\nHost : x\r\n\r\n"),
+            ("obs_fold", b"GET / HTTP/1.1\r\nHost: x\r\nX-A: 1\r\n continued\r\n\r\n"),
+            ("no_host_11", b"GET /a.txt HTTP/1.1\r\n\r\n"),
+            ("two_hosts", b"GET /a.txt HTTP/1.1\r\nHost: x\r\nHost: y\r\n\r\n"),
+        ]
+        for name, data in cases:
+            with self.subTest(name):
+                r = self._expect(data, 400)
+                self.assertTrue(r.headers.get("content-type", "").startswith("text/html"))
+        self.assertEqual(parse_response(send_raw(self.port, b"GET /a.txt HTTP/1.0\r\n\r\n")).body,
+                         b"alpha")
+
+    def test_unsupported_version_505(self):
+        for version in ["HTTP/2.0", "HTTP/0.9", "HTTP/3"]:
+            with self.subTest(version=version):
+                self._expect(("GET /a.txt %s\r\nHost: x\r\n\r\n" % version).encode(), 505)
+
+    def test_request_timeout_408(self):
+        srv = start_server(self, self.root, "-q", "--request-timeout", "0.5")
+        with self.subTest("partial head"):
+            sock = connect(srv.port, 5)
+            self.addCleanup(sock.close)
+            t0 = time.monotonic()
+            sock.sendall(b"GET /a.txt HTTP/1.1\r\nHost: x\r\n")
+            r = _core_read_ok(self, sock)
+            self.assertEqual(r.status, 408)
+            self.assertGreater(time.monotonic() - t0, 0.3)
+            self.assertEqual(r.headers.get("connection", "").lower(), "close")
+            self.assertTrue(_core_is_closed(sock))
+        with self.subTest("slow drip does not reset the deadline"):
+            sock = connect(srv.port, 5)
+            self.addCleanup(sock.close)
+            sock.sendall(b"GET /a.txt HTTP/1.1\r\nX-Drip: ")
+            t0 = time.monotonic()
+            answered = False
+            while time.monotonic() - t0 < 4:
+                try:
+                    sock.sendall(b"d")
+                except OSError:
+                    break
+                ready, _, _ = select.select([sock], [], [], 0.1)
+                if ready:
+                    answered = True
+                    break
+            self.assertTrue(answered, "no answer to a head dripping in for 4 s")
+            self.assertLess(time.monotonic() - t0, 2.5)
+            r = _core_read_ok(self, sock)
+            self.assertEqual(r.status, 408)
+        self._assert_alive(srv.port)
+
+    def test_bad_request_does_not_disturb_others(self):
+        good = connect(self.port, 5)
+        self.addCleanup(good.close)
+        good.sendall(_core_raw("GET", "/a.txt"))
+        self.assertEqual(_core_read_ok(self, good).body, b"alpha")
+        good.sendall(b"GET /a.txt HTTP/1.1\r\n")             # half a head in flight
+        self._expect(b"\x00\x01\x02 garbage\r\n\r\n", 400)
+        self._expect(b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 414)
+        good.sendall(b"Host: x\r\n\r\n")
+        self.assertEqual(_core_read_ok(self, good).body, b"alpha")
+        good.sendall(_core_raw("GET", "/a.txt"))
+        self.assertEqual(_core_read_ok(self, good).body, b"alpha")
+
+    def test_garbage_flood(self):
+        payloads = [
+            b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03" + os.urandom(64),
+            b"GARBAGE\r\n\r\n",
+            b"GET",
+            b"\r\n" * 10,
+            os.urandom(256),
+            b"GET / HTTP/1.1\r\nHost",
+            b"",
+        ]
+        socks = []
+        try:
+            for i in range(50):
+                s = connect(self.port, 5)
+                socks.append(s)
+                try:
+                    s.sendall(payloads[i % len(payloads)])
+                except OSError:
+                    pass
+                if i % 2 == 0:
+                    _core_rst_close(s)
+            t0 = time.monotonic()
+            self._assert_alive()
+            self.assertLess(time.monotonic() - t0, 3)
+        finally:
+            for s in socks:
+                s.close()
+        self._assert_alive()
+        self.assertIsNone(self.srv.proc.poll())
+
+    def test_client_leaves_mid_download(self):
+        for abortive in (False, True):
+            with self.subTest(abortive=abortive):
+                sock = _core_small_rcvbuf_socket(self.port, 5)
+                sock.sendall(_core_raw("GET", "/big.bin"))
+                self.assertEqual(len(sock.recv(1)), 1)
+                if abortive:
+                    _core_rst_close(sock)
+                else:
+                    sock.close()
+                self._assert_alive()
+        r = get(self.port, "/big.bin")
+        self.assertEqual(len(r.body), len(self.big))
+        self.assertTrue(r.body == self.big)
+        self.assertIsNone(self.srv.proc.poll())
+        rx = re.compile(r'"GET /big\.bin HTTP/1\.1" 200 \d+', re.M)
+        self.assertTrue(wait_for(lambda: len(rx.findall(self.srv.stderr_text())) >= 3, timeout=5),
+                        "each download (also the broken ones) should cost one log line")
+        self.assertNotIn("Traceback", self.srv.stderr_text())
+
+    def test_slow_reader_does_not_delay_others(self):
+        slow = _core_small_rcvbuf_socket(self.port, 5)
+        self.addCleanup(slow.close)
+        slow.sendall(_core_raw("GET", "/big.bin"))
+        _core_read_head(slow)             # then read nothing more: the server's send stalls
+        t0 = time.monotonic()
+        for _ in range(5):
+            r, _ = _core_exchange(self.port, _core_raw("GET", "/a.txt", close=True), timeout=3)
+            self.assertEqual(r.body, b"alpha")
+        self.assertLess(time.monotonic() - t0, 2)
+
+    @unittest.skipUnless(sys.platform.startswith("linux"), "RLIMIT_AS is enforced on Linux")
+    def test_large_file_streamed_not_loaded(self):
+        import resource
+        root = tempfile.mkdtemp(prefix="minihttpd-test-")
+        self.addCleanup(shutil.rmtree, root, True)
+        size = 2 * 1024 ** 3
+        with open(os.path.join(root, "huge.bin"), "wb") as f:
+            f.truncate(size)                  # sparse: costs no disk
+            f.seek(size - 4)
+            f.write(b"TAIL")
+
+        def limit():
+            resource.setrlimit(resource.RLIMIT_AS, (768 * 1024 ** 2, 768 * 1024 ** 2))
+        srv = start_server(self, root, "-q", preexec_fn=limit)
+        sock = connect(srv.port, 10)
+        self.addCleanup(sock.close)
+        sock.sendall(_core_raw("GET", "/huge.bin"))
+        head, body = _core_read_head(sock)
+        self.assertTrue(head.startswith("HTTP/1.1 200"), head)
+        self.assertEqual(int(_core_header(head, "Content-Length")), size)
+        got = len(body)
+        while got < 4 * 1024 * 1024:
+            d = sock.recv(1 << 20)
+            self.assertTrue(d, "connection closed early")
+            got += len(d)
+        sock.close()
+        r = get(srv.port, "/huge.bin", {"Range": "bytes=-4"})
+        self.assertEqual((r.status, r.body), (206, b"TAIL"))
+        self.assertIsNone(srv.proc.poll())
+
+
+# ---------------------------------------------------------------------------
+# Small extra helpers for the issue-4 tests (probe endpoints, prefix, gzip)
+# ---------------------------------------------------------------------------
+
+class _ex_ClassFixture(object):
+    """Stands in for a TestCase in setUpClass so start_server/make_tree can be shared."""
+
+    def __init__(self):
+        self._cleanups = []
+
+    def addCleanup(self, fn, *args, **kwargs):
+        self._cleanups.append((fn, args, kwargs))
+
+    def fail(self, msg=None):
+        raise AssertionError(msg)
+
+    def doCleanups(self):
+        while self._cleanups:
+            fn, args, kwargs = self._cleanups.pop()
+            try:
+                fn(*args, **kwargs)
+            except Exception:
+                pass
+
+
+def _ex_setup_class(cls, builder):
+    """Run builder(fixture) in setUpClass; clean up if it raises."""
+    cls._ex_fx = _ex_ClassFixture()
+    try:
+        builder(cls._ex_fx)
+    except BaseException:
+        cls._ex_fx.doCleanups()
+        raise
+
+
+def _ex_status_line(resp):
+    """The status line exactly as received."""
+    return resp.raw_head.split("\r\n", 1)[0]
+
+
+def _ex_location(resp):
+    """Location header reduced to path[?query] (an absolute URL is accepted too)."""
+    loc = resp.headers.get("location")
+    if loc is None:
+        return None
+    parts = urllib.parse.urlsplit(loc)
+    return parts.path + ("?" + parts.query if parts.query else "")
+
+
+def _ex_vary_has_ae(resp):
+    vary = resp.headers.get("vary", "")
+    return "accept-encoding" in [v.strip().lower() for v in vary.split(",")]
+
+
+def _ex_header_count(resp, name):
+    return sum(1 for k, _ in resp.header_list if k.strip().lower() == name.lower())
+
+
+def _ex_req_bytes(method, path, port, headers=(), body=b"", close=False, version="HTTP/1.1"):
+    """Build one request: Host first, then headers (a list of pairs) in order."""
+    lines = ["%s %s %s" % (method, path, version), "Host: 127.0.0.1:%d" % port]
+    for name, value in headers:
+        lines.append("%s: %s" % (name, value))
+    if body:
+        lines.append("Content-Length: %d" % len(body))
+    if close:
+        lines.append("Connection: close")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8") + body
+
+
+def _ex_read_n(sock, n, head_flags=None):
+    """Read exactly n responses from an open socket (pipelining); return the list."""
+    buf = b""
+    while True:
+        try:
+            out = []
+            rest = buf
+            for i in range(n):
+                flag = bool(head_flags and head_flags[i])
+                resp, rest = parse_one_response(rest, flag)
+                out.append(resp)
+            if rest:
+                raise AssertionError("unexpected bytes after %d responses: %r" % (n, rest[:200]))
+            return out
+        except (ValueError, IndexError):
+            data = sock.recv(65536)
+            if not data:
+                raise AssertionError("connection closed after %r" % buf[:500])
+            buf += data
+
+
+def _ex_assert_closed(tc, sock, timeout=5):
+    """The server must close sock (recv -> b'') within timeout seconds."""
+    sock.settimeout(timeout)
+    try:
+        data = sock.recv(65536)
+    except socket.timeout:
+        tc.fail("server did not close the connection within %ss" % timeout)
+    except ConnectionResetError:
+        return
+    tc.assertEqual(data, b"", "server sent more bytes instead of closing")
+
+
+def _ex_assert_cl_framed(tc, resp):
+    tc.assertIn("content-length", resp.headers, resp)
+    tc.assertNotIn("transfer-encoding", resp.headers, resp)
+    tc.assertEqual(int(resp.headers["content-length"]), len(resp.body))
+
+
+def _ex_gunzip(tc, resp):
+    tc.assertEqual(resp.headers.get("content-encoding", "").lower(), "gzip", resp)
+    tc.assertTrue(resp.body.startswith(b"\x1f\x8b"), "body is not gzip: %r" % resp.body[:40])
+    return gzip.decompress(resp.body)
+
+
+def _ex_text(nbytes, seed="line"):
+    """Compressible, varied text of exactly nbytes bytes."""
+    parts = []
+    total = 0
+    i = 0
+    while total < nbytes:
+        line = ("%s %06d: the quick brown fox jumps over the lazy dog %x\n"
+                % (seed, i, (i * 2654435761) & 0xffffffff)).encode("ascii")
+        parts.append(line)
+        total += len(line)
+        i += 1
+    return b"".join(parts)[:nbytes]
+
+
+def _ex_multipart(boundary, files):
+    """multipart/form-data body for [(field, filename, bytes)]."""
+    out = b""
+    for field, filename, data in files:
+        out += (b"--" + boundary + b"\r\n"
+                + ('Content-Disposition: form-data; name="%s"; filename="%s"\r\n'
+                   % (field, filename)).encode("utf-8")
+                + b"Content-Type: application/octet-stream\r\n\r\n" + data + b"\r\n")
+    return out + b"--" + boundary + b"--\r\n"
+
+
+# ---------------------------------------------------------------------------
+# Accept-Encoding parsing (pure)
+# ---------------------------------------------------------------------------
+
+class TestAcceptEncoding(unittest.TestCase):
+
+    def test_parse_simple_list(self):
+        self.assertEqual(minihttpd.parse_accept_encoding("gzip, deflate, br"),
+                         {"gzip": 1.0, "deflate": 1.0, "br": 1.0})
+
+    def test_parse_q_values(self):
+        self.assertEqual(minihttpd.parse_accept_encoding("gzip;q=0.5, br;q=1.0, identity; q=0"),
+                         {"gzip": 0.5, "br": 1.0, "identity": 0.0})
+
+    def test_parse_lowercases_codings_and_tolerates_whitespace(self):
+        self.assertEqual(minihttpd.parse_accept_encoding("  GZIP ; q=0.8 ,Deflate"),
+                         {"gzip": 0.8, "deflate": 1.0})
+
+    def test_parse_q_parameter_name_is_case_insensitive(self):
+        self.assertEqual(minihttpd.parse_accept_encoding("gzip;Q=0.25"), {"gzip": 0.25})
+
+    def test_parse_star(self):
+        self.assertEqual(minihttpd.parse_accept_encoding("*"), {"*": 1.0})
+        self.assertEqual(minihttpd.parse_accept_encoding("*;q=0.1"), {"*": 0.1})
+
+    def test_parse_empty(self):
+        self.assertEqual(minihttpd.parse_accept_encoding(""), {})
+
+    def test_parse_empty_list_elements_ignored(self):
+        self.assertEqual(minihttpd.parse_accept_encoding(" , gzip ,, "), {"gzip": 1.0})
+
+    def test_q_values_are_floats(self):
+        d = minihttpd.parse_accept_encoding("gzip;q=0.001")
+        self.assertIsInstance(d["gzip"], float)
+        self.assertAlmostEqual(d["gzip"], 0.001)
+
+    def test_accepts_gzip_cases(self):
+        cases = [
+            (None, False),
+            ("", False),
+            ("gzip", True),
+            ("GZIP", True),
+            ("gzip, deflate, br", True),
+            ("deflate, br", False),
+            ("identity", False),
+            ("identity;q=0", False),
+            ("gzip;q=0", False),
+            ("gzip;q=0.0", False),
+            ("gzip; q=0.000", False),
+            ("gzip;q=0.001", True),
+            ("gzip;q=1", True),
+            ("br;q=1.0, gzip;q=0.8, *;q=0.1", True),
+            ("*", True),
+            ("*;q=0.5", True),
+            ("*;q=0", False),
+            ("gzip;q=0, *", False),
+            ("*, gzip;q=0", False),
+            ("deflate;q=0.5, *;q=0.1", True),
+            ("*;q=0, gzip", True),
+            ("x-gzip", True),
+            ("invalid-encoding", False),
+            ("invalid-encoding-1, gzip, invalid-encoding-2", True),
+            ("encoding-1, encoding-2", False),
+        ]
+        for value, expected in cases:
+            with self.subTest(value=value):
+                self.assertIs(minihttpd.accepts_gzip(value), expected)
+
+    def test_garbage_never_raises(self):
+        for value in ["gzip;q=abc", ";;;", "q=1", "gzip;q=", ";q=0.5", "gzip;q=2",
+                      "gzip;q=-1", ",,,", "\t", "gzip;;q=1", "g\u00e9zip"]:
+            with self.subTest(value=value):
+                self.assertIsInstance(minihttpd.accepts_gzip(value), bool)
+                self.assertIsInstance(minihttpd.parse_accept_encoding(value), dict)
+
+
+# ---------------------------------------------------------------------------
+# --echo: /echo/{text}, /user-agent, /request
+# ---------------------------------------------------------------------------
+
+class TestEcho(unittest.TestCase):
+
+    @classmethod
+    def setUpClass(cls):
+        def build(fx):
+            files = {
+                "echo/x": b"file named echo/x\n",
+                "user-agent": b"a file called user-agent\n",
+                "request": b"a file called request\n",
+                "a.txt": b"hello\n",
+            }
+            cls.root = make_tree(fx, files)
+            cls.srv = start_server(fx, cls.root, "--echo")
+            cls.plain = start_server(fx, cls.root)
+        _ex_setup_class(cls, build)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls._ex_fx.doCleanups()
+
+    def test_echo_abc(self):
+        r = get(self.srv.port, "/echo/abc")
+        self.assertEqual(_ex_status_line(r), "HTTP/1.1 200 OK")
+        self.assertEqual(r.headers["content-type"], "text/plain")
+        self.assertEqual(_ex_header_count(r, "content-type"), 1)
+        self.assertEqual(r.body, b"abc")
+        _ex_assert_cl_framed(self, r)
+        self.assertNotIn("content-encoding", r.headers)
+
+    def test_echo_percent_decoded_utf8(self):
+        r = get(self.srv.port, "/echo/hello%20w%C3%B6rld%20%E2%9C%93")
+        self.assertEqual(r.status, 200)
+        self.assertEqual(r.headers["content-type"], "text/plain")
+        self.assertEqual(r.body, u"hello w\u00f6rld \u2713".encode("utf-8"))
+        self.assertEqual(r.headers["content-length"], str(len(r.body)))
+
+    def test_echo_query_not_part_of_text(self):
+        r = get(self.srv.port, "/echo/abc?x=1")
+        self.assertEqual(r.status, 200)
+        self.assertEqual(r.body, b"abc")
+
+    def test_echo_text_with_slashes(self):
+        r = get(self.srv.port, "/echo/a/b")
+        self.assertEqual(r.status, 200)
+        self.assertEqual(r.body, b"a/b")
+        r = get(self.srv.port, "/echo/a%2Fb")
+        self.assertEqual(r.status, 200)
+        self.assertEqual(r.body, b"a/b")
+
+    def test_echo_bad_percent_encoding_400(self):
+        r = get(self.srv.port, "/echo/%zz")
+        self.assertEqual(r.status, 400)
+
+    def test_echo_head(self):
+        g = get(self.srv.port, "/echo/abc")
+        raw = send_raw(self.srv.port, _ex_req_bytes("HEAD", "/echo/abc", self.srv.port, close=True))
+        h = parse_response(raw, head_request=True)
+        self.assertEqual(h.status, 200)
+        self.assertTrue(raw.endswith(b"\r\n\r\n"), "HEAD response has a body: %r" % raw[-50:])
+        self.assertEqual(h.headers["content-type"], "text/plain")
+        self.assertEqual(h.headers.get("content-length"), g.headers["content-length"])
+
+    def test_user_agent(self):
+        for ua in ["foobar/1.2.3", "curl/7.64.1", "Mozilla/5.0 (X11; Linux x86_64) Gecko/20100101"]:
+            with self.subTest(ua=ua):
+                r = get(self.srv.port, "/user-agent", {"User-Agent": ua})
+                self.assertEqual(_ex_status_line(r), "HTTP/1.1 200 OK")
+                self.assertEqual(r.headers["content-type"], "text/plain")
+                self.assertEqual(r.body, ua.encode("latin-1"))
+                _ex_assert_cl_framed(self, r)
+
+    def test_user_agent_absent_gives_empty_body(self):
+        r = get(self.srv.port, "/user-agent")
+        self.assertEqual(r.status, 200)
+        self.assertEqual(r.headers["content-type"], "text/plain")
+        self.assertEqual(r.body, b"")
+        self.assertEqual(r.headers.get("content-length"), "0")
+
+    def test_request_as_text(self):
+        sock = connect(self.srv.port)
+        try:
+            sock.sendall(_ex_req_bytes("GET", "/request?a=b%20c", self.srv.port,
+                                       [("X-Custom-Header", "Some Value"), ("x-MiXeD", "v1")],
+                                       close=True))
+            sock.shutdown(socket.SHUT_WR)
+            raw = recv_until_closed(sock)
+        finally:
+            sock.close()
+        r = parse_response(raw)
+        self.assertEqual(r.status, 200)
+        self.assertTrue(r.headers["content-type"].startswith("text/plain"), r.headers)
+        text = r.body.decode("utf-8")
+        self.assertIn("127.0.0.1", text)
+        self.assertIn("GET /request?a=b%20c HTTP/1.1", text)
+        self.assertIn("Host: 127.0.0.1:%d" % self.srv.port, text)
+        self.assertIn("X-Custom-Header: Some Value", text)
+        self.assertIn("x-MiXeD: v1", text)   # case as received
+        self.assertIn("Connection: close", text)
+
+    def test_request_as_json(self):
+        sock = connect(self.srv.port)
+        try:
+            client_port = sock.getsockname()[1]
+            hdrs = [("X-Custom-Header", "Some Value"), ("x-MiXeD", "v1"),
+                    ("Accept", "application/json")]
+            sock.sendall(_ex_req_bytes("GET", "/request", self.srv.port, hdrs, close=True))
+            r = read_response(sock)
+        finally:
+            sock.close()
+        self.assertEqual(r.status, 200)
+        self.assertTrue(r.headers["content-type"].startswith("application/json"), r.headers)
+        doc = json.loads(r.body.decode("utf-8"))
+        self.assertEqual(doc["client"], "127.0.0.1:%d" % client_port)
+        self.assertEqual(doc["method"], "GET")
+        self.assertEqual(doc["target"], "/request")
+        self.assertEqual(doc["version"], "HTTP/1.1")
+        expected = [["Host", "127.0.0.1:%d" % self.srv.port]] + [list(p) for p in hdrs] + \
+            [["Connection", "close"]]
+        self.assertEqual(doc["headers"], expected)
+
+    def test_request_json_http10_and_method(self):
+        raw = send_raw(self.srv.port, b"HEAD /request HTTP/1.0\r\nAccept: application/json\r\n\r\n")
+        r = parse_response(raw, head_request=True)
+        self.assertEqual(r.status, 200)
+        self.assertTrue(raw.endswith(b"\r\n\r\n"))
+        raw = send_raw(self.srv.port, b"GET /request HTTP/1.0\r\nAccept: application/json\r\n\r\n")
+        doc = json.loads(parse_response(raw).body.decode("utf-8"))
+        self.assertEqual(doc["version"], "HTTP/1.0")
+        self.assertEqual(doc["headers"], [["Accept", "application/json"]])
+
+    def test_without_echo_paths_are_files(self):
+        p = self.plain.port
+        r = get(p, "/echo/x")
+        self.assertEqual(r.status, 200)
+        self.assertEqual(r.body, b"file named echo/x\n")
+        self.assertEqual(get(p, "/echo/abc").status, 404)
+        r = get(p, "/user-agent", {"User-Agent": "foobar/1.2.3"})
+        self.assertEqual(r.status, 200)
+        self.assertEqual(r.body, b"a file called user-agent\n")
+        r = get(p, "/request")
+        self.assertEqual(r.body, b"a file called request\n")
+
+    def test_with_echo_files_still_served(self):
+        r = get(self.srv.port, "/a.txt")
+        self.assertEqual(r.status, 200)
+        self.assertEqual(r.body, b"hello\n")
+
+
+# ---------------------------------------------------------------------------
+# --route-prefix /files
+# ---------------------------------------------------------------------------
+
+class TestRoutePrefix(unittest.TestCase):
+    A = b"0123456789abcdefghijklmnopqrstuvwxyz\n"
+
+    @classmethod
+    def setUpClass(cls):
+        def build(fx):
+            files = {
+                "secret.txt": b"TOP SECRET outside the root\n",
+                "root/a.txt": cls.A,
+                "root/sub/b.txt": b"bee\n",
+                "root/sub/deeper/c.txt": b"sea\n",
+                "root/Space Dir/x y.txt": b"spaces\n",
+                "root/up": None,
+                "root/echo": None,
+            }
+            top = make_tree(fx, files)
+            cls.root = os.path.join(top, "root")
+            cls.srv = start_server(fx, cls.root, "--route-prefix", "/files", "--upload", "--echo")
+        _ex_setup_class(cls, build)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls._ex_fx.doCleanups()
+
+    @property
+    def port(self):
+        return self.srv.port
+
+    def _links(self, body):
+        return re.findall(r'(?:href|action)="([^"]*)"', body.decode("utf-8"))
+
+    def test_prefix_without_slash_redirects(self):
+        r = get(self.port, "/files")
+        self.assertEqual(r.status, 301)
+        self.assertEqual(_ex_location(r), "/files/")
+
+    def test_root_page_links_to_prefix(self):
+        r = get(self.port, "/")
+        self.assertEqual(r.status, 200)
+        self.assertTrue(r.headers["content-type"].startswith("text/html"), r.headers)
+        self.assertRegex(r.body.decode("utf-8"), r'href=["\']/files/["\']')
+
+    def test_file_under_prefix(self):
+        r = get(self.port, "/files/a.txt")
+        self.assertEqual(r.status, 200)
+        self.assertEqual(r.body, self.A)
+        r = get(self.port, "/files/sub/deeper/c.txt")
+        self.assertEqual(r.body, b"sea\n")
+
+    def test_paths_outside_prefix_404(self):
+        for path in ["/a.txt", "/sub/", "/sub/b.txt", "/filesx", "/filesx/a.txt", "/files.txt",
+                     "/other/", "/index.html", "/FILES/a.txt"]:
+            with self.subTest(path=path):
+                r = get(self.port, path)
+                self.assertEqual(r.status, 404)
+                self.assertNotIn(self.A, r.body)
+
+    def test_traversal_out_of_prefix_root_404(self):
+        for path in ["/files/../secret.txt", "/files/%2e%2e/secret.txt", "/files/..%2fsecret.txt",
+                     "/files/sub/../../secret.txt", "/files/sub/%2e%2e/%2e%2e/secret.txt"]:
+            with self.subTest(path=path):
+                r = get(self.port, path)
+                self.assertEqual(r.status, 404)
+                self.assertNotIn(b"TOP SECRET", r.body)
+
+    def test_listing_at_prefix_root_links(self):
+        r = get(self.port, "/files/")
+        self.assertEqual(r.status, 200)
+        self.assertTrue(r.headers["content-type"].startswith("text/html"))
+        body = r.body.decode("utf-8")
+        self.assertNotIn('href="../"', body)
+        links = self._links(r.body)
+        for link in links:
+            resolved = urllib.parse.urljoin("/files/", link)
+            with self.subTest(link=link):
+                self.assertTrue(resolved.startswith("/files/"),
+                                "link %r leaves the prefix (-> %r)" % (link, resolved))
+        resolved = set(urllib.parse.urlsplit(urllib.parse.urljoin("/files/", l)).path
+                       for l in links)
+        for want in ["/files/a.txt", "/files/sub/", "/files/Space%20Dir/"]:
+            self.assertIn(want, resolved)
+        # the links actually work
+        self.assertEqual(get(self.port, "/files/a.txt").body, self.A)
+        self.assertEqual(get(self.port, "/files/Space%20Dir/x%20y.txt").body, b"spaces\n")
+
+    def test_listing_in_subdir_links(self):
+        r = get(self.port, "/files/sub/")
+        self.assertEqual(r.status, 200)
+        links = self._links(r.body)
+        resolved = set()
+        for link in links:
+            full = urllib.parse.urljoin("/files/sub/", link)
+            with self.subTest(link=link):
+                self.assertTrue(full.startswith("/files/"), "link %r leaves the prefix" % link)
+            resolved.add(urllib.parse.urlsplit(full).path)
+        self.assertIn("/files/", resolved)            # parent link
+        self.assertIn("/files/sub/b.txt", resolved)
+        self.assertIn("/files/sub/deeper/", resolved)
+        for path in ["/files/", "/files/sub/b.txt", "/files/sub/deeper/"]:
+            self.assertEqual(get(self.port, path).status, 200, path)
+
+    def test_directory_redirect_includes_prefix(self):
+        r = get(self.port, "/files/sub")
+        self.assertEqual(r.status, 301)
+        self.assertEqual(_ex_location(r), "/files/sub/")
+        r = get(self.port, "/files/sub/deeper?a=1")
+        self.assertEqual(r.status, 301)
+        self.assertEqual(_ex_location(r), "/files/sub/deeper/?a=1")
+
+    def test_json_listing_path_includes_prefix(self):
+        r = get(self.port, "/files/sub/?format=json")
+        self.assertEqual(r.status, 200)
+        doc = json.loads(r.body.decode("utf-8"))
+        self.assertEqual(doc["path"], "/files/sub/")
+        self.assertEqual([e["name"] for e in doc["entries"]], ["deeper", "b.txt"])
+        r = get(self.port, "/files/", {"Accept": "application/json"})
+        doc = json.loads(r.body.decode("utf-8"))
+        self.assertEqual(doc["path"], "/files/")
+
+    def test_range_under_prefix(self):
+        r = get(self.port, "/files/a.txt", {"Range": "bytes=2-5"})
+        self.assertEqual(r.status, 206)
+        self.assertEqual(r.headers["content-range"], "bytes 2-5/%d" % len(self.A))
+        self.assertEqual(r.body, self.A[2:6])
+        r = get(self.port, "/files/a.txt", {"Range": "bytes=-4"})
+        self.assertEqual(r.status, 206)
+        self.assertEqual(r.body, self.A[-4:])
+
+    def test_raw_upload_under_prefix(self):
+        body = b"uploaded \x00\x01\xff bytes\r\n" * 10
+        r = request(self.port, "POST", "/files/up/new.bin", body=body)
+        self.assertEqual(r.status, 201)
+        self.assertEqual(_ex_location(r), "/files/up/new.bin")
+        with open(os.path.join(self.root, "up", "new.bin"), "rb") as f:
+            self.assertEqual(f.read(), body)
+        self.assertEqual(get(self.port, "/files/up/new.bin").body, body)
+        r = request(self.port, "PUT", "/files/up/put.txt", body=b"put body")
+        self.assertEqual(r.status, 201)
+        with open(os.path.join(self.root, "up", "put.txt"), "rb") as f:
+            self.assertEqual(f.read(), b"put body")
+
+    def test_upload_outside_prefix_refused(self):
+        r = request(self.port, "POST", "/outside.bin", body=b"nope")
+        self.assertEqual(r.status, 404)
+        self.assertFalse(os.path.exists(os.path.join(self.root, "outside.bin")))
+        self.assertFalse(os.path.exists(os.path.join(os.path.dirname(self.root), "outside.bin")))
+
+    def test_form_upload_redirects_under_prefix(self):
+        boundary = b"----exboundary7MA4YWxkTrZu0gW"
+        body = _ex_multipart(boundary, [("file", "form1.txt", b"form one\r\n--not-a-boundary\r\n"),
+                                        ("file", "form2.txt", b"form two")])
+        r = request(self.port, "POST", "/files/up/", body=body,
+                    headers={"Content-Type": "multipart/form-data; boundary=" + boundary.decode()})
+        self.assertEqual(r.status, 303)
+        self.assertEqual(_ex_location(r), "/files/up/")
+        with open(os.path.join(self.root, "up", "form1.txt"), "rb") as f:
+            self.assertEqual(f.read(), b"form one\r\n--not-a-boundary\r\n")
+        with open(os.path.join(self.root, "up", "form2.txt"), "rb") as f:
+            self.assertEqual(f.read(), b"form two")
+
+    def test_echo_endpoints_at_top_level(self):
+        r = get(self.port, "/echo/abc")
+        self.assertEqual(r.status, 200)
+        self.assertEqual(r.headers["content-type"], "text/plain")
+        self.assertEqual(r.body, b"abc")
+        r = get(self.port, "/user-agent", {"User-Agent": "foobar/1.2.3"})
+        self.assertEqual(r.body, b"foobar/1.2.3")
+        # not under the prefix: /files/echo/abc is a path on disk (absent)
+        self.assertEqual(get(self.port, "/files/echo/abc").status, 404)
+
+
+# ---------------------------------------------------------------------------
+# The classic "build your own HTTP server" exercise, on raw sockets
+# ---------------------------------------------------------------------------
+
+class TestExerciseAPI(unittest.TestCase):
+    FOO = b"Hello, World!"
+
+    @classmethod
+    def setUpClass(cls):
+        def build(fx):
+            cls.root = make_tree(fx, {"foo": cls.FOO, "apple_banana_42": b"x" * 100})
+            cls.srv = start_server(fx, cls.root, "--directory", cls.root, "--route-prefix", "/files",
+                                   "--upload", "--echo")
+        _ex_setup_class(cls, build)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls._ex_fx.doCleanups()
+
+    @property
+    def port(self):
+        return self.srv.port
+
+    def _one(self, path, headers=(), method="GET", body=b""):
+        """One request on a kept-alive connection (no Connection header), like the exercise's tester."""
+        sock = connect(self.port)
+        try:
+            sock.sendall(_ex_req_bytes(method, path, self.port, headers, body))
+            return read_response(sock, head_request=(method == "HEAD"))
+        finally:
+            sock.close()
+
+    def test_root_200(self):
+        r = self._one("/")
+        self.assertEqual(_ex_status_line(r), "HTTP/1.1 200 OK")
+        _ex_assert_cl_framed(self, r)
+
+    def test_unknown_path_404(self):
+        r = self._one("/abcdefg")
+        self.assertEqual(_ex_status_line(r), "HTTP/1.1 404 Not Found")
+        _ex_assert_cl_framed(self, r)
+
+    def test_echo(self):
+        r = self._one("/echo/abc")
+        self.assertEqual(_ex_status_line(r), "HTTP/1.1 200 OK")
+        self.assertEqual(r.headers["content-type"], "text/plain")
+        self.assertIn("Content-Type: text/plain\r\n", r.raw_head + "\r\n")
+        self.assertEqual(r.headers["content-length"], "3")
+        self.assertEqual(r.body, b"abc")
+        _ex_assert_cl_framed(self, r)
+
+    def test_user_agent(self):
+        r = self._one("/user-agent", [("User-Agent", "foobar/1.2.3"), ("Accept", "*/*")])
+        self.assertEqual(_ex_status_line(r), "HTTP/1.1 200 OK")
+        self.assertEqual(r.headers["content-type"], "text/plain")
+        self.assertEqual(r.body, b"foobar/1.2.3")
+        _ex_assert_cl_framed(self, r)
+
+    def test_get_file(self):
+        r = self._one("/files/foo")
+        self.assertEqual(_ex_status_line(r), "HTTP/1.1 200 OK")
+        self.assertEqual(r.headers["content-type"], "application/octet-stream")
+        self.assertEqual(r.body, self.FOO)
+        _ex_assert_cl_framed(self, r)
+        r = self._one("/files/apple_banana_42")
+        self.assertEqual(r.headers["content-type"], "application/octet-stream")
+        self.assertEqual(r.body, b"x" * 100)
+
+    def test_get_missing_file_404(self):
+        r = self._one("/files/non_existent_file")
+        self.assertEqual(_ex_status_line(r), "HTTP/1.1 404 Not Found")
+        _ex_assert_cl_framed(self, r)
+
+    def test_post_file(self):
+        r = self._one("/files/number_12345", [("Content-Type", "application/octet-stream")],
+                      method="POST", body=b"12345")
+        self.assertEqual(_ex_status_line(r), "HTTP/1.1 201 Created")
+        _ex_assert_cl_framed(self, r)
+        with open(os.path.join(self.root, "number_12345"), "rb") as f:
+            self.assertEqual(f.read(), b"12345")
+        r = self._one("/files/number_12345")
+        self.assertEqual(r.body, b"12345")
+
+    def test_echo_gzip(self):
+        r = self._one("/echo/abc", [("Accept-Encoding", "gzip")])
+        self.assertEqual(_ex_status_line(r), "HTTP/1.1 200 OK")
+        self.assertEqual(r.headers["content-type"], "text/plain")
+        _ex_assert_cl_framed(self, r)
+        self.assertEqual(_ex_gunzip(self, r), b"abc")
+        r = self._one("/echo/abc", [("Accept-Encoding", "invalid-encoding-1, gzip, invalid-encoding-2")])
+        self.assertEqual(_ex_gunzip(self, r), b"abc")
+        _ex_assert_cl_framed(self, r)
+        r = self._one("/echo/abc", [("Accept-Encoding", "invalid-encoding")])
+        self.assertNotIn("content-encoding", r.headers)
+        self.assertEqual(r.body, b"abc")
+
+    def test_persistent_connection_sequential(self):
+        sock = connect(self.port)
+        try:
+            sock.sendall(_ex_req_bytes("GET", "/echo/first", self.port))
+            r1 = read_response(sock)
+            sock.sendall(_ex_req_bytes("GET", "/user-agent", self.port, [("User-Agent", "ua/2")]))
+            r2 = read_response(sock)
+            sock.sendall(_ex_req_bytes("GET", "/files/foo", self.port))
+            r3 = read_response(sock)
+            sock.sendall(_ex_req_bytes("GET", "/nope", self.port))
+            r4 = read_response(sock)
+            sock.sendall(_ex_req_bytes("GET", "/echo/last", self.port))
+            r5 = read_response(sock)
+        finally:
+            sock.close()
+        self.assertEqual([r.status for r in (r1, r2, r3, r4, r5)], [200, 200, 200, 404, 200])
+        self.assertEqual([r1.body, r2.body, r3.body, r5.body], [b"first", b"ua/2", self.FOO, b"last"])
+        for r in (r1, r2, r3, r4, r5):
+            _ex_assert_cl_framed(self, r)
+            self.assertNotEqual(r.headers.get("connection", "").lower(), "close")
+
+    def test_persistent_connection_pipelined(self):
+        sock = connect(self.port)
+        try:
+            sock.sendall(_ex_req_bytes("GET", "/echo/one", self.port)
+                         + _ex_req_bytes("POST", "/files/pipelined", self.port, body=b"piped")
+                         + _ex_req_bytes("GET", "/files/pipelined", self.port)
+                         + _ex_req_bytes("GET", "/echo/two", self.port))
+            rs = _ex_read_n(sock, 4)
+        finally:
+            sock.close()
+        self.assertEqual([_ex_status_line(r) for r in rs],
+                         ["HTTP/1.1 200 OK", "HTTP/1.1 201 Created", "HTTP/1.1 200 OK", "HTTP/1.1 200 OK"])
+        self.assertEqual(rs[0].body, b"one")
+        self.assertEqual(rs[2].body, b"piped")
+        self.assertEqual(rs[3].body, b"two")
+        for r in rs:
+            _ex_assert_cl_framed(self, r)
+
+    def test_connection_close(self):
+        sock = connect(self.port)
+        try:
+            sock.sendall(_ex_req_bytes("GET", "/echo/keep", self.port))
+            r1 = read_response(sock)
+            self.assertEqual(r1.body, b"keep")
+            sock.sendall(_ex_req_bytes("GET", "/echo/bye", self.port, close=True))
+            r2 = read_response(sock)
+            self.assertEqual(_ex_status_line(r2), "HTTP/1.1 200 OK")
+            self.assertEqual(r2.body, b"bye")
+            self.assertEqual(r2.headers.get("connection", "").lower(), "close")
+            _ex_assert_cl_framed(self, r2)
+            _ex_assert_closed(self, sock)     # we never half-closed: the server closes
+        finally:
+            sock.close()
+
+    def test_connection_close_on_404_and_file(self):
+        for path in ["/files/foo", "/does-not-exist", "/"]:
+            with self.subTest(path=path):
+                sock = connect(self.port)
+                try:
+                    sock.sendall(_ex_req_bytes("GET", path, self.port, close=True))
+                    r = read_response(sock)
+                    self.assertEqual(r.headers.get("connection", "").lower(), "close")
+                    _ex_assert_cl_framed(self, r)
+                    _ex_assert_closed(self, sock)
+                finally:
+                    sock.close()
+
+    def test_many_clients_at_once(self):
+        n = 20
+        barrier = threading.Barrier(n, timeout=IO_TIMEOUT_S)
+        results = [None] * n
+        errors = []
+
+        def client(i):
+            try:
+                sock = connect(self.port)
+                try:
+                    barrier.wait()
+                    kind = i % 4
+                    if kind == 0:
+                        sock.sendall(_ex_req_bytes("GET", "/echo/client%d" % i, self.port))
+                        want = (200, b"client%d" % i)
+                    elif kind == 1:
+                        sock.sendall(_ex_req_bytes("GET", "/user-agent", self.port,
+                                                   [("User-Agent", "agent-%d" % i)]))
+                        want = (200, b"agent-%d" % i)
+                    elif kind == 2:
+                        sock.sendall(_ex_req_bytes("GET", "/files/foo", self.port))
+                        want = (200, self.FOO)
+                    else:
+                        body = ("posted by %d" % i).encode()
+                        sock.sendall(_ex_req_bytes("POST", "/files/conc_%d" % i, self.port, body=body))
+                        want = (201, None)
+                    r = read_response(sock)
+                    results[i] = (r.status, r.body if want[1] is not None else None, want)
+                finally:
+                    sock.close()
+            except Exception as e:  # reported below
+                errors.append((i, repr(e)))
+
+        threads = [threading.Thread(target=client, args=(i,)) for i in range(n)]
+        for t in threads:
+            t.daemon = True
+            t.start()
+        for t in threads:
+            t.join(IO_TIMEOUT_S * 2)
+        self.assertFalse(any(t.is_alive() for t in threads), "clients still running")
+        self.assertEqual(errors, [])
+        for i, res in enumerate(results):
+            status, body, want = res
+            self.assertEqual((status, body), want, "client %d" % i)
+        for i in range(3, n, 4):
+            with open(os.path.join(self.root, "conc_%d" % i), "rb") as f:
+                self.assertEqual(f.read(), ("posted by %d" % i).encode())
+
+    def test_concurrent_connections_answered_in_any_order(self):
+        socks = [connect(self.port) for _ in range(8)]
+        try:
+            for i in reversed(range(len(socks))):
+                socks[i].sendall(_ex_req_bytes("GET", "/echo/conn%d" % i, self.port))
+                r = read_response(socks[i])
+                self.assertEqual(r.body, ("conn%d" % i).encode())
+            for i in range(len(socks)):
+                socks[i].sendall(_ex_req_bytes("GET", "/files/foo", self.port))
+                self.assertEqual(read_response(socks[i]).body, self.FOO)
+        finally:
+            for s in socks:
+                s.close()
+
+
+# ---------------------------------------------------------------------------
+# gzip
+# ---------------------------------------------------------------------------
+
+class TestGzip(unittest.TestCase):
+    BIG = _ex_text(8000, "big")
+    SMALL = _ex_text(200, "small")
+    MEDIUM = _ex_text(400 * 1024, "medium")
+    PAGE = b"<!DOCTYPE html><html><body>" + _ex_text(3000, "page") + b"</body></html>\n"
+    PAGE_GZ = gzip.compress(b"<!DOCTYPE html><html><body>PRECOMPRESSED VERSION</body></html>\n")
+
+    @classmethod
+    def setUpClass(cls):
+        def build(fx):
+            body = _ex_text(6000, "typed")
+            files = {
+                "big.txt": cls.BIG,
+                "small.txt": cls.SMALL,
+                "medium.txt": cls.MEDIUM,
+                "page.html": cls.PAGE,
+                "page.html.gz": cls.PAGE_GZ,
+                "plain.html": cls.PAGE,
+                "data.json": json.dumps({"rows": [body.decode("ascii")]}).encode("ascii"),
+                "app.js": b"var s = " + json.dumps(body.decode("ascii")).encode("ascii") + b";\n",
+                "style.css": b"/* " + body + b" */\n",
+                "pic.svg": b"<svg xmlns='http://www.w3.org/2000/svg'><!-- " + body + b" --></svg>\n",
+                "feed.xml": b"<?xml version='1.0'?><r><!-- " + body + b" --></r>\n",
+                "photo.png": body,
+                "photo.jpg": body,
+                "bundle.zip": body,
+                "archive.gz": body,
+                "blob.bin": body,
+                "empty": None,
+            }
+            for i in range(40):
+                files["many/file-with-a-rather-long-name-number-%03d.txt" % i] = b"x"
+            cls.root = make_tree(fx, files)
+            cls.srv = start_server(fx, cls.root, "--echo")
+            cls.nogz = start_server(fx, cls.root, "--echo", "--no-gzip")
+        _ex_setup_class(cls, build)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls._ex_fx.doCleanups()
+
+    @property
+    def port(self):
+        return self.srv.port
+
+    def _gz(self, path, ae="gzip", port=None, extra=None):
+        headers = {"Accept-Encoding": ae}
+        headers.update(extra or {})
+        return get(port or self.port, path, headers)
+
+    def test_text_file_gzip_roundtrip(self):
+        r = self._gz("/big.txt")
+        self.assertEqual(r.status, 200)
+        self.assertTrue(r.headers["content-type"].startswith("text/plain"))
+        self.assertTrue(_ex_vary_has_ae(r), r.headers)
+        self.assertEqual(_ex_gunzip(self, r), self.BIG)
+        self.assertLess(len(r.body), len(self.BIG))
+        self.assertFalse("content-length" in r.headers and "transfer-encoding" in r.headers)
+
+    def test_no_accept_encoding_no_gzip(self):
+        r = get(self.port, "/big.txt")
+        self.assertEqual(r.status, 200)
+        self.assertNotIn("content-encoding", r.headers)
+        self.assertEqual(r.body, self.BIG)
+        self.assertEqual(r.headers["content-length"], str(len(self.BIG)))
+
+    def test_accept_encoding_variants(self):
+        cases = [("gzip", True), ("GZIP", True), ("gzip, deflate, br", True),
+                 ("br;q=1.0, gzip;q=0.8", True), ("*", True),
+                 ("invalid-encoding-1, gzip, invalid-encoding-2", True),
+                 ("gzip;q=0", False), ("deflate, br", False), ("identity", False),
+                 ("invalid-encoding", False), ("*;q=0", False), ("gzip;q=0, *", False)]
+        for ae, compressed in cases:
+            with self.subTest(ae=ae):
+                r = self._gz("/big.txt", ae)
+                self.assertEqual(r.status, 200)
+                if compressed:
+                    self.assertEqual(_ex_gunzip(self, r), self.BIG)
+                else:
+                    self.assertNotIn("content-encoding", r.headers)
+                    self.assertEqual(r.body, self.BIG)
+
+    def test_compressible_types(self):
+        for name in ["data.json", "app.js", "style.css", "pic.svg", "feed.xml", "plain.html"]:
+            with self.subTest(name=name):
+                with open(os.path.join(self.root, name), "rb") as f:
+                    data = f.read()
+                r = self._gz("/" + name)
+                self.assertEqual(r.status, 200)
+                self.assertTrue(_ex_vary_has_ae(r), r.headers)
+                self.assertEqual(_ex_gunzip(self, r), data)
+
+    def test_already_compressed_and_binary_types_not_gzipped(self):
+        for name in ["photo.png", "photo.jpg", "bundle.zip", "archive.gz", "blob.bin"]:
+            with self.subTest(name=name):
+                with open(os.path.join(self.root, name), "rb") as f:
+                    data = f.read()
+                r = self._gz("/" + name)
+                self.assertEqual(r.status, 200)
+                self.assertNotIn("content-encoding", r.headers)
+                self.assertEqual(r.body, data)
+                self.assertEqual(r.headers["content-length"], str(len(data)))
+
+    def test_small_file_below_threshold_not_gzipped(self):
+        r = self._gz("/small.txt")
+        self.assertEqual(r.status, 200)
+        self.assertNotIn("content-encoding", r.headers)
+        self.assertEqual(r.body, self.SMALL)
+
+    def test_large_file_gzip_framing_and_roundtrip(self):
+        r = self._gz("/medium.txt")
+        self.assertEqual(r.status, 200)
+        self.assertTrue(_ex_vary_has_ae(r))
+        self.assertFalse("content-length" in r.headers and "transfer-encoding" in r.headers,
+                         r.headers)
+        self.assertTrue("content-length" in r.headers
+                        or r.headers.get("transfer-encoding", "").lower() == "chunked", r.headers)
+        self.assertEqual(_ex_gunzip(self, r), self.MEDIUM)
+
+    def test_gzip_then_more_requests_on_same_connection(self):
+        sock = connect(self.port)
+        try:
+            sock.sendall(_ex_req_bytes("GET", "/medium.txt", self.port, [("Accept-Encoding", "gzip")]))
+            r1 = read_response(sock)
+            sock.sendall(_ex_req_bytes("GET", "/small.txt", self.port, [("Accept-Encoding", "gzip")])
+                         + _ex_req_bytes("GET", "/big.txt", self.port, [("Accept-Encoding", "gzip")])
+                         + _ex_req_bytes("GET", "/small.txt", self.port))
+            r2, r3, r4 = _ex_read_n(sock, 3)
+        finally:
+            sock.close()
+        self.assertEqual(_ex_gunzip(self, r1), self.MEDIUM)
+        self.assertEqual(r2.body, self.SMALL)
+        self.assertEqual(_ex_gunzip(self, r3), self.BIG)
+        self.assertEqual(r4.body, self.SMALL)
+
+    def test_http10_client_gets_no_chunked_gzip(self):
+        raw = send_raw(self.port, b"GET /medium.txt HTTP/1.0\r\nAccept-Encoding: gzip\r\n\r\n")
+        r = parse_response(raw)
+        self.assertEqual(r.status, 200)
+        self.assertNotIn("transfer-encoding", r.headers)
+        self.assertEqual(_ex_gunzip(self, r), self.MEDIUM)
+
+    def test_range_never_gzipped(self):
+        r = self._gz("/big.txt", extra={"Range": "bytes=10-99"})
+        self.assertEqual(r.status, 206)
+        self.assertNotIn("content-encoding", r.headers)
+        self.assertEqual(r.headers["content-range"], "bytes 10-99/%d" % len(self.BIG))
+        self.assertEqual(r.body, self.BIG[10:100])
+        r = self._gz("/medium.txt", extra={"Range": "bytes=-2000"})
+        self.assertEqual(r.status, 206)
+        self.assertNotIn("content-encoding", r.headers)
+        self.assertEqual(r.body, self.MEDIUM[-2000:])
+        r = self._gz("/big.txt", extra={"Range": "bytes=0-9,5000-5009"})
+        self.assertEqual(r.status, 206)
+        self.assertNotIn("content-encoding", r.headers)
+        self.assertTrue(r.headers["content-type"].startswith("multipart/byteranges"))
+        self.assertIn(self.BIG[5000:5010], r.body)
+
+    def test_head_of_gzip_response(self):
+        g = self._gz("/big.txt")
+        raw = send_raw(self.port, _ex_req_bytes("HEAD", "/big.txt", self.port,
+                                                [("Accept-Encoding", "gzip")], close=True))
+        h = parse_response(raw, head_request=True)
+        self.assertEqual(h.status, 200)
+        self.assertTrue(raw.endswith(b"\r\n\r\n"), "HEAD sent a body: %r" % raw[-60:])
+        self.assertEqual(h.headers.get("content-encoding"), "gzip")
+        self.assertTrue(_ex_vary_has_ae(h))
+        self.assertEqual(h.headers["content-type"], g.headers["content-type"])
+        if "content-length" in h.headers:
+            self.assertEqual(h.headers["content-length"], g.headers.get("content-length"))
+
+    def test_precompressed_sibling(self):
+        r = self._gz("/page.html")
+        self.assertEqual(r.status, 200)
+        self.assertEqual(r.headers.get("content-encoding"), "gzip")
+        self.assertTrue(r.headers["content-type"].startswith("text/html"), r.headers)
+        self.assertEqual(r.body, self.PAGE_GZ)
+        self.assertTrue(_ex_vary_has_ae(r))
+        # HEAD: same headers, no body
+        raw = send_raw(self.port, _ex_req_bytes("HEAD", "/page.html", self.port,
+                                                [("Accept-Encoding", "gzip")], close=True))
+        h = parse_response(raw, head_request=True)
+        self.assertTrue(raw.endswith(b"\r\n\r\n"))
+        self.assertEqual(h.headers.get("content-encoding"), "gzip")
+        if "content-length" in h.headers:
+            self.assertEqual(h.headers["content-length"], str(len(self.PAGE_GZ)))
+
+    def test_precompressed_not_used_without_gzip(self):
+        for ae in [None, "identity", "gzip;q=0"]:
+            with self.subTest(ae=ae):
+                r = get(self.port, "/page.html", {"Accept-Encoding": ae} if ae else None)
+                self.assertEqual(r.status, 200)
+                self.assertNotIn("content-encoding", r.headers)
+                self.assertEqual(r.body, self.PAGE)
+
+    def test_precompressed_not_used_for_range(self):
+        r = self._gz("/page.html", extra={"Range": "bytes=0-99"})
+        self.assertEqual(r.status, 206)
+        self.assertNotIn("content-encoding", r.headers)
+        self.assertEqual(r.body, self.PAGE[:100])
+        self.assertEqual(r.headers["content-range"], "bytes 0-99/%d" % len(self.PAGE))
+
+    def test_listing_gzip(self):
+        r = self._gz("/many/")
+        self.assertEqual(r.status, 200)
+        self.assertTrue(r.headers["content-type"].startswith("text/html"))
+        html = _ex_gunzip(self, r).decode("utf-8")
+        self.assertIn("file-with-a-rather-long-name-number-039.txt", html)
+        r = self._gz("/many/?format=json")
+        doc = json.loads(_ex_gunzip(self, r).decode("utf-8"))
+        self.assertEqual(len(doc["entries"]), 40)
+        self.assertTrue(_ex_vary_has_ae(r))
+
+    def test_small_json_listing_not_gzipped(self):
+        r = self._gz("/empty/?format=json")
+        self.assertEqual(r.status, 200)
+        self.assertNotIn("content-encoding", r.headers)
+        self.assertEqual(json.loads(r.body.decode("utf-8"))["entries"], [])
+
+    def test_echo_endpoints_always_gzipped(self):
+        r = self._gz("/echo/abc")
+        self.assertEqual(r.status, 200)
+        self.assertEqual(r.headers["content-type"], "text/plain")
+        self.assertTrue(_ex_vary_has_ae(r))
+        self.assertEqual(_ex_gunzip(self, r), b"abc")
+        r = self._gz("/user-agent", extra={"User-Agent": "foobar/1.2.3"})
+        self.assertEqual(_ex_gunzip(self, r), b"foobar/1.2.3")
+        r = self._gz("/request")
+        self.assertIn(b"GET /request HTTP/1.1", _ex_gunzip(self, r))
+        r = get(self.port, "/echo/abc")
+        self.assertNotIn("content-encoding", r.headers)
+        self.assertEqual(r.body, b"abc")
+
+    def test_no_gzip_option(self):
+        p = self.nogz.port
+        for path, want in [("/big.txt", self.BIG), ("/medium.txt", self.MEDIUM),
+                           ("/page.html", self.PAGE), ("/echo/abc", b"abc")]:
+            with self.subTest(path=path):
+                r = self._gz(path, port=p)
+                self.assertEqual(r.status, 200)
+                self.assertNotIn("content-encoding", r.headers)
+                self.assertEqual(r.body, want)
+        r = self._gz("/many/", port=p)
+        self.assertNotIn("content-encoding", r.headers)
+        self.assertIn(b"file-with-a-rather-long-name-number-039.txt", r.body)
+
+    @unittest.skipUnless(sys.platform.startswith("linux"), "needs /proc/<pid>/status (Linux)")
+    def test_large_gzip_stream_flat_memory(self):
+        size = 64 * 1024 * 1024
+        # ~64 MiB of varied text, built from a 1 MiB block with a per-block tag
+        block = _ex_text(1024 * 1024 - 16, "huge")
+        root = make_tree(self)
+        expected = hashlib.sha256()
+        with open(os.path.join(root, "huge.txt"), "wb") as f:
+            for i in range(size // (1024 * 1024)):
+                piece = (b"[block %07d]\n" % i)[:16].ljust(16, b"-") + block
+                f.write(piece)
+                expected.update(piece)
+        srv = start_server(self, root)
+        status_path = "/proc/%d/status" % srv.proc.pid
+        if not os.path.exists(status_path):
+            self.skipTest("no %s" % status_path)
+
+        def hwm_kib():
+            with open(status_path) as f:
+                for line in f:
+                    if line.startswith("VmHWM:"):
+                        return int(line.split()[1])
+            self.skipTest("no VmHWM in %s" % status_path)
+
+        self.assertEqual(get(srv.port, "/").status, 200)   # warm up
+        before = hwm_kib()
+        conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=IO_TIMEOUT_S)
+        try:
+            conn.request("GET", "/huge.txt", headers={"Accept-Encoding": "gzip"})
+            resp = conn.getresponse()
+            self.assertEqual(resp.status, 200)
+            self.assertEqual(resp.getheader("Content-Encoding"), "gzip")
+            dec = zlib.decompressobj(16 + zlib.MAX_WBITS)
+            got = hashlib.sha256()
+            total = 0
+            wire = 0
+            while True:
+                data = resp.read(256 * 1024)
+                if not data:
+                    break
+                wire += len(data)
+                out = dec.decompress(data)
+                total += len(out)
+                got.update(out)
+            out = dec.flush()
+            total += len(out)
+            got.update(out)
+            self.assertTrue(dec.eof, "gzip stream not terminated")
+        finally:
+            conn.close()
+        after = hwm_kib()
+        self.assertEqual(total, size)
+        self.assertEqual(got.hexdigest(), expected.hexdigest())
+        self.assertLess(wire, size // 2, "response not actually compressed")
+        self.assertLess(after - before, 32 * 1024,
+                        "server peak RSS grew by %d KiB serving a 64 MiB file (before %d, after %d)"
+                        % (after - before, before, after))
+        self.assertLess(after, 100 * 1024, "server peak RSS %d KiB" % after)
+
+
+if __name__ == "__main__":
+    unittest.main()
