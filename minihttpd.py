@@ -116,6 +116,8 @@ COMPRESSIBLE_TYPES = frozenset([
 ])
 
 IS_WINDOWS = os.name == "nt"
+PROCESS_UMASK = os.umask(0o022)        # read once (the only way to read it) ...
+os.umask(PROCESS_UMASK)                # ... and put back at once
 HAS_SENDFILE = hasattr(os, "sendfile")
 
 
@@ -351,7 +353,7 @@ def parse_body_framing(request):
     if len(values) != 1:
         raise HTTPError(400, "Conflicting Content-Length values.")
     value = values.pop()
-    if not value.isdigit() or len(value) > 18:
+    if not re.match(r"\A[0-9]{1,18}\Z", value):   # str.isdigit() takes "²" too
         raise HTTPError(400, "Malformed Content-Length.")
     return int(value)
 
@@ -495,8 +497,12 @@ def parse_size(text):
     return int(match.group(1)) * (1024 ** power)
 
 
-def parse_header_params(value):
-    """Split 'type; a=1; b="x y"' into ("type", {"a": "1", "b": "x y"})."""
+def parse_header_params(value, unescape=True):
+    """Split 'type; a=1; b="x y"' into ("type", {"a": "1", "b": "x y"}).
+
+    Browsers send form file names with backslashes as they are (HTML's
+    multipart encoding), so callers parsing those pass unescape=False.
+    """
     pos = value.find(";")
     if pos < 0:
         return value.strip().lower(), {}
@@ -505,7 +511,7 @@ def parse_header_params(value):
     for match in re.finditer(r'\s*([^=;\s]+)\s*=\s*("(?:[^"\\]|\\.)*"|[^;]*)\s*;?', rest):
         name, val = match.group(1).lower(), match.group(2).strip()
         if val.startswith('"') and val.endswith('"') and len(val) >= 2:
-            val = re.sub(r"\\(.)", r"\1", val[1:-1])
+            val = re.sub(r"\\(.)", r"\1", val[1:-1]) if unescape else val[1:-1]
         params[name] = val
     return main, params
 
@@ -1434,6 +1440,7 @@ class TempFile(object):
                                          dir=folder)
         self.file = os.fdopen(fd, "wb")
         self.size = 0
+        self.mode = 0o666 & ~PROCESS_UMASK      # mkstemp's 0600 is for the temporary only
 
     def write(self, data):
         """Append data; raises HTTPError 507/500 when the disk refuses."""
@@ -1449,6 +1456,12 @@ class TempFile(object):
             self.file.flush()
             os.fsync(self.file.fileno())
             self.file.close()
+            if overwrite:
+                try:                            # a replacement keeps the old file's mode
+                    self.mode = stat.S_IMODE(os.stat(target).st_mode)
+                except OSError:
+                    pass
+            os.chmod(self.path, self.mode)
         except OSError as exc:
             raise write_error(exc)
         try:
@@ -1593,7 +1606,7 @@ class FormUpload(object):
 
     def start_part(self, headers):
         """A new part: file parts get a temporary, other fields are ignored."""
-        _, params = parse_header_params(headers.get("content-disposition", ""))
+        _, params = parse_header_params(headers.get("content-disposition", ""), unescape=False)
         if "filename" not in params:
             return
         name = safe_upload_name(params["filename"], self.config.hidden)
@@ -1851,7 +1864,8 @@ class Connection(object):
         """READING_BODY: pass buffered body bytes to the sink.  Returns progress."""
         if self.out:                       # a pending 100 Continue
             self.send_out()
-        if not self.inbuf and not self.peer_eof:
+        empty_body = self.decoder is None and self.body_left == 0
+        if not self.inbuf and not self.peer_eof and not empty_body:
             return False
         try:
             if self.decoder is not None:
