@@ -13,6 +13,7 @@ import email.utils
 import gzip
 import hashlib
 import html
+import html.parser
 import http.client
 import json
 import os
@@ -3377,6 +3378,1584 @@ class TestGzip(unittest.TestCase):
                         "server peak RSS grew by %d KiB serving a 64 MiB file (before %d, after %d)"
                         % (after - before, before, after))
         self.assertLess(after, 100 * 1024, "server peak RSS %d KiB" % after)
+
+
+if __name__ == "__main__":
+    unittest.main()
+
+
+try:
+    import resource
+except ImportError:  # not on Windows
+    resource = None
+
+# ---------------------------------------------------------------------------
+# Upload helpers (prefixed _up_ so they cannot clash with the shared ones)
+# ---------------------------------------------------------------------------
+
+_up_timeout_s = 5          # every socket operation in the upload tests
+_up_temp_prefix = ".minihttpd-upload-"
+
+
+def _up_text(value):
+    """bytes or str -> str (header values from the multipart parser)."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return value
+
+
+def _up_pattern(n, seed=0):
+    """n deterministic bytes covering every byte value."""
+    block = bytes((i * 7 + seed) % 256 for i in range(256))
+    return (block * (n // 256 + 1))[:n]
+
+
+def _up_temps(root):
+    """Every .minihttpd-upload-* file or directory anywhere under root."""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            if name.startswith(_up_temp_prefix):
+                found.append(os.path.join(dirpath, name))
+    return found
+
+
+def _up_tree(root):
+    """Sorted list of every path (relative, '/'-separated) under root."""
+    out = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            rel = os.path.relpath(os.path.join(dirpath, name), root)
+            out.append(rel.replace(os.sep, "/"))
+    return sorted(out)
+
+
+def _up_read_file(path):
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def _up_head(port, method, path, headers=None, version="HTTP/1.1"):
+    """Bytes of a request head; headers is a dict or a list of pairs."""
+    if isinstance(headers, dict):
+        headers = list(headers.items())
+    lines = ["%s %s %s" % (method, path, version), "Host: 127.0.0.1:%d" % port]
+    for name, value in headers or []:
+        lines.append("%s: %s" % (name, value))
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8")
+
+
+def _up_open(port, method, path, headers=None, timeout=_up_timeout_s):
+    """Connect, send a request head, return the socket (body not sent yet)."""
+    sock = connect(port, timeout)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.sendall(_up_head(port, method, path, headers))
+    return sock
+
+
+def _up_read_one(sock, buf=b""):
+    """Read exactly one response (1xx included) from sock; return (Response, rest)."""
+    while True:
+        if b"\r\n\r\n" in buf:
+            try:
+                return parse_one_response(buf)
+            except (ValueError, IndexError):
+                pass
+        try:
+            data = sock.recv(65536)
+        except (ConnectionResetError, ConnectionAbortedError):
+            data = b""
+        except socket.timeout:
+            raise AssertionError("no (complete) response within %.1f s; got %r"
+                                 % (sock.gettimeout() or 0, buf[:300]))
+        if not data:
+            if b"\r\n\r\n" in buf:
+                return parse_one_response(buf)
+            raise AssertionError("connection closed/reset before a complete response: %r" % buf[:300])
+        buf += data
+
+
+def _up_read_final(sock, buf=b""):
+    """Read responses until a non-1xx one; return (final Response, list of 1xx statuses, rest)."""
+    interim = []
+    while True:
+        resp, buf = _up_read_one(sock, buf)
+        if 100 <= resp.status < 200:
+            interim.append(resp.status)
+            continue
+        return resp, interim, buf
+
+
+def _up_closed(sock, timeout=3.0):
+    """True if the peer closes the connection within timeout (data drained)."""
+    sock.settimeout(timeout)
+    end = time.monotonic() + timeout
+    try:
+        while time.monotonic() < end:
+            data = sock.recv(65536)
+            if not data:
+                return True
+    except socket.timeout:
+        return False
+    except (ConnectionResetError, ConnectionAbortedError):
+        return True
+    return False
+
+
+def _up_send_until_answer(sock, data, piece=16384):
+    """Send data in pieces, stopping early once the server has answered or gone."""
+    sent = 0
+    while sent < len(data):
+        ready, _, _ = select.select([sock], [], [], 0)
+        if ready:
+            break
+        try:
+            sock.sendall(data[sent:sent + piece])
+        except OSError:
+            break
+        sent += piece
+    return min(sent, len(data))
+
+
+def _up_multipart(boundary, parts):
+    """multipart/form-data body. parts: (field, filename or None, content bytes[, content type])."""
+    out = []
+    for part in parts:
+        field, filename, content = part[0], part[1], part[2]
+        ctype = part[3] if len(part) > 3 else ("application/octet-stream" if filename is not None else None)
+        out.append(b"--" + boundary + b"\r\n")
+        disp = 'form-data; name="%s"' % field
+        if filename is not None:
+            disp += '; filename="%s"' % filename
+        out.append(b"Content-Disposition: " + disp.encode("utf-8") + b"\r\n")
+        if ctype:
+            out.append(b"Content-Type: " + ctype.encode("ascii") + b"\r\n")
+        out.append(b"\r\n")
+        out.append(content)
+        out.append(b"\r\n")
+    out.append(b"--" + boundary + b"--\r\n")
+    return b"".join(out)
+
+
+def _up_tricky(boundary, seed=b""):
+    """Content full of CRLF runs and near-boundaries (but never the real delimiter)."""
+    return (seed + b"start\r\n\r\n\r\n\r\nmid\r\r\n\n\r\n--" + boundary[:-1] + b"\r\n"
+            + b"\r\n--" + b"\r\n-" + b"\r\n--" + boundary[:-1] + b"-not\r\n"
+            + b"x--" + boundary + b"x inline\r\n\r\n--\r\n--" + boundary[:3] + b"\r")
+
+
+def _up_post_multipart(port, path, boundary, body, accept_json=False, extra=None):
+    headers = {"Content-Type": "multipart/form-data; boundary=%s" % boundary.decode("ascii")}
+    if accept_json:
+        headers["Accept"] = "application/json"
+    headers.update(extra or {})
+    return request(port, "POST", path, headers=headers, body=body)
+
+
+def _up_location_path(resp):
+    return urllib.parse.urlsplit(resp.headers.get("location", "")).path
+
+
+def _up_json(resp):
+    return json.loads(resp.body.decode("utf-8"))
+
+
+def _up_clean_env():
+    """Environment without proxy settings, for real client programs."""
+    return dict((k, v) for k, v in os.environ.items() if "proxy" not in k.lower())
+
+
+class _up_FormFinder(html.parser.HTMLParser):
+    """Collect <form> elements and the <input> elements inside them."""
+
+    def __init__(self):
+        html.parser.HTMLParser.__init__(self)
+        self.forms = []
+        self._current = None
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict((k.lower(), (v if v is not None else "")) for k, v in attrs)
+        if tag == "form":
+            self._current = {"attrs": attrs, "inputs": []}
+            self.forms.append(self._current)
+        elif tag == "input" and self._current is not None:
+            self._current["inputs"].append(attrs)
+
+    def handle_endtag(self, tag):
+        if tag == "form":
+            self._current = None
+
+
+def _up_upload_forms(html_bytes):
+    """Forms that are method=post, multipart, with <input type=file name=file multiple>."""
+    finder = _up_FormFinder()
+    finder.feed(html_bytes.decode("utf-8", "replace"))
+    found = []
+    for form in finder.forms:
+        a = form["attrs"]
+        if a.get("method", "").lower() != "post":
+            continue
+        if a.get("enctype", "").lower() != "multipart/form-data":
+            continue
+        for inp in form["inputs"]:
+            if inp.get("type", "").lower() == "file" and inp.get("name") == "file" and "multiple" in inp:
+                found.append(form)
+                break
+    return found
+
+
+def _up_fsize_limiter(limit):
+    def preexec():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    return preexec
+
+
+def _up_vm_hwm_kib(pid):
+    """Peak resident set size of pid in KiB (Linux), or None."""
+    try:
+        with open("/proc/%d/status" % pid) as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except (IOError, OSError, ValueError):
+        return None
+    return None
+
+
+# ---------------------------------------------------------------------------
+# Pure units: MultipartParser, ChunkedDecoder, safe_upload_name, parse_size
+# ---------------------------------------------------------------------------
+
+class TestMultipartParser(unittest.TestCase):
+    """minihttpd.MultipartParser, fed in every way a TCP stream can cut it."""
+
+    BOUNDARY = b"BOUNDARY"
+
+    def _body(self, boundary=None):
+        b = boundary or self.BOUNDARY
+        contents = [
+            _up_tricky(b, b"one:"),
+            b"",                                 # empty file
+            b"ends with CRLF\r\n",               # CRLF just before the delimiter
+            bytes(range(256)) * 2 + b"\r",       # binary, ends with CR
+            b"plain field value",
+        ]
+        parts = [
+            ("file", "a.txt", contents[0], "text/plain"),
+            ("file", "empty.txt", contents[1], "text/plain"),
+            ("file", "crlf.txt", contents[2], "text/plain"),
+            ("file", "bin.dat", contents[3], "application/octet-stream"),
+            ("note", None, contents[4], None),
+        ]
+        return _up_multipart(b, parts), contents
+
+    def _parse(self, pieces, boundary=None):
+        parser = minihttpd.MultipartParser(boundary or self.BOUNDARY)
+        events = []
+        for piece in pieces:
+            events.extend(parser.feed(piece))
+        return parser, self._parts(events)
+
+    def _parts(self, events):
+        parts = []
+        current = None
+        for kind, value in events:
+            if kind == "part":
+                self.assertIsNone(current, "a part started before the previous one ended")
+                headers = dict((_up_text(k), _up_text(v)) for k, v in value.items())
+                for k in headers:
+                    self.assertEqual(k, k.lower(), "header keys must be lower-case")
+                current = [headers, []]
+            elif kind == "data":
+                self.assertIsNotNone(current, "data event outside a part")
+                self.assertIsInstance(value, bytes)
+                current[1].append(value)
+            elif kind == "end":
+                self.assertIsNotNone(current, "end event outside a part")
+                parts.append((current[0], b"".join(current[1])))
+                current = None
+            else:
+                self.fail("unknown event %r" % (kind,))
+        self.assertIsNone(current, "a part was left open")
+        return parts
+
+    def _check(self, parser, parts, contents):
+        self.assertTrue(parser.done, "parser not done after the closing boundary")
+        self.assertEqual([p[1] for p in parts], contents)
+
+    def test_several_parts_fed_whole(self):
+        body, contents = self._body()
+        parser, parts = self._parse([body])
+        self._check(parser, parts, contents)
+        self.assertIn('filename="a.txt"', parts[0][0]["content-disposition"])
+        self.assertIn('name="file"', parts[0][0]["content-disposition"])
+        self.assertEqual(parts[0][0].get("content-type"), "text/plain")
+        self.assertIn('filename="bin.dat"', parts[3][0]["content-disposition"])
+        self.assertNotIn("filename", parts[4][0]["content-disposition"])
+        self.assertIn('name="note"', parts[4][0]["content-disposition"])
+
+    def test_one_byte_at_a_time(self):
+        body, contents = self._body()
+        parser, parts = self._parse([body[i:i + 1] for i in range(len(body))])
+        self._check(parser, parts, contents)
+
+    def test_every_two_way_split(self):
+        body, contents = self._body()
+        for i in range(1, len(body)):
+            parser, parts = self._parse([body[:i], body[i:]])
+            self.assertTrue(parser.done, "split at %d" % i)
+            self.assertEqual([p[1] for p in parts], contents, "split at %d" % i)
+
+    def test_three_way_splits_near_every_boundary(self):
+        body, contents = self._body()
+        delim = b"\r\n--" + self.BOUNDARY
+        positions = [m.start() for m in re.finditer(re.escape(delim), body)]
+        positions += [m.start() for m in re.finditer(re.escape(b"\r\n--" + self.BOUNDARY[:-1]), body)]
+        self.assertGreater(len(positions), 5)
+        for p in positions:
+            window = range(max(1, p - 3), min(len(body), p + len(delim) + 4))
+            for i in window:
+                for j in window:
+                    if j <= i:
+                        continue
+                    parser, parts = self._parse([body[:i], body[i:j], body[j:]])
+                    self.assertEqual([q[1] for q in parts], contents, "splits at %d, %d" % (i, j))
+                    self.assertTrue(parser.done)
+
+    def test_browser_style_boundary(self):
+        boundary = b"----WebKitFormBoundary7MA4YWxkTrZu0gW"
+        body, contents = self._body(boundary)
+        for pieces in ([body], [body[i:i + 7] for i in range(0, len(body), 7)]):
+            parser, parts = self._parse(pieces, boundary)
+            self._check(parser, parts, contents)
+
+    def test_not_done_before_closing_boundary(self):
+        body, contents = self._body()
+        closing = b"\r\n--" + self.BOUNDARY + b"--"
+        cut = body.rindex(closing)
+        parser = minihttpd.MultipartParser(self.BOUNDARY)
+        parser.feed(body[:cut + len(closing) - 1])
+        self.assertFalse(parser.done)
+        parser.feed(body[cut + len(closing) - 1:])
+        self.assertTrue(parser.done)
+
+    def test_large_part_streams_without_buffering(self):
+        # Memory stays flat: data comes out (nearly) as fast as it goes in.
+        head = (b"--" + self.BOUNDARY + b"\r\n"
+                b'Content-Disposition: form-data; name="file"; filename="big.bin"\r\n\r\n')
+        parser = minihttpd.MultipartParser(self.BOUNDARY)
+        events = list(parser.feed(head))
+        piece = _up_pattern(65536, 3)
+        fed = 0
+        out = 0
+        for _ in range(128):       # 8 MiB
+            for kind, value in parser.feed(piece):
+                if kind == "data":
+                    out += len(value)
+            fed += len(piece)
+            self.assertGreaterEqual(out, fed - 128 * 1024,
+                                    "parser holds back %d bytes: it buffers instead of streaming" % (fed - out))
+        for kind, value in parser.feed(b"\r\n--" + self.BOUNDARY + b"--\r\n"):
+            if kind == "data":
+                out += len(value)
+        self.assertEqual(out, fed)
+        self.assertTrue(parser.done)
+        self.assertEqual(events[0][0], "part")
+
+    def test_header_line_without_colon_raises(self):
+        body = (b"--BOUNDARY\r\nThis is not a header\r\n\r\ndata\r\n--BOUNDARY--\r\n")
+        parser = minihttpd.MultipartParser(b"BOUNDARY")
+        with self.assertRaises(minihttpd.HTTPError) as ctx:
+            parser.feed(body)
+        self.assertEqual(ctx.exception.status, 400)
+
+    def test_unterminated_part_headers_never_make_a_part(self):
+        # The delimiter line arrives where a header line is expected: an error now, or
+        # at the latest once the header block ends; never a part, never "done".
+        body = b'--BOUNDARY\r\nContent-Disposition: form-data; name="a"\r\n--BOUNDARY--\r\n'
+        parser = minihttpd.MultipartParser(b"BOUNDARY")
+        try:
+            events = parser.feed(body)
+            self.assertFalse(parser.done)
+            self.assertEqual(events, [])
+            with self.assertRaises(minihttpd.HTTPError) as ctx:
+                parser.feed(b"\r\n")
+            self.assertEqual(ctx.exception.status, 400)
+        except minihttpd.HTTPError as e:
+            self.assertEqual(e.status, 400)
+
+    def test_endless_part_headers_raise(self):
+        # A part header block that never ends must not be buffered forever.
+        parser = minihttpd.MultipartParser(b"BOUNDARY")
+        with self.assertRaises(minihttpd.HTTPError) as ctx:
+            parser.feed(b"--BOUNDARY\r\nX-Long: ")
+            for _ in range(64):     # 4 MiB of header value
+                parser.feed(b"a" * 65536)
+        self.assertEqual(ctx.exception.status, 400)
+
+
+class TestChunkedDecoder(unittest.TestCase):
+    """minihttpd.ChunkedDecoder."""
+
+    def _decode(self, pieces):
+        dec = minihttpd.ChunkedDecoder()
+        out = b""
+        for piece in pieces:
+            out += dec.feed(piece)
+        return dec, out
+
+    def test_simple_body(self):
+        dec, out = self._decode([b"5\r\nhello\r\n7\r\n, world\r\n0\r\n\r\n"])
+        self.assertEqual(out, b"hello, world")
+        self.assertTrue(dec.done)
+        self.assertEqual(dec.unused, b"")
+
+    def test_extensions_trailers_and_hex_case(self):
+        raw = (b"5;name=value\r\nhello\r\n"
+               b"A;q=\"quoted;thing\"\r\n0123456789\r\n"
+               b"a\r\nabcdefghij\r\n"
+               b"0;last\r\nX-Checksum: abc\r\nX-Other: 1\r\n\r\n")
+        dec, out = self._decode([raw])
+        self.assertEqual(out, b"hello0123456789abcdefghij")
+        self.assertTrue(dec.done)
+
+    def test_one_byte_at_a_time_and_unused(self):
+        raw = b"3\r\nabc\r\n10\r\n" + b"x" * 16 + b"\r\n0\r\nT: 1\r\n\r\n"
+        nxt = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
+        dec = minihttpd.ChunkedDecoder()
+        out = b""
+        for i in range(len(raw)):
+            self.assertFalse(dec.done, "done too early at byte %d" % i)
+            out += dec.feed(raw[i:i + 1])
+        self.assertTrue(dec.done)
+        self.assertEqual(out, b"abc" + b"x" * 16)
+        dec2, out2 = self._decode([raw + nxt])
+        self.assertTrue(dec2.done)
+        self.assertEqual(out2, b"abc" + b"x" * 16)
+        self.assertEqual(dec2.unused, nxt)
+
+    def test_not_done_without_last_chunk(self):
+        dec, out = self._decode([b"5\r\nhello\r\n"])
+        self.assertFalse(dec.done)
+        self.assertEqual(out, b"hello")
+
+    def test_bad_framing_raises_400(self):
+        for raw in (b"zz\r\nhello\r\n0\r\n\r\n",       # not hex
+                    b"-5\r\nhello\r\n0\r\n\r\n",       # negative
+                    b"\r\nhello\r\n0\r\n\r\n",         # empty size
+                    b"5\r\nhelloXX0\r\n\r\n",          # no CRLF after the data
+                    b"0x5\r\nhello\r\n0\r\n\r\n"):     # 0x prefix is not HTTP
+            dec = minihttpd.ChunkedDecoder()
+            with self.assertRaises(minihttpd.HTTPError, msg=repr(raw)) as ctx:
+                dec.feed(raw)
+            self.assertEqual(ctx.exception.status, 400, repr(raw))
+
+
+class TestUploadNames(unittest.TestCase):
+    """minihttpd.safe_upload_name, and a bad --max-upload SIZE."""
+
+    def test_base_name_only(self):
+        cases = [
+            ("a.txt", "a.txt"),
+            ("../evil.txt", "evil.txt"),
+            ("a/b.txt", "b.txt"),
+            ("..\\x.txt", "x.txt"),
+            ("C:\\Users\\me\\photo.jpg", "photo.jpg"),
+            ("/etc/passwd", "passwd"),
+            ("../../../../tmp/x", "x"),
+            ("h\u00e9llo w\u00f6rld.txt", "h\u00e9llo w\u00f6rld.txt"),
+            ("with space and (parens).tar.gz", "with space and (parens).tar.gz"),
+        ]
+        for name, expected in cases:
+            self.assertEqual(minihttpd.safe_upload_name(name, False), expected, repr(name))
+
+    def test_rejected_names(self):
+        for name in ("", ".", "..", "a/..", "dir/", "..\\..", "/", "a\x00b.txt", "a\nb.txt",
+                     "a\rb.txt", "a\x1bb.txt", ".hidden", "x/.hidden", "..\\.hidden"):
+            self.assertIsNone(minihttpd.safe_upload_name(name, False), repr(name))
+
+    def test_hidden_allowed_with_flag(self):
+        self.assertEqual(minihttpd.safe_upload_name(".hidden", True), ".hidden")
+        self.assertEqual(minihttpd.safe_upload_name("../.hidden", True), ".hidden")
+        self.assertIsNone(minihttpd.safe_upload_name("..", True))
+        self.assertIsNone(minihttpd.safe_upload_name(".", True))
+
+    def test_bad_max_upload_exits_2(self):
+        proc = run_cli("-p", "0", "-b", "127.0.0.1", "-u", "--max-upload", "lots", timeout=10)
+        self.assertEqual(proc.returncode, 2, proc.stderr)
+        self.assertTrue(proc.stderr.strip())
+
+
+# ---------------------------------------------------------------------------
+# A real server: raw and multipart uploads
+# ---------------------------------------------------------------------------
+
+class TestUploads(unittest.TestCase):
+    """PUT/POST uploads against a running server."""
+
+    def _no_temps(self, root):
+        self.assertTrue(wait_for(lambda: not _up_temps(root), timeout=5),
+                        "temporary files left behind: %r" % _up_temps(root))
+
+    def test_uploads_off_every_write_is_405(self):
+        root = make_tree(self, {"dir/x.txt": b"x"})
+        s = start_server(self, root)
+        for method in ("PUT", "POST"):
+            r = request(s.port, method, "/dir/new.txt", body=b"data")
+            self.assertEqual(r.status, 405, method)
+            self.assertNotIn("PUT", r.headers.get("allow", ""))
+        boundary = b"b0undary"
+        r = _up_post_multipart(s.port, "/dir/", boundary, _up_multipart(boundary, [("file", "m.txt", b"m")]))
+        self.assertEqual(r.status, 405)
+        # Refused Expect: 100-continue -> the final status, no 100 Continue.
+        sock = _up_open(s.port, "PUT", "/dir/e.txt", {"Content-Length": "4", "Expect": "100-continue"})
+        try:
+            resp, interim, _ = _up_read_final(sock)
+        finally:
+            sock.close()
+        self.assertEqual((resp.status, interim), (405, []))
+        self.assertEqual(_up_tree(root), ["dir", "dir/x.txt"])
+
+    def test_options_allow_lists_put_post(self):
+        root = make_tree(self, {"a.txt": b"a"})
+        s = start_server(self, root, "--upload")
+        r = request(s.port, "OPTIONS", "/a.txt")
+        allow = [m.strip() for m in r.headers.get("allow", "").split(",")]
+        self.assertIn("PUT", allow)
+        self.assertIn("POST", allow)
+
+    def test_put_content_length(self):
+        root = make_tree(self, {"dir/keep.txt": b"keep"})
+        s = start_server(self, root, "-u")
+        body = _up_pattern(12345)
+        r = request(s.port, "PUT", "/dir/a.bin", body=body)
+        self.assertEqual(r.status, 201, r)
+        self.assertEqual(_up_location_path(r), "/dir/a.bin")
+        self.assertEqual(_up_read_file(os.path.join(root, "dir", "a.bin")), body)
+        self.assertEqual(get(s.port, "/dir/a.bin").body, body)
+        self._no_temps(root)
+
+    def test_put_empty_body(self):
+        # A keep-alive client (no half-close): the empty body is complete at once.
+        root = make_tree(self)
+        s = start_server(self, root, "-u")
+        sock = _up_open(s.port, "PUT", "/empty.txt", {"Content-Length": "0"}, timeout=3)
+        try:
+            resp, interim, _ = _up_read_final(sock)
+        finally:
+            sock.close()
+        self.assertEqual(resp.status, 201, resp)
+        self.assertEqual(_up_read_file(os.path.join(root, "empty.txt")), b"")
+
+    def test_put_without_framing_is_empty_or_411(self):
+        # No Content-Length, no Transfer-Encoding: an empty body (RFC 9112 6.3) or 411; never a wait.
+        root = make_tree(self)
+        s = start_server(self, root, "-u")
+        sock = _up_open(s.port, "PUT", "/noframing.txt", {}, timeout=3)
+        try:
+            resp, interim, _ = _up_read_final(sock)
+        finally:
+            sock.close()
+        self.assertIn(resp.status, (201, 411), resp)
+
+    def test_post_raw_body_like_curl_data_binary(self):
+        root = make_tree(self, {"dir/": None})
+        s = start_server(self, root, "-u")
+        body = b"a=1&b=2\r\n\x00\xff raw bytes, not a form"
+        # curl --data-binary sends this content type; the body is still saved raw.
+        r = request(s.port, "POST", "/dir/name.dat", body=body,
+                    headers={"Content-Type": "application/x-www-form-urlencoded"})
+        self.assertEqual(r.status, 201, r)
+        self.assertEqual(_up_location_path(r), "/dir/name.dat")
+        self.assertEqual(_up_read_file(os.path.join(root, "dir", "name.dat")), body)
+
+    def test_location_is_url_quoted(self):
+        root = make_tree(self, {"my dir/": None})
+        s = start_server(self, root, "-u")
+        r = request(s.port, "PUT", "/my%20dir/a%20b%23c.txt", body=b"q")
+        self.assertEqual(r.status, 201, r)
+        self.assertEqual(urllib.parse.urlsplit(r.headers["location"]).path, "/my%20dir/a%20b%23c.txt")
+        self.assertEqual(_up_read_file(os.path.join(root, "my dir", "a b#c.txt")), b"q")
+        r = request(s.port, "PUT", "/h%C3%A9llo.txt", body=b"u")
+        self.assertEqual(r.status, 201, r)
+        self.assertEqual(urllib.parse.urlsplit(r.headers["location"]).path, "/h%C3%A9llo.txt")
+        self.assertEqual(_up_read_file(os.path.join(root, "h\u00e9llo.txt")), b"u")
+
+    def test_put_chunked_with_extensions_and_trailers(self):
+        root = make_tree(self)
+        s = start_server(self, root, "-u")
+        chunked = (b"5;name=value\r\nhello\r\n"
+                   b"7\r\n, world\r\n"
+                   b"1A\r\n" + b"z" * 26 + b"\r\n"
+                   b"0\r\nX-Checksum: 1234\r\n\r\n")
+        r = request(s.port, "PUT", "/c.txt", headers={"Transfer-Encoding": "chunked"}, body=chunked)
+        self.assertEqual(r.status, 201, r)
+        self.assertEqual(_up_read_file(os.path.join(root, "c.txt")), b"hello, world" + b"z" * 26)
+
+    def test_keep_alive_after_uploads(self):
+        # Body framing is consumed exactly: the next request on the connection works.
+        root = make_tree(self)
+        s = start_server(self, root, "-u")
+        sock = connect(s.port, _up_timeout_s)
+        try:
+            data = (_up_head(s.port, "PUT", "/k1.txt", {"Content-Length": "5"}) + b"first"
+                    + _up_head(s.port, "POST", "/k2.txt", {"Transfer-Encoding": "chunked"})
+                    + b"6\r\nsecond\r\n0\r\n\r\n"
+                    + _up_head(s.port, "GET", "/k1.txt", {"Connection": "close"}))
+            sock.sendall(data)
+            r1, rest = _up_read_one(sock)
+            r2, rest = _up_read_one(sock, rest)
+            r3, rest = _up_read_one(sock, rest)
+        finally:
+            sock.close()
+        self.assertEqual((r1.status, r2.status, r3.status), (201, 201, 200))
+        self.assertEqual(r3.body, b"first")
+        self.assertEqual(_up_read_file(os.path.join(root, "k2.txt")), b"second")
+
+    def test_expect_100_continue_accepted(self):
+        root = make_tree(self)
+        s = start_server(self, root, "-u")
+        body = _up_pattern(50000)
+        sock = _up_open(s.port, "PUT", "/cont.bin",
+                        {"Content-Length": str(len(body)), "Expect": "100-continue"})
+        try:
+            first, rest = _up_read_one(sock)     # before a single body byte is sent
+            self.assertEqual(first.status, 100, first)
+            self.assertTrue(first.raw_head.startswith("HTTP/1.1 100 Continue"), first.raw_head)
+            self.assertEqual(rest, b"")
+            sock.sendall(body)
+            final, interim, _ = _up_read_final(sock, rest)
+        finally:
+            sock.close()
+        self.assertEqual(final.status, 201, final)
+        self.assertEqual(_up_read_file(os.path.join(root, "cont.bin")), body)
+
+    def test_expect_100_continue_refused_for_existing_file(self):
+        root = make_tree(self, {"exists.txt": b"original"})
+        s = start_server(self, root, "-u")
+        sock = _up_open(s.port, "PUT", "/exists.txt", {"Content-Length": "100", "Expect": "100-continue"})
+        try:
+            resp, interim, _ = _up_read_final(sock)
+            self.assertEqual((resp.status, interim), (409, []))
+            self.assertTrue(_up_closed(sock), "connection kept open with an unread body")
+        finally:
+            sock.close()
+        self.assertEqual(_up_read_file(os.path.join(root, "exists.txt")), b"original")
+
+    def test_existing_target_409(self):
+        root = make_tree(self, {"dir/exists.txt": b"original"})
+        s = start_server(self, root, "-u")
+        for method in ("PUT", "POST"):
+            r = request(s.port, method, "/dir/exists.txt", body=b"replacement")
+            self.assertEqual(r.status, 409, method)
+        self.assertEqual(_up_read_file(os.path.join(root, "dir", "exists.txt")), b"original")
+        self._no_temps(root)
+
+    def test_overwrite_replaces(self):
+        root = make_tree(self, {"exists.txt": b"original"})
+        s = start_server(self, root, "-u", "--overwrite")
+        r = request(s.port, "PUT", "/exists.txt", body=b"replacement")
+        self.assertIn(r.status, (200, 201, 204), r)
+        self.assertEqual(_up_read_file(os.path.join(root, "exists.txt")), b"replacement")
+        self._no_temps(root)
+
+    def test_overwrite_if_match(self):
+        root = make_tree(self, {"f.txt": b"version 1"})
+        s = start_server(self, root, "-u", "--overwrite")
+        etag = get(s.port, "/f.txt").headers["etag"]
+        r = request(s.port, "PUT", "/f.txt", headers={"If-Match": '"not-the-etag"'}, body=b"stale")
+        self.assertEqual(r.status, 412, r)
+        self.assertEqual(_up_read_file(os.path.join(root, "f.txt")), b"version 1")
+        r = request(s.port, "PUT", "/f.txt", headers={"If-Match": etag}, body=b"version 2")
+        self.assertIn(r.status, (200, 201, 204), r)
+        self.assertEqual(_up_read_file(os.path.join(root, "f.txt")), b"version 2")
+        # The ETag changed with the content: the old one is stale now.
+        r = request(s.port, "PUT", "/f.txt", headers={"If-Match": etag}, body=b"version 3")
+        self.assertEqual(r.status, 412, r)
+        self.assertEqual(_up_read_file(os.path.join(root, "f.txt")), b"version 2")
+        self._no_temps(root)
+
+    def test_overwrite_if_unmodified_since(self):
+        root = make_tree(self, {"f.txt": b"current"})
+        s = start_server(self, root, "-u", "--overwrite")
+        old = email.utils.formatdate(time.time() - 365 * 86400, usegmt=True)
+        r = request(s.port, "PUT", "/f.txt", headers={"If-Unmodified-Since": old}, body=b"new")
+        self.assertEqual(r.status, 412, r)
+        self.assertEqual(_up_read_file(os.path.join(root, "f.txt")), b"current")
+        future = email.utils.formatdate(time.time() + 86400, usegmt=True)
+        r = request(s.port, "PUT", "/f.txt", headers={"If-Unmodified-Since": future}, body=b"new")
+        self.assertIn(r.status, (200, 201, 204), r)
+        self.assertEqual(_up_read_file(os.path.join(root, "f.txt")), b"new")
+
+    def test_if_none_match_star(self):
+        for extra in ((), ("--overwrite",)):
+            root = make_tree(self, {"f.txt": b"current"})
+            s = start_server(self, root, "-u", *extra)
+            r = request(s.port, "PUT", "/f.txt", headers={"If-None-Match": "*"}, body=b"new")
+            self.assertEqual(r.status, 412, (extra, r))
+            self.assertEqual(_up_read_file(os.path.join(root, "f.txt")), b"current")
+            r = request(s.port, "PUT", "/g.txt", headers={"If-None-Match": "*"}, body=b"new")
+            self.assertEqual(r.status, 201, (extra, r))
+            self.assertEqual(_up_read_file(os.path.join(root, "g.txt")), b"new")
+
+    def test_missing_parents_created(self):
+        root = make_tree(self)
+        s = start_server(self, root, "-u")
+        r = request(s.port, "PUT", "/new/sub/file.txt", body=b"deep")
+        self.assertEqual(r.status, 201, r)
+        self.assertEqual(_up_location_path(r), "/new/sub/file.txt")
+        self.assertEqual(_up_read_file(os.path.join(root, "new", "sub", "file.txt")), b"deep")
+        self._no_temps(root)
+
+    def test_multipart_several_files_303(self):
+        root = make_tree(self, {"up/": None})
+        s = start_server(self, root, "-u")
+        boundary = b"----WebKitFormBoundaryQmX7d9sLk2"
+        one = _up_tricky(boundary, b"one\r\n")
+        two = _up_pattern(70000) + b"\r\n--" + boundary[:-2] + b"\r\n"
+        body = _up_multipart(boundary, [
+            ("file", "one.txt", one, "text/plain"),
+            ("comment", None, b"a plain form field"),
+            ("file", "two.bin", two),
+            ("file", "empty.txt", b""),
+        ])
+        r = _up_post_multipart(s.port, "/up/", boundary, body)
+        self.assertEqual(r.status, 303, r)
+        self.assertEqual(_up_location_path(r), "/up/")
+        self.assertEqual(_up_read_file(os.path.join(root, "up", "one.txt")), one)
+        self.assertEqual(_up_read_file(os.path.join(root, "up", "two.bin")), two)
+        self.assertEqual(_up_read_file(os.path.join(root, "up", "empty.txt")), b"")
+        self.assertEqual(sorted(os.listdir(os.path.join(root, "up"))), ["empty.txt", "one.txt", "two.bin"])
+
+    def test_uploaded_file_mode_follows_umask(self):
+        # An upload is an ordinary new file: 0666 & ~umask, like cp or curl -o would make.
+        if not hasattr(os, "umask") or sys.platform.startswith("win"):
+            self.skipTest("POSIX permissions only")
+        root = make_tree(self, {"up/": None})
+        s = start_server(self, root, "-u", preexec_fn=lambda: os.umask(0o022))
+        self.assertEqual(request(s.port, "PUT", "/up/raw.txt", body=b"r").status, 201)
+        boundary = b"perm"
+        r = _up_post_multipart(s.port, "/up/", boundary, _up_multipart(boundary, [("file", "form.txt", b"f")]))
+        self.assertEqual(r.status, 303)
+        for name in ("raw.txt", "form.txt"):
+            mode = os.stat(os.path.join(root, "up", name)).st_mode & 0o777
+            self.assertEqual(oct(mode), oct(0o644), name)
+
+    def test_multipart_json_answer(self):
+        root = make_tree(self, {"up/": None})
+        s = start_server(self, root, "-u")
+        boundary = b"xYzBoundary"
+        body = _up_multipart(boundary, [
+            ("file", "a b.txt", b"abc"),
+            ("other", None, b"ignored"),
+            ("file", "c.bin", b"\r\n\r\n--xYzBoundar"),
+        ])
+        r = _up_post_multipart(s.port, "/up/", boundary, body, accept_json=True)
+        self.assertEqual(r.status, 201, r)
+        self.assertTrue(r.headers.get("content-type", "").startswith("application/json"), r.headers)
+        saved = _up_json(r)["saved"]
+        self.assertEqual([(e["name"], e["size"]) for e in saved],
+                         [("a b.txt", 3), ("c.bin", len(b"\r\n\r\n--xYzBoundar"))])
+        self.assertEqual(urllib.parse.urlsplit(saved[0]["url"]).path, "/up/a%20b.txt")
+        self.assertEqual(urllib.parse.urlsplit(saved[1]["url"]).path, "/up/c.bin")
+        self.assertEqual(_up_read_file(os.path.join(root, "up", "c.bin")), b"\r\n\r\n--xYzBoundar")
+        self.assertFalse(os.path.exists(os.path.join(root, "up", "other")))
+
+    def test_multipart_utf8_file_name(self):
+        root = make_tree(self, {"up/": None})
+        s = start_server(self, root, "-u")
+        boundary = b"utf8boundary"
+        name = "h\u00e9llo w\u00f6rld.txt"
+        r = _up_post_multipart(s.port, "/up/", boundary,
+                               _up_multipart(boundary, [("file", name, b"unicode")]), accept_json=True)
+        self.assertEqual(r.status, 201, r)
+        self.assertEqual(_up_json(r)["saved"][0]["name"], name)
+        self.assertEqual(_up_read_file(os.path.join(root, "up", name)), b"unicode")
+
+    def test_multipart_boundary_split_across_segments(self):
+        root = make_tree(self, {"up/": None})
+        s = start_server(self, root, "-u")
+        boundary = b"----SplitBoundary0123456789"
+        contents = [_up_tricky(boundary, b"%d:" % i) + _up_pattern(3000, i) for i in range(3)]
+        body = _up_multipart(boundary, [("file", "s%d.bin" % i, c) for i, c in enumerate(contents)])
+        delim = b"\r\n--" + boundary
+        cuts = set()
+        for m in re.finditer(re.escape(b"\r\n--" + boundary[:-1]), body):
+            for off in (1, 2, 3, 5, len(delim) // 2, len(delim) - 1, len(delim), len(delim) + 1):
+                if 0 < m.start() + off < len(body):
+                    cuts.add(m.start() + off)
+        cuts = sorted(cuts)
+        self.assertGreater(len(cuts), 10)
+        headers = {"Content-Type": "multipart/form-data; boundary=%s" % boundary.decode("ascii"),
+                   "Content-Length": str(len(body)), "Accept": "application/json"}
+        sock = _up_open(s.port, "POST", "/up/", headers)
+        try:
+            last = 0
+            for cut in cuts + [len(body)]:
+                sock.sendall(body[last:cut])
+                last = cut
+                time.sleep(0.005)   # pacing only, so that pieces travel as separate segments
+            resp, _, _ = _up_read_final(sock)
+        finally:
+            sock.close()
+        self.assertEqual(resp.status, 201, resp)
+        for i, c in enumerate(contents):
+            self.assertEqual(_up_read_file(os.path.join(root, "up", "s%d.bin" % i)), c)
+
+    def test_multipart_conflict_409(self):
+        root = make_tree(self, {"up/a.txt": b"original"})
+        s = start_server(self, root, "-u")
+        boundary = b"confl1ct"
+        body = _up_multipart(boundary, [("file", "a.txt", b"new content")])
+        r = _up_post_multipart(s.port, "/up/", boundary, body)
+        self.assertEqual(r.status, 409, r)
+        self.assertEqual(_up_read_file(os.path.join(root, "up", "a.txt")), b"original")
+        self._no_temps(root)
+
+    def test_multipart_malformed_400(self):
+        root = make_tree(self, {"up/": None})
+        s = start_server(self, root, "-u")
+        # No boundary parameter.
+        r = request(s.port, "POST", "/up/", headers={"Content-Type": "multipart/form-data"},
+                    body=_up_multipart(b"b", [("file", "x.txt", b"x")]))
+        self.assertEqual(r.status, 400, r)
+        # A part header line without a colon.
+        r = _up_post_multipart(s.port, "/up/", b"bnd",
+                               b"--bnd\r\nnot a header\r\n\r\nx\r\n--bnd--\r\n")
+        self.assertEqual(r.status, 400, r)
+        # The body ends inside the second part: the first may be kept, the second never.
+        good = _up_multipart(b"bnd", [("file", "first.txt", b"first")])
+        truncated = good[:-len(b"--bnd--\r\n")] + (
+            b'--bnd\r\nContent-Disposition: form-data; name="file"; filename="second.txt"\r\n\r\npartial')
+        r = _up_post_multipart(s.port, "/up/", b"bnd", truncated)
+        self.assertEqual(r.status, 400, r)
+        self.assertFalse(os.path.exists(os.path.join(root, "up", "second.txt")))
+        self.assertFalse(os.path.exists(os.path.join(root, "up", "x.txt")))
+        self._no_temps(root)
+
+    def test_listing_form_works_without_javascript(self):
+        root = make_tree(self, {"up/old.txt": b"old"})
+        s = start_server(self, root)
+        self.assertEqual(_up_upload_forms(get(s.port, "/up/").body), [], "upload form shown without --upload")
+        s = start_server(self, root, "-u")
+        page = get(s.port, "/up/")
+        self.assertEqual(page.status, 200)
+        forms = _up_upload_forms(page.body)
+        self.assertTrue(forms, "no <form method=post enctype=multipart/form-data> with "
+                               "<input type=file name=file multiple> in the listing")
+        action = forms[0]["attrs"].get("action", "")
+        target = urllib.parse.urlsplit(urllib.parse.urljoin("/up/", action))
+        target = target.path + ("?" + target.query if target.query else "")
+        boundary = b"----formboundary42"
+        body = _up_multipart(boundary, [("file", "via-form.txt", b"form data", "text/plain")])
+        r = _up_post_multipart(s.port, target, boundary, body,
+                               extra={"Accept": "text/html,application/xhtml+xml,*/*;q=0.8"})
+        self.assertEqual(r.status, 303, r)
+        self.assertEqual(_up_location_path(r), "/up/")
+        self.assertEqual(_up_read_file(os.path.join(root, "up", "via-form.txt")), b"form data")
+        self.assertIn(b"via-form.txt", get(s.port, "/up/").body)
+
+    def test_listing_script_offers_drop_and_progress(self):
+        root = make_tree(self, {"x.txt": b"x"})
+        s = start_server(self, root, "-u")
+        body = get(s.port, "/").body.lower()
+        self.assertIn(b"<script", body)
+        self.assertIn(b"drop", body, "no drag-and-drop handling in the upload page")
+        self.assertIn(b"progress", body, "no upload progress in the upload page")
+
+    def test_max_upload_content_length_413_before_reading(self):
+        root = make_tree(self)
+        s = start_server(self, root, "-u", "--max-upload", "1K")
+        for expect in (False, True):
+            headers = {"Content-Length": "1025"}
+            if expect:
+                headers["Expect"] = "100-continue"
+            sock = _up_open(s.port, "PUT", "/big%d.bin" % expect, headers)
+            try:
+                resp, interim, _ = _up_read_final(sock)   # no body byte sent at all
+                self.assertEqual((resp.status, interim), (413, []), expect)
+                self.assertTrue(_up_closed(sock), "connection kept open after 413")
+            finally:
+                sock.close()
+        r = request(s.port, "PUT", "/ok.bin", body=b"k" * 1024)
+        self.assertEqual(r.status, 201, r)
+        self.assertEqual(_up_tree(root), ["ok.bin"])
+
+    def test_max_upload_chunked_413_as_soon_as_passed(self):
+        root = make_tree(self)
+        s = start_server(self, root, "-u", "--max-upload", "10K")
+        sock = _up_open(s.port, "PUT", "/chunked.bin", {"Transfer-Encoding": "chunked"})
+        try:
+            for _ in range(3):     # 12 KiB > 10 KiB; the body is never finished
+                sock.sendall(b"1000\r\n" + b"c" * 4096 + b"\r\n")
+            resp, interim, _ = _up_read_final(sock)
+            self.assertEqual(resp.status, 413, resp)
+            self.assertTrue(_up_closed(sock), "connection kept open after 413")
+        finally:
+            sock.close()
+        self.assertFalse(os.path.exists(os.path.join(root, "chunked.bin")))
+        self._no_temps(root)
+        self.assertEqual(get(s.port, "/").status, 200)
+
+    def test_bad_framing_400_and_close(self):
+        root = make_tree(self)
+        s = start_server(self, root, "-u")
+        cases = [
+            ({"Content-Length": "5", "Transfer-Encoding": "chunked"}, b""),
+            ({"Content-Length": "-5"}, b""),
+            ({"Content-Length": "abc"}, b""),
+            ([("Content-Length", "5"), ("Content-Length", "6")], b""),
+            ({"Transfer-Encoding": "chunked"}, b"zz\r\nhello\r\n"),
+            ({"Transfer-Encoding": "chunked"}, b"5\r\nhelloXX"),
+        ]
+        for i, (headers, data) in enumerate(cases):
+            sock = _up_open(s.port, "PUT", "/bad%d.bin" % i, headers)
+            try:
+                if data:
+                    sock.sendall(data)
+                resp, _, _ = _up_read_final(sock)
+                self.assertEqual(resp.status, 400, (headers, data, resp))
+                self.assertTrue(_up_closed(sock), "connection not closed after 400: %r" % (headers,))
+            finally:
+                sock.close()
+        self.assertEqual(_up_tree(root), [])
+        self._no_temps(root)
+
+    def test_content_length_digit_lookalike_400(self):
+        # Latin-1 superscript two (0xB2): str.isdigit() says yes, int() says no. Still just a 400.
+        root = make_tree(self)
+        s = start_server(self, root, "-u")
+        sock = connect(s.port, _up_timeout_s)
+        try:
+            sock.sendall(b"PUT /sup.bin HTTP/1.1\r\nHost: x\r\nContent-Length: \xb2\r\n\r\n")
+            resp, _, _ = _up_read_final(sock)
+            self.assertEqual(resp.status, 400, resp)
+            self.assertTrue(_up_closed(sock))
+        finally:
+            sock.close()
+        self.assertEqual(_up_tree(root), [])
+
+    def test_access_log_carries_upload_size(self):
+        root = make_tree(self)
+        s = start_server(self, root, "-u")
+        r = request(s.port, "PUT", "/logged.bin", body=b"z" * 54321)
+        self.assertEqual(r.status, 201)
+
+        def line():
+            for ln in s.stderr_text().splitlines():
+                if '"PUT /logged.bin HTTP/1.1" 201' in ln:
+                    return ln
+            return None
+        ln = wait_for(line, timeout=5)
+        self.assertTrue(ln, "no access log line for the upload: %r" % s.stderr_text())
+        self.assertRegex(ln, r"\b54321\b")
+
+    def test_upload_in_progress_is_invisible_and_others_are_served(self):
+        root = make_tree(self, {"up/old.txt": b"old", "pub.txt": b"public"})
+        s = start_server(self, root, "-u", "--hidden")
+        size = 4 * 1024 * 1024
+        body = _up_pattern(size, 9)
+        sock = _up_open(s.port, "PUT", "/up/big.bin", {"Content-Length": str(size)})
+        try:
+            sock.sendall(body[:size // 2])
+            temps = wait_for(lambda: _up_temps(root), timeout=5)
+            self.assertTrue(temps, "no .minihttpd-upload-* file while the upload runs")
+            self.assertEqual(os.path.dirname(temps[0]), os.path.join(root, "up"))
+            self.assertFalse(os.path.exists(os.path.join(root, "up", "big.bin")))
+            # Other clients are served while the upload is half-sent.
+            r = get(s.port, "/pub.txt")
+            self.assertEqual((r.status, r.body), (200, b"public"))
+            self.assertEqual(get(s.port, "/up/big.bin").status, 404)
+            listing = get(s.port, "/up/")
+            self.assertNotIn(b".minihttpd-upload-", listing.body)
+            self.assertNotIn(b"big.bin", listing.body)
+            names = [e["name"] for e in _up_json(get(s.port, "/up/?format=json"))["entries"]]
+            self.assertEqual(names, ["old.txt"])
+            temp_url = "/up/" + urllib.parse.quote(os.path.basename(temps[0]))
+            self.assertEqual(get(s.port, temp_url).status, 404)
+            self.assertEqual(request(s.port, "HEAD", temp_url).status, 404)
+            sock.sendall(body[size // 2:])
+            resp, _, _ = _up_read_final(sock)
+        finally:
+            sock.close()
+        self.assertEqual(resp.status, 201, resp)
+        self.assertEqual(_up_read_file(os.path.join(root, "up", "big.bin")), body)
+        self._no_temps(root)
+
+    def test_overwrite_is_atomic_for_readers(self):
+        size = 2 * 1024 * 1024
+        root = make_tree(self, {"f.bin": b"A" * size})
+        s = start_server(self, root, "-u", "--overwrite")
+        sock = _up_open(s.port, "PUT", "/f.bin", {"Content-Length": str(size)})
+        try:
+            sock.sendall(b"B" * (size // 2))
+            self.assertTrue(wait_for(lambda: _up_temps(root), timeout=5))
+            r = get(s.port, "/f.bin")
+            self.assertEqual(r.status, 200)
+            self.assertTrue(r.body == b"A" * size, "reader saw a mix during the replacement")
+            sock.sendall(b"B" * (size - size // 2))
+            resp, _, _ = _up_read_final(sock)
+        finally:
+            sock.close()
+        self.assertIn(resp.status, (200, 201, 204), resp)
+        self.assertTrue(get(s.port, "/f.bin").body == b"B" * size)
+
+    def test_memory_stays_flat(self):
+        if _up_vm_hwm_kib(os.getpid()) is None:
+            self.skipTest("no /proc/PID/status VmHWM on this platform")
+        root = make_tree(self, {"up/": None})
+        s = start_server(self, root, "-u")
+        get(s.port, "/")
+        before = _up_vm_hwm_kib(s.proc.pid)
+        piece = _up_pattern(1 << 20, 5)
+        mib = 24
+        # Raw PUT.
+        sock = _up_open(s.port, "PUT", "/up/raw.bin", {"Content-Length": str(mib << 20)})
+        try:
+            for _ in range(mib):
+                sock.sendall(piece)
+            resp, _, _ = _up_read_final(sock)
+        finally:
+            sock.close()
+        self.assertEqual(resp.status, 201)
+        # Multipart POST.
+        boundary = b"----memoryBoundary"
+        head = (b"--" + boundary + b"\r\nContent-Disposition: form-data; name=\"file\"; "
+                b"filename=\"mp.bin\"\r\n\r\n")
+        tail = b"\r\n--" + boundary + b"--\r\n"
+        headers = {"Content-Type": "multipart/form-data; boundary=" + boundary.decode(),
+                   "Content-Length": str(len(head) + (mib << 20) + len(tail)),
+                   "Accept": "application/json"}
+        sock = _up_open(s.port, "POST", "/up/", headers)
+        try:
+            sock.sendall(head)
+            for _ in range(mib):
+                sock.sendall(piece)
+            sock.sendall(tail)
+            resp, _, _ = _up_read_final(sock)
+        finally:
+            sock.close()
+        self.assertEqual(resp.status, 201)
+        after = _up_vm_hwm_kib(s.proc.pid)
+        for name in ("raw.bin", "mp.bin"):
+            path = os.path.join(root, "up", name)
+            self.assertEqual(os.path.getsize(path), mib << 20)
+            with open(path, "rb") as f:
+                self.assertEqual(f.read(1 << 20), piece)
+        self.assertLess(after - before, 12 * 1024,
+                        "server peak memory grew by %d KiB for %d MiB uploads" % (after - before, mib))
+
+    def _client(self, name):
+        path = shutil.which(name)
+        if not path:
+            self.skipTest("%s not installed" % name)
+        return path
+
+    def test_curl_T_and_data_binary_and_F(self):
+        curl = self._client("curl")
+        root = make_tree(self, {"dir/": None, "form/": None})
+        s = start_server(self, root, "-u")
+        work = tempfile.mkdtemp(prefix="minihttpd-curl-")
+        self.addCleanup(shutil.rmtree, work, True)
+        big = os.path.join(work, "big-file.bin")      # > 1 MiB: curl sends Expect: 100-continue
+        with open(big, "wb") as f:
+            f.write(_up_pattern(1536 * 1024, 2))
+        small = os.path.join(work, "small.txt")
+        with open(small, "wb") as f:
+            f.write(b"small\r\n--x\r\n")
+        base = [curl, "-sS", "--noproxy", "*", "--max-time", "20", "-o", os.devnull, "-w", "%{http_code}"]
+
+        def run(args):
+            p = subprocess.run(base + args, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               stdin=subprocess.DEVNULL, timeout=30, env=_up_clean_env(),
+                               universal_newlines=True)
+            return p.stdout.strip(), p.stderr
+        self.assertEqual(run(["-T", big, s.url("/dir/")]), ("201", ""))
+        self.assertEqual(_up_read_file(os.path.join(root, "dir", "big-file.bin")), _up_read_file(big))
+        self.assertEqual(run(["--data-binary", "@" + small, s.url("/dir/posted.txt")]), ("201", ""))
+        self.assertEqual(_up_read_file(os.path.join(root, "dir", "posted.txt")), _up_read_file(small))
+        self.assertEqual(run(["-F", "file=@" + small, "-F", "file=@" + big, "-F", "note=hello",
+                              "-H", "Accept: application/json", s.url("/form/")]), ("201", ""))
+        self.assertEqual(_up_read_file(os.path.join(root, "form", "small.txt")), _up_read_file(small))
+        self.assertEqual(_up_read_file(os.path.join(root, "form", "big-file.bin")), _up_read_file(big))
+        self.assertEqual(sorted(os.listdir(os.path.join(root, "form"))), ["big-file.bin", "small.txt"])
+        # Without Accept: application/json curl gets the browser answer.
+        os.rename(small, os.path.join(work, "third.txt"))
+        self.assertEqual(run(["-F", "file=@" + os.path.join(work, "third.txt"), s.url("/form/")]), ("303", ""))
+
+    def test_wget_put(self):
+        wget = self._client("wget")
+        root = make_tree(self, {"dir/": None})
+        s = start_server(self, root, "-u")
+        work = tempfile.mkdtemp(prefix="minihttpd-wget-")
+        self.addCleanup(shutil.rmtree, work, True)
+        src = os.path.join(work, "w.bin")
+        with open(src, "wb") as f:
+            f.write(_up_pattern(40000, 4))
+        p = subprocess.run([wget, "-q", "-O", os.devnull, "--tries=1", "--timeout=10", "--no-proxy",
+                            "--method=PUT", "--body-file=" + src, s.url("/dir/w.bin")],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                           timeout=30, env=_up_clean_env(), universal_newlines=True)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        self.assertEqual(_up_read_file(os.path.join(root, "dir", "w.bin")), _up_read_file(src))
+
+
+# ---------------------------------------------------------------------------
+# Safety: never clobber, never leave half files, never escape the root
+# ---------------------------------------------------------------------------
+
+class TestUploadSafety(unittest.TestCase):
+
+    def _no_temps(self, root):
+        self.assertTrue(wait_for(lambda: not _up_temps(root), timeout=5),
+                        "temporary files left behind: %r" % _up_temps(root))
+
+    def _outside(self):
+        """A tree with an outside dir next to the served root; returns (base, root)."""
+        base = make_tree(self, {"root/sub/keep.txt": b"keep", "root/up/": None,
+                                "outside/secret.txt": b"secret"})
+        return base, os.path.join(base, "root")
+
+    def test_put_path_tricks_404_nothing_written(self):
+        base, root = self._outside()
+        s = start_server(self, root, "-u", "--overwrite")
+        before = _up_tree(base)
+        targets = ["/../evil.txt", "/%2e%2e/evil.txt", "/sub/../../evil.txt",
+                   "/sub/%2e%2e/%2e%2e/evil.txt", "/..%2fevil.txt", "/sub/..%2F..%2Fevil.txt",
+                   "/..%5cevil.txt", "/sub/..\\..\\evil.txt", "/../outside/secret.txt",
+                   "/%2e%2e/outside/secret.txt", "/sub/..%2f..%2foutside/new/evil.txt"]
+        for target in targets:
+            r = request(s.port, "PUT", target, body=b"evil")
+            self.assertEqual(r.status, 404, (target, r))
+        for target in ("/../", "/%2e%2e/", "/sub/..%2f..%2foutside/"):
+            boundary = b"trick"
+            r = _up_post_multipart(s.port, target, boundary, _up_multipart(boundary, [("file", "evil.txt", b"e")]))
+            self.assertEqual(r.status, 404, (target, r))
+        self.assertEqual(_up_tree(base), before)
+        self.assertEqual(_up_read_file(os.path.join(base, "outside", "secret.txt")), b"secret")
+
+    def test_put_through_symlink_out_404(self):
+        base, root = self._outside()
+        try:
+            os.symlink(os.path.join(base, "outside"), os.path.join(root, "link"))
+            os.symlink(os.path.join(base, "outside", "secret.txt"), os.path.join(root, "secret-link"))
+        except (OSError, NotImplementedError, AttributeError) as e:
+            self.skipTest("symlinks not available: %s" % e)
+        s = start_server(self, root, "-u", "--overwrite")
+        before = _up_tree(base)
+        r = request(s.port, "PUT", "/link/evil.txt", body=b"evil")
+        self.assertEqual(r.status, 404, r)
+        r = request(s.port, "PUT", "/link/new/evil.txt", body=b"evil")
+        self.assertEqual(r.status, 404, r)
+        r = request(s.port, "PUT", "/secret-link", body=b"overwritten")
+        self.assertEqual(r.status, 404, r)
+        boundary = b"lnk"
+        r = _up_post_multipart(s.port, "/link/", boundary, _up_multipart(boundary, [("file", "evil.txt", b"e")]))
+        self.assertEqual(r.status, 404, r)
+        self.assertEqual(_up_tree(base), before)
+        self.assertEqual(_up_read_file(os.path.join(base, "outside", "secret.txt")), b"secret")
+
+    def test_dotfile_targets(self):
+        root = make_tree(self, {".git/config": b"cfg"})
+        s = start_server(self, root, "-u", "--overwrite")
+        for target in ("/.env", "/.git/config", "/.ssh/authorized_keys", "/sub/.hidden"):
+            r = request(s.port, "PUT", target, body=b"x")
+            self.assertEqual(r.status, 404, (target, r))
+        self.assertEqual(_up_tree(root), [".git", ".git/config"])
+        self.assertEqual(_up_read_file(os.path.join(root, ".git", "config")), b"cfg")
+        s2 = start_server(self, root, "-u", "--hidden")
+        r = request(s2.port, "PUT", "/.env", body=b"dot")
+        self.assertEqual(r.status, 201, r)
+        self.assertEqual(_up_read_file(os.path.join(root, ".env")), b"dot")
+
+    def test_temp_name_never_served_or_written(self):
+        root = make_tree(self, {".minihttpd-upload-fake": b"temp", ".visible-dotfile": b"v"})
+        s = start_server(self, root, "-u", "--hidden")
+        listing = get(s.port, "/")
+        self.assertIn(b".visible-dotfile", listing.body)      # --hidden does list dotfiles
+        self.assertNotIn(b".minihttpd-upload-", listing.body)
+        names = [e["name"] for e in _up_json(get(s.port, "/?format=json"))["entries"]]
+        self.assertNotIn(".minihttpd-upload-fake", names)
+        self.assertEqual(get(s.port, "/.minihttpd-upload-fake").status, 404)
+        r = request(s.port, "PUT", "/.minihttpd-upload-mine", body=b"sneaky")
+        self.assertTrue(400 <= r.status < 500, r)
+        self.assertFalse(os.path.exists(os.path.join(root, ".minihttpd-upload-mine")))
+
+    def test_form_file_names_reduced_or_rejected(self):
+        base, root = self._outside()
+        s = start_server(self, root, "-u")
+        up = os.path.join(root, "up")
+        for i, (name, basename) in enumerate([("../evil.txt", "evil.txt"), ("a/b.txt", "b.txt"),
+                                              ("..\\x.txt", "x.txt"), ("/etc/passwd-%d", "passwd-%d"),
+                                              ("..\\..\\outside\\w.txt", "w.txt")]):
+            if "%d" in name:
+                name, basename = name % i, basename % i
+            boundary = b"names%d" % i
+            before_root = _up_tree(base)
+            r = _up_post_multipart(s.port, "/up/", boundary,
+                                   _up_multipart(boundary, [("file", name, b"payload")]), accept_json=True)
+            self.assertIn(r.status, (201, 400), (name, r))
+            after = _up_tree(base)
+            added = sorted(set(after) - set(before_root))
+            if r.status == 201:
+                self.assertEqual(added, ["root/up/" + basename], name)
+                self.assertEqual([e["name"] for e in _up_json(r)["saved"]], [basename])
+            else:
+                self.assertEqual(added, [], name)
+        for name in (".hidden", "..", ".", "../.bashrc", "a/"):
+            boundary = b"nosafe"
+            before_root = _up_tree(base)
+            r = _up_post_multipart(s.port, "/up/", boundary,
+                                   _up_multipart(boundary, [("file", name, b"payload")]), accept_json=True)
+            self.assertEqual(r.status, 400, (name, r))
+            self.assertEqual(_up_tree(base), before_root, name)
+        self.assertEqual(_up_read_file(os.path.join(base, "outside", "secret.txt")), b"secret")
+        self.assertFalse(os.path.exists(os.path.join(base, "evil.txt")))
+        self._no_temps(up)
+
+    def test_form_dot_name_allowed_with_hidden(self):
+        root = make_tree(self, {"up/": None})
+        s = start_server(self, root, "-u", "--hidden")
+        boundary = b"hid"
+        r = _up_post_multipart(s.port, "/up/", boundary,
+                               _up_multipart(boundary, [("file", ".hidden", b"h")]), accept_json=True)
+        self.assertEqual(r.status, 201, r)
+        self.assertEqual(_up_read_file(os.path.join(root, "up", ".hidden")), b"h")
+
+    def test_same_name_race(self):
+        root = make_tree(self, {"up/": None})
+        s = start_server(self, root, "-u")
+        size = 300000
+        bodies = [b"A" * size, b"B" * size]
+        socks = []
+        try:
+            for _ in bodies:
+                socks.append(_up_open(s.port, "PUT", "/up/race.bin", {"Content-Length": str(size)}))
+            for sock, body in zip(socks, bodies):
+                sock.sendall(body[:-10])
+            wait_for(lambda: len(_up_temps(root)) >= 2, timeout=5)
+            self.assertFalse(os.path.exists(os.path.join(root, "up", "race.bin")))
+            for sock, body in zip(socks, bodies):
+                sock.sendall(body[-10:])
+            statuses = sorted(_up_read_final(sock)[0].status for sock in socks)
+        finally:
+            for sock in socks:
+                sock.close()
+        self.assertEqual(statuses, [201, 409])
+        self.assertIn(_up_read_file(os.path.join(root, "up", "race.bin")), bodies)
+        self._no_temps(root)
+
+    def test_concurrent_uploads_into_one_directory(self):
+        # Cleaning leftovers must never remove the temporary file of a running upload.
+        root = make_tree(self, {"up/": None})
+        s = start_server(self, root, "-u")
+        size = 500000
+        first = _up_pattern(size, 1)
+        sock = _up_open(s.port, "PUT", "/up/first.bin", {"Content-Length": str(size)})
+        try:
+            sock.sendall(first[:size // 2])
+            self.assertTrue(wait_for(lambda: _up_temps(root), timeout=5), "no temp file appeared")
+            r = request(s.port, "PUT", "/up/second.bin", body=b"second")
+            self.assertEqual(r.status, 201, r)
+            boundary = b"conc"
+            r = _up_post_multipart(s.port, "/up/", boundary, _up_multipart(boundary, [("file", "third.txt", b"3")]))
+            self.assertEqual(r.status, 303, r)
+            sock.sendall(first[size // 2:])
+            resp, _, _ = _up_read_final(sock)
+        finally:
+            sock.close()
+        self.assertEqual(resp.status, 201, resp)
+        self.assertEqual(_up_read_file(os.path.join(root, "up", "first.bin")), first)
+        self.assertEqual(sorted(os.listdir(os.path.join(root, "up"))), ["first.bin", "second.bin", "third.txt"])
+
+    def test_client_disconnect_mid_body(self):
+        root = make_tree(self, {"up/": None, "alive.txt": b"alive"})
+        s = start_server(self, root, "-u")
+        sock = _up_open(s.port, "PUT", "/up/gone.bin", {"Content-Length": "400000"})
+        sock.sendall(b"g" * 200000)
+        self.assertTrue(wait_for(lambda: _up_temps(root), timeout=5), "no temp file appeared")
+        sock.close()
+        self._no_temps(root)
+        self.assertFalse(os.path.exists(os.path.join(root, "up", "gone.bin")))
+        # Multipart: the part being received when the client vanished never appears.
+        boundary = b"gone"
+        body = _up_multipart(boundary, [("file", "done.txt", b"complete"),
+                                        ("file", "half.bin", b"h" * 400000)])
+        headers = {"Content-Type": "multipart/form-data; boundary=gone", "Content-Length": str(len(body))}
+        sock = _up_open(s.port, "POST", "/up/", headers)
+        sock.sendall(body[:len(body) - 200000])
+        self.assertTrue(wait_for(lambda: _up_temps(root), timeout=5), "no temp file appeared")
+        sock.close()
+        self._no_temps(root)
+        self.assertFalse(os.path.exists(os.path.join(root, "up", "half.bin")))
+        self.assertEqual(get(s.port, "/alive.txt").body, b"alive")
+
+    def test_body_stall_times_out(self):
+        root = make_tree(self, {"up/": None, "alive.txt": b"alive"})
+        s = start_server(self, root, "-u", "--request-timeout", "0.5")
+        sock = _up_open(s.port, "PUT", "/up/stall.bin", {"Content-Length": "100000"})
+        try:
+            sock.sendall(b"s" * 1000)
+            resp, _, _ = _up_read_final(sock)     # the server must give up on its own
+            self.assertEqual(resp.status, 408, resp)
+            self.assertTrue(_up_closed(sock))
+        finally:
+            sock.close()
+        self._no_temps(root)
+        self.assertFalse(os.path.exists(os.path.join(root, "up", "stall.bin")))
+        self.assertEqual(get(s.port, "/alive.txt").body, b"alive")
+
+    def test_sigkill_mid_upload_then_cleanup(self):
+        root = make_tree(self, {"up/": None})
+        s = start_server(self, root, "-u")
+        sock = _up_open(s.port, "PUT", "/up/killed.bin", {"Content-Length": str(1 << 20)})
+        try:
+            sock.sendall(b"k" * (1 << 19))
+            self.assertTrue(wait_for(lambda: _up_temps(root), timeout=5), "no temp file appeared")
+            s.proc.kill()
+            s.proc.wait(timeout=10)
+        finally:
+            sock.close()
+        self.assertFalse(os.path.exists(os.path.join(root, "up", "killed.bin")))
+        leftovers = _up_temps(root)
+        s2 = start_server(self, root, "-u", "--hidden")
+        for path in leftovers:
+            self.assertEqual(get(s2.port, "/up/" + urllib.parse.quote(os.path.basename(path))).status, 404)
+        self.assertNotIn(b".minihttpd-upload-", get(s2.port, "/up/").body)
+        r = request(s2.port, "PUT", "/up/other.txt", body=b"other")
+        self.assertEqual(r.status, 201, r)
+        self._no_temps(root)
+        self.assertEqual(sorted(os.listdir(os.path.join(root, "up"))), ["other.txt"])
+
+    def test_disk_full_507(self):
+        if resource is None or not hasattr(resource, "RLIMIT_FSIZE") or not hasattr(signal, "SIGXFSZ"):
+            self.skipTest("no resource.RLIMIT_FSIZE / SIGXFSZ on this platform")
+        root = make_tree(self, {"up/": None, "alive.txt": b"alive"})
+        s = start_server(self, root, "-u", preexec_fn=_up_fsize_limiter(64 * 1024))
+        size = 256 * 1024
+        sock = _up_open(s.port, "PUT", "/up/full.bin", {"Content-Length": str(size)})
+        try:
+            _up_send_until_answer(sock, _up_pattern(size), piece=8192)
+            resp, _, _ = _up_read_final(sock)
+        finally:
+            sock.close()
+        self.assertEqual(resp.status, 507, resp)
+        self.assertFalse(os.path.exists(os.path.join(root, "up", "full.bin")))
+        self._no_temps(root)
+        self.assertEqual(get(s.port, "/alive.txt").body, b"alive")
+        # Multipart upload hits the same wall.
+        boundary = b"full"
+        body = _up_multipart(boundary, [("file", "mp.bin", _up_pattern(size))])
+        headers = {"Content-Type": "multipart/form-data; boundary=full", "Content-Length": str(len(body))}
+        sock = _up_open(s.port, "POST", "/up/", headers)
+        try:
+            _up_send_until_answer(sock, body, piece=8192)
+            resp, _, _ = _up_read_final(sock)
+        finally:
+            sock.close()
+        self.assertEqual(resp.status, 507, resp)
+        self.assertFalse(os.path.exists(os.path.join(root, "up", "mp.bin")))
+        self._no_temps(root)
+        r = request(s.port, "PUT", "/up/small.txt", body=b"fits")
+        self.assertEqual(r.status, 201, r)
+
+    def test_other_write_error_500(self):
+        # Out of file descriptors when the temporary file is created: not a full disk, so 500.
+        if resource is None or not hasattr(resource, "prlimit") or not os.path.isdir("/proc/self/fd"):
+            self.skipTest("needs Linux resource.prlimit and /proc")
+        root = make_tree(self, {"up/": None, "alive.txt": b"alive"})
+        s = start_server(self, root, "-u")
+        pid = s.proc.pid
+
+        def fds():
+            return sorted(int(n) for n in os.listdir("/proc/%d/fd" % pid))
+        initial = fds()
+        self.assertEqual(get(s.port, "/alive.txt").status, 200)
+        wait_for(lambda: fds() == initial, timeout=5)
+        used = fds()
+        # The lowest limit that leaves exactly one free descriptor: the accepted connection.
+        limit = next(n for n in range(1, 1 << 16) if n - len([f for f in used if f < n]) == 1)
+        old = resource.prlimit(pid, resource.RLIMIT_NOFILE)
+        resource.prlimit(pid, resource.RLIMIT_NOFILE, (limit, old[1]))
+        try:
+            r = request(s.port, "PUT", "/up/x.txt", body=b"x" * 1000)
+        finally:
+            resource.prlimit(pid, resource.RLIMIT_NOFILE, old)
+        self.assertEqual(r.status, 500, r)
+        self.assertEqual(os.listdir(os.path.join(root, "up")), [])
+        self.assertEqual(get(s.port, "/alive.txt").body, b"alive")
+        self.assertEqual(request(s.port, "PUT", "/up/y.txt", body=b"y").status, 201)
+
+    def test_write_error_500(self):
+        if not hasattr(os, "geteuid") or os.geteuid() == 0:
+            self.skipTest("needs a non-root POSIX user (permissions do not stop root)")
+        root = make_tree(self, {"ro/": None, "alive.txt": b"alive"})
+        os.chmod(os.path.join(root, "ro"), 0o555)
+        self.addCleanup(os.chmod, os.path.join(root, "ro"), 0o755)
+        s = start_server(self, root, "-u")
+        r = request(s.port, "PUT", "/ro/x.txt", body=b"x" * 1000)
+        self.assertIn(r.status, (500, 403), r)
+        self.assertEqual(os.listdir(os.path.join(root, "ro")), [])
+        self.assertEqual(get(s.port, "/alive.txt").body, b"alive")
+
+
+# ---------------------------------------------------------------------------
+# A real browser uploading through the listing page
+# ---------------------------------------------------------------------------
+
+_up_form_page = """<!DOCTYPE html>
+<html><head><meta charset="utf-8"><title>autotest</title></head><body>
+<div id="status">STARTED</div>
+<iframe id="f" src="/up/"></iframe>
+<script>
+var st = document.getElementById("status");
+var frame = document.getElementById("f");
+var stage = 0;
+frame.addEventListener("load", function () {
+  try {
+    var doc = frame.contentDocument, W = frame.contentWindow;
+    if (stage === 0) {
+      stage = 1;
+      var input = doc.querySelector('form input[type=file][name=file]');
+      if (!input) { st.textContent = "UPLOAD-ERROR no file input"; return; }
+      var dt = new W.DataTransfer();
+      dt.items.add(new W.File(["hello"], "from-browser.txt", {type: "text/plain"}));
+      dt.items.add(new W.File(["second\\r\\nfile"], "second file.txt", {type: "text/plain"}));
+      input.files = dt.files;
+      W.HTMLFormElement.prototype.submit.call(input.form);   /* plain form post, no script */
+    } else if (stage === 1) {
+      stage = 2;
+      st.textContent = "UPLOAD-DONE path=" + W.location.pathname +
+        " listed=" + (doc.body.innerHTML.indexOf("from-browser.txt") >= 0);
+    }
+  } catch (e) { st.textContent = "UPLOAD-ERROR " + e; }
+});
+</script></body></html>
+"""
+
+_up_script_page = """<!DOCTYPE html>
+<html><head><meta charset="utf-8"><title>autotest</title></head><body>
+<div id="status">STARTED</div>
+<iframe id="f" src="/up/"></iframe>
+<script>
+var st = document.getElementById("status");
+var frame = document.getElementById("f");
+var started = false, tries = 0;
+var WANT = %(want)s;
+function poll() {
+  tries += 1;
+  fetch("/up/?format=json", {headers: {"Accept": "application/json"}, cache: "no-store"})
+    .then(function (r) { return r.json(); })
+    .then(function (j) {
+      var names = j.entries.map(function (e) { return e.name; });
+      var ok = WANT.every(function (n) { return names.indexOf(n) >= 0; });
+      if (ok) { st.textContent = "UPLOAD-DONE tries=" + tries; }
+      else if (tries < 60) { setTimeout(poll, 100); }
+      else { st.textContent = "UPLOAD-TIMEOUT names=" + names.join(","); }
+    }, function (e) { st.textContent = "UPLOAD-ERROR fetch " + e; });
+}
+frame.addEventListener("load", function () {
+  if (started) { return; }
+  started = true;
+  try {
+    var doc = frame.contentDocument, W = frame.contentWindow;
+    var dt = new W.DataTransfer();
+    WANT.forEach(function (n) { dt.items.add(new W.File(["content of " + n], n, {type: "text/plain"})); });
+    %(action)s
+    setTimeout(poll, 100);
+  } catch (e) { st.textContent = "UPLOAD-ERROR " + e; }
+});
+</script></body></html>
+"""
+
+# Submit with scripts on: requestSubmit() fires the submit event the page's script may take over.
+_up_action_submit = """
+    var input = doc.querySelector('form input[type=file][name=file]');
+    input.files = dt.files;
+    input.dispatchEvent(new W.Event("change", {bubbles: true}));
+    input.form.requestSubmit();
+"""
+
+# Drag and drop: offer the drop to every node (non-bubbling), wherever the page listens.
+_up_action_drop = """
+    var targets = [W, doc].concat(Array.prototype.slice.call(doc.querySelectorAll("*")));
+    ["dragenter", "dragover", "drop"].forEach(function (type) {
+      targets.forEach(function (t) {
+        try { t.dispatchEvent(new W.DragEvent(type, {bubbles: false, cancelable: true, dataTransfer: dt})); }
+        catch (e) {}
+      });
+    });
+"""
+
+
+class TestUploadBrowser(unittest.TestCase):
+    """Headless Chromium uploads through the listing page."""
+
+    def _chromium(self):
+        for name in ("chromium", "chromium-browser"):
+            path = shutil.which(name)
+            if path:
+                return path
+        self.skipTest("chromium not installed: no chromium or chromium-browser on PATH "
+                      "(Debian package 'chromium')")
+
+    def _run(self, chromium, url):
+        profile = tempfile.mkdtemp(prefix="minihttpd-chromium-")
+        self.addCleanup(shutil.rmtree, profile, True)
+        cmd = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+               "--disable-background-networking", "--disable-component-update", "--disable-sync",
+               "--no-proxy-server", "--disable-dev-shm-usage", "--user-data-dir=" + profile,
+               "--virtual-time-budget=10000", "--dump-dom", url]
+        try:
+            p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               stdin=subprocess.DEVNULL, timeout=60, env=_up_clean_env())
+        except subprocess.TimeoutExpired:
+            self.fail("chromium did not finish within 60 s")
+        dom = p.stdout.decode("utf-8", "replace")
+        m = re.search(r'<div id="status">([^<]*)</div>', dom)
+        status = m.group(1) if m else None
+        return status, dom, p.stderr.decode("utf-8", "replace")[-2000:]
+
+    def _setup(self, page):
+        chromium = self._chromium()
+        root = make_tree(self, {"up/old.txt": b"old", "autotest.html": page.encode("utf-8")})
+        s = start_server(self, root, "-u")
+        return chromium, root, s
+
+    def test_form_upload_in_headless_chromium(self):
+        chromium, root, s = self._setup(_up_form_page)
+        status, dom, err = self._run(chromium, s.url("/autotest.html"))
+        self.assertTrue(status and status.startswith("UPLOAD-DONE"),
+                        "status %r; chromium stderr: %s" % (status, err))
+        self.assertIn("path=/up/", status)
+        self.assertIn("listed=true", status)
+        self.assertEqual(_up_read_file(os.path.join(root, "up", "from-browser.txt")), b"hello")
+        self.assertEqual(_up_read_file(os.path.join(root, "up", "second file.txt")), b"second\r\nfile")
+        listing = get(s.port, "/up/").body
+        self.assertIn(b"from-browser.txt", listing)
+        self.assertIn(b"second%20file.txt", listing)
+        self.assertEqual(_up_temps(root), [])
+
+    def test_scripted_submit_in_headless_chromium(self):
+        want = ["from-script-1.txt", "from-script-2.txt"]
+        page = _up_script_page % {"want": json.dumps(want), "action": _up_action_submit}
+        chromium, root, s = self._setup(page)
+        status, dom, err = self._run(chromium, s.url("/autotest.html"))
+        self.assertTrue(status and status.startswith("UPLOAD-DONE"),
+                        "status %r; chromium stderr: %s" % (status, err))
+        for n in want:
+            self.assertEqual(_up_read_file(os.path.join(root, "up", n)), ("content of " + n).encode())
+
+    def test_drag_and_drop_in_headless_chromium(self):
+        want = ["dropped-1.txt", "dropped-2.txt"]
+        page = _up_script_page % {"want": json.dumps(want), "action": _up_action_drop}
+        chromium, root, s = self._setup(page)
+        status, dom, err = self._run(chromium, s.url("/autotest.html"))
+        self.assertTrue(status and status.startswith("UPLOAD-DONE"),
+                        "drag and drop did not upload: status %r; chromium stderr: %s" % (status, err))
+        for n in want:
+            self.assertEqual(_up_read_file(os.path.join(root, "up", n)), ("content of " + n).encode())
 
 
 if __name__ == "__main__":
