@@ -1525,7 +1525,16 @@ def check_upload_target(request, config, fs_path):
 
 
 def make_folder(root, fs_folder):
-    """Create missing folders inside the root (PUT /new/sub/file)."""
+    """Create missing folders inside the root (PUT /new/sub/file).
+
+    Returns the folders it created, outermost first, so that a failed
+    upload can remove them again (remove_folders).
+    """
+    created = []
+    path = fs_folder
+    while path != root and is_inside(path, root) and not os.path.isdir(path):
+        created.insert(0, path)
+        path = os.path.dirname(path)
     try:
         os.makedirs(fs_folder, exist_ok=True)
     except FileExistsError:
@@ -1535,7 +1544,18 @@ def make_folder(root, fs_folder):
             raise HTTPError(409, "A file stands where a folder is needed.")
         raise write_error(exc)
     if not is_inside(os.path.realpath(fs_folder), root):
+        remove_folders(created)
         raise HTTPError(404, "Not found.")
+    return created
+
+
+def remove_folders(created):
+    """Remove folders make_folder created, innermost first, while they are empty."""
+    for path in reversed(created):
+        try:
+            os.rmdir(path)
+        except OSError:
+            return                     # not empty: another upload is using it
 
 
 class RawUpload(object):
@@ -1548,11 +1568,12 @@ class RawUpload(object):
         self.url_path = url_path
         check_upload_target(request, config, fs_path)
         folder = os.path.dirname(fs_path)
-        make_folder(config.root, folder)
+        self.created = make_folder(config.root, folder)
         remove_stale_temporaries(folder)
         try:
             self.temp = TempFile(folder)
         except OSError as exc:
+            remove_folders(self.created)
             raise write_error(exc)
         self.received = 0
 
@@ -1573,6 +1594,7 @@ class RawUpload(object):
     def abort(self):
         """The upload failed: leave nothing behind."""
         self.temp.discard()
+        remove_folders(self.created)
 
 
 class FormUpload(object):
@@ -1589,7 +1611,7 @@ class FormUpload(object):
         self.name = None
         self.saved = []
         self.conflicts = []
-        make_folder(config.root, fs_folder)
+        self.created = make_folder(config.root, fs_folder)
         remove_stale_temporaries(fs_folder)
 
     def write(self, data):
@@ -1659,6 +1681,7 @@ class FormUpload(object):
         if self.temp is not None:
             self.temp.discard()
             self.temp = None
+        remove_folders(self.created)    # only if nothing was saved into them
 
 
 def start_upload(request, config, path):

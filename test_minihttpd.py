@@ -4691,6 +4691,27 @@ class TestUploadSafety(unittest.TestCase):
         self.assertFalse(os.path.exists(os.path.join(root, "up", "half.bin")))
         self.assertEqual(get(s.port, "/alive.txt").body, b"alive")
 
+    def test_failed_upload_leaves_no_new_folders(self):
+        # PUT /new/sub/x creates new/ and sub/ for the upload; when the upload
+        # fails they go again, so a failed upload changes nothing on disk.
+        root = make_tree(self, {"keep/": None, "alive.txt": b"alive"})
+        s = start_server(self, root, "-u")
+        sock = _up_open(s.port, "PUT", "/new/sub/gone.bin", {"Content-Length": "400000"})
+        sock.sendall(b"g" * 1000)
+        self.assertTrue(wait_for(lambda: os.path.isdir(os.path.join(root, "new", "sub"))),
+                        "the folders for the upload were not created")
+        sock.close()
+        self.assertTrue(wait_for(lambda: not os.path.exists(os.path.join(root, "new"))),
+                        "new/ left behind by a failed upload: %r" % os.listdir(root))
+        # A folder that existed before the upload stays.
+        sock = _up_open(s.port, "PUT", "/keep/gone.bin", {"Content-Length": "400000"})
+        sock.sendall(b"g" * 1000)
+        self.assertTrue(wait_for(lambda: _up_temps(root), timeout=5), "no temp file appeared")
+        sock.close()
+        self._no_temps(root)
+        self.assertTrue(os.path.isdir(os.path.join(root, "keep")))
+        self.assertEqual(get(s.port, "/alive.txt").body, b"alive")
+
     def test_body_stall_times_out(self):
         root = make_tree(self, {"up/": None, "alive.txt": b"alive"})
         s = start_server(self, root, "-u", "--request-timeout", "0.5")
