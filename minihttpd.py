@@ -1930,9 +1930,7 @@ class Connection(object):
     def respond(self, response):
         """Queue a response's head and body, and switch to WRITING."""
         request = self.request
-        if self.sink is not None:
-            self.sink.abort()
-            self.sink = None
+        self.drop_sink()
         self.response = response
         if self.server.stopping or (request is not None and not request.keep_alive):
             self.close_after = True
@@ -1975,11 +1973,15 @@ class Connection(object):
         self.state = WRITING
         self.set_deadline(WRITE_STALL_S)
 
-    def fail(self, error):
-        """Answer an error and close the connection afterwards."""
+    def drop_sink(self):
+        """Abort the upload in progress, if any: it leaves nothing behind."""
         if self.sink is not None:
             self.sink.abort()
             self.sink = None
+
+    def fail(self, error):
+        """Answer an error and close the connection afterwards."""
+        self.drop_sink()
         self.close_after = True
         if self.state == WRITING and self.sent:
             self.abort("error after the response began: %s" % error.message)
@@ -2139,9 +2141,7 @@ class Connection(object):
 
     def abort(self, why):
         """Drop the connection at once (the client is gone or stuck)."""
-        if self.sink is not None:
-            self.sink.abort()
-            self.sink = None
+        self.drop_sink()
         if self.response is not None and self.state == WRITING:
             if self.response.log_extra == "":
                 self.response.log_extra = " (cut: %s)" % why
@@ -2152,9 +2152,7 @@ class Connection(object):
         """Release the socket and any open files."""
         if self.state == CLOSED:
             return
-        if self.sink is not None:
-            self.sink.abort()
-            self.sink = None
+        self.drop_sink()
         if self.response is not None:
             self.response.close_files()
             self.response = None
