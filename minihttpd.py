@@ -150,6 +150,7 @@ def reason_phrase(status):
 TOKEN_RE = re.compile(rb"\A[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
 VERSION_RE = re.compile(rb"\AHTTP/(\d)(?:\.(\d))?\Z")
 BAD_FIELD_VALUE_RE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+DIGITS_RE = re.compile(r"\A[0-9]*\Z")  # ASCII only: str.isdigit() takes "²" too
 BAD_PERCENT_RE = re.compile(r"%(?![0-9A-Fa-f]{2})")
 ABSOLUTE_FORM_RE = re.compile(r"\A[A-Za-z][A-Za-z0-9+.\-]*://")
 ETAG_LIST_RE = re.compile(r'\s*(?:(W/)?("[^"]*")|(\*))\s*(?:,|\Z)')
@@ -353,7 +354,7 @@ def parse_body_framing(request):
     if len(values) != 1:
         raise HTTPError(400, "Conflicting Content-Length values.")
     value = values.pop()
-    if not re.match(r"\A[0-9]{1,18}\Z", value):   # str.isdigit() takes "²" too
+    if not value or len(value) > 18 or not DIGITS_RE.match(value):
         raise HTTPError(400, "Malformed Content-Length.")
     return int(value)
 
@@ -375,7 +376,7 @@ def parse_range(value, size):
     for item in specs:
         first, dash, last = item.partition("-")
         first, last = first.strip(), last.strip()
-        if not dash or (first and not first.isdigit()) or (last and not last.isdigit()):
+        if not dash or not DIGITS_RE.match(first) or not DIGITS_RE.match(last):
             return None
         if not first:
             if not last:

@@ -798,6 +798,9 @@ class TestRequestParsing(unittest.TestCase):
             ("items=0-9", None),
             ("0-9", None),
             ("", None),
+            # non-ASCII digits ("\u00b3" is a digit to str.isdigit, not to HTTP)
+            ("bytes=\u00b3-1", None),
+            ("bytes=0-1\u00b2", None),
         ]
         for value, expected in cases:
             with self.subTest(value=value):
