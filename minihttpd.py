@@ -1241,7 +1241,7 @@ def if_range_holds(request, etag, last_modified):
     return value == last_modified
 
 
-def open_variant(request, config, fs_path, st, content_type):
+def find_precompressed(request, config, fs_path, content_type):
     """Pick the precompressed name.gz beside name when the client takes gzip."""
     if not (config.gzip and is_compressible(content_type)
             and accepts_gzip(request.get_header("accept-encoding"))
@@ -1262,7 +1262,7 @@ def open_variant(request, config, fs_path, st, content_type):
 def handle_file(request, config, fs_path):
     """A regular file: conditional requests, ranges, gzip, streamed body."""
     content_type = guess_content_type(fs_path)
-    gz_path = open_variant(request, config, fs_path, None, content_type)
+    gz_path = find_precompressed(request, config, fs_path, content_type)
     try:
         f = open(gz_path or fs_path, "rb")
     except OSError:
@@ -1741,6 +1741,7 @@ class Connection(object):
         self.sink = None
         self.decoder = None
         self.body_left = 0
+        self.body_received = 0
         self.chunked_out = False
         self.close_after = False
         self.sent = 0                 # bytes of the current response sent
@@ -1827,6 +1828,8 @@ class Connection(object):
 
     def read_head(self):
         """READING_HEAD: parse a head when one is complete.  Returns progress."""
+        if not self.inbuf and not self.peer_eof:
+            return False                      # nothing yet: the usual case after a response
         try:
             result = parse_request_head(self.inbuf)
         except HTTPError as exc:
