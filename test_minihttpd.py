@@ -336,6 +336,57 @@ def run_cli(*args, **kwargs):
                           universal_newlines=True)
 
 
+class ClassFixture(object):
+    """Stands in for a TestCase in setUpClass, so start_server/make_tree can be shared."""
+
+    def __init__(self):
+        self._cleanups = []
+
+    def addCleanup(self, fn, *args, **kwargs):
+        """Register fn(*args, **kwargs) to run, last in first out, at doCleanups()."""
+        self._cleanups.append((fn, args, kwargs))
+
+    def fail(self, msg=None):
+        """Fail the way TestCase.fail does."""
+        raise AssertionError(msg)
+
+    def doCleanups(self):
+        """Run every registered cleanup, newest first, ignoring their errors."""
+        while self._cleanups:
+            fn, args, kwargs = self._cleanups.pop()
+            try:
+                fn(*args, **kwargs)
+            except Exception:
+                pass
+
+
+class SharedServerTestCase(unittest.TestCase):
+    """Tests that share servers built once per class by set_up_shared(fixture)."""
+
+    @classmethod
+    def set_up_shared(cls, fixture):
+        """Build the class's tree and servers; override in subclasses."""
+        raise NotImplementedError
+
+    @classmethod
+    def setUpClass(cls):
+        cls._fixture = ClassFixture()
+        try:
+            cls.set_up_shared(cls._fixture)
+        except BaseException:
+            cls._fixture.doCleanups()
+            raise
+
+    @classmethod
+    def tearDownClass(cls):
+        cls._fixture.doCleanups()
+
+    @property
+    def port(self):
+        """The port of the class's main server (cls.srv)."""
+        return self.srv.port
+
+
 # ---------------------------------------------------------------------------
 # Small helpers for the core test classes (prefixed _core_ to avoid clashes)
 # ---------------------------------------------------------------------------
@@ -347,27 +398,6 @@ _core_IMF_RE = re.compile(
 _core_CLF_RE_TEMPLATE = (
     r'^127\.0\.0\.1 - - \[\d{2}/[A-Z][a-z]{2}/\d{4}:\d{2}:\d{2}:\d{2} [+-]\d{4}\] '
     r'"%s" %s %s(\s.*)?$')
-
-
-class _core_Cleanups(object):
-    """Stands in for a TestCase in setUpClass (start_server/make_tree need addCleanup)."""
-
-    def __init__(self):
-        self._fns = []
-
-    def addCleanup(self, fn, *args, **kwargs):
-        self._fns.append((fn, args, kwargs))
-
-    def fail(self, msg):
-        raise AssertionError(msg)
-
-    def run(self):
-        while self._fns:
-            fn, args, kwargs = self._fns.pop()
-            try:
-                fn(*args, **kwargs)
-            except Exception:
-                pass
 
 
 def _core_raw(method, path, version="HTTP/1.1", headers=None, close=False, host=True,
@@ -1148,7 +1178,7 @@ class TestCommandLine(unittest.TestCase):
 # Static files, methods, caching
 # ---------------------------------------------------------------------------
 
-class TestStaticFiles(unittest.TestCase):
+class TestStaticFiles(SharedServerTestCase):
 
     FILES = {
         "a.txt": b"hello text\n",
@@ -1163,23 +1193,10 @@ class TestStaticFiles(unittest.TestCase):
     MTIME = 1700000000
 
     @classmethod
-    def setUpClass(cls):
-        cls._cl = _core_Cleanups()
-        try:
-            cls.root = make_tree(cls._cl, cls.FILES)
-            os.utime(os.path.join(cls.root, "a.txt"), (cls.MTIME, cls.MTIME))
-            cls.srv = start_server(cls._cl, cls.root, "-q")
-        except BaseException:
-            cls._cl.run()
-            raise
-
-    @classmethod
-    def tearDownClass(cls):
-        cls._cl.run()
-
-    @property
-    def port(self):
-        return self.srv.port
+    def set_up_shared(cls, fixture):
+        cls.root = make_tree(fixture, cls.FILES)
+        os.utime(os.path.join(cls.root, "a.txt"), (cls.MTIME, cls.MTIME))
+        cls.srv = start_server(fixture, cls.root, "-q")
 
     def test_file_contents(self):
         for path, rel in [("/a.txt", "a.txt"), ("/sub/b.bin", "sub/b.bin"), ("/empty.txt", "empty.txt"),
@@ -1376,46 +1393,33 @@ class TestStaticFiles(unittest.TestCase):
 # Path handling and the root boundary
 # ---------------------------------------------------------------------------
 
-class TestPaths(unittest.TestCase):
+class TestPaths(SharedServerTestCase):
 
     SECRET = b"TOP-SECRET-9f8e7d"
     UNAME = "h\u00e9llo w\u00f6rld.txt"
 
     @classmethod
-    def setUpClass(cls):
-        cls._cl = _core_Cleanups()
+    def set_up_shared(cls, fixture):
+        cls.outer = make_tree(fixture, {
+            "secret.txt": cls.SECRET,
+            "secretdir/inner.txt": cls.SECRET,
+            "root/pub.txt": b"public",
+            "root/sub/x.txt": b"x-in-sub",
+            "root/.hidden": b"dot-file",
+            "root/.dotdir/f.txt": b"in-dot-dir",
+            "root/d\u00edr/in.txt": b"in-unicode-dir",
+            "root/" + cls.UNAME: b"unicode-content",
+        })
+        cls.root = os.path.join(cls.outer, "root")
+        cls.symlinks = True
         try:
-            cls.outer = make_tree(cls._cl, {
-                "secret.txt": cls.SECRET,
-                "secretdir/inner.txt": cls.SECRET,
-                "root/pub.txt": b"public",
-                "root/sub/x.txt": b"x-in-sub",
-                "root/.hidden": b"dot-file",
-                "root/.dotdir/f.txt": b"in-dot-dir",
-                "root/d\u00edr/in.txt": b"in-unicode-dir",
-                "root/" + cls.UNAME: b"unicode-content",
-            })
-            cls.root = os.path.join(cls.outer, "root")
-            cls.symlinks = True
-            try:
-                os.symlink(os.path.join(cls.outer, "secret.txt"), os.path.join(cls.root, "link_out"))
-                os.symlink(os.path.join(cls.outer, "secretdir"), os.path.join(cls.root, "linkdir_out"))
-                os.symlink(os.path.join(cls.root, "pub.txt"), os.path.join(cls.root, "link_in"))
-                os.symlink(cls.root, os.path.join(cls.outer, "rootlink"))
-            except (OSError, NotImplementedError, AttributeError):
-                cls.symlinks = False
-            cls.srv = start_server(cls._cl, cls.root, "-q")
-        except BaseException:
-            cls._cl.run()
-            raise
-
-    @classmethod
-    def tearDownClass(cls):
-        cls._cl.run()
-
-    @property
-    def port(self):
-        return self.srv.port
+            os.symlink(os.path.join(cls.outer, "secret.txt"), os.path.join(cls.root, "link_out"))
+            os.symlink(os.path.join(cls.outer, "secretdir"), os.path.join(cls.root, "linkdir_out"))
+            os.symlink(os.path.join(cls.root, "pub.txt"), os.path.join(cls.root, "link_in"))
+            os.symlink(cls.root, os.path.join(cls.outer, "rootlink"))
+        except (OSError, NotImplementedError, AttributeError):
+            cls.symlinks = False
+        cls.srv = start_server(fixture, cls.root, "-q")
 
     def _raw_get(self, target, port=None):
         data = ("GET %s HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n" % target).encode("utf-8")
@@ -1562,48 +1566,35 @@ class TestPaths(unittest.TestCase):
 # Directory listings
 # ---------------------------------------------------------------------------
 
-class TestListing(unittest.TestCase):
+class TestListing(SharedServerTestCase):
 
     EVIL = "<script>alert('1')&\"x\".txt"
     UNAME = "h\u00e9llo w\u00f6rld.txt"
 
     @classmethod
-    def setUpClass(cls):
-        cls._cl = _core_Cleanups()
-        try:
-            files = {
-                "a.txt": b"a" * 10,
-                "b.txt": b"b" * 300,
-                "c.bin": b"c" * 2048,
-                cls.UNAME: b"u" * 5,
-                "adir/inner.txt": b"inner",
-                "zdir": None,
-                "site/index.html": b"<!DOCTYPE html><title>site index</title>",
-                "site/other.txt": b"other",
-            }
-            cls.evil = os.name != "nt"
-            if cls.evil:
-                files[cls.EVIL] = b"e"
-            cls.root = make_tree(cls._cl, files)
-            times = {"a.txt": 1700000000, "b.txt": 1700000100, "c.bin": 1700000050,
-                     cls.UNAME: 1700000300, cls.EVIL: 1700000400, "adir": 1600000000,
-                     "zdir": 1650000000}
-            for name, t in times.items():
-                p = os.path.join(cls.root, name)
-                if os.path.exists(p):
-                    os.utime(p, (t, t))
-            cls.srv = start_server(cls._cl, cls.root, "-q")
-        except BaseException:
-            cls._cl.run()
-            raise
-
-    @classmethod
-    def tearDownClass(cls):
-        cls._cl.run()
-
-    @property
-    def port(self):
-        return self.srv.port
+    def set_up_shared(cls, fixture):
+        files = {
+            "a.txt": b"a" * 10,
+            "b.txt": b"b" * 300,
+            "c.bin": b"c" * 2048,
+            cls.UNAME: b"u" * 5,
+            "adir/inner.txt": b"inner",
+            "zdir": None,
+            "site/index.html": b"<!DOCTYPE html><title>site index</title>",
+            "site/other.txt": b"other",
+        }
+        cls.evil = os.name != "nt"
+        if cls.evil:
+            files[cls.EVIL] = b"e"
+        cls.root = make_tree(fixture, files)
+        times = {"a.txt": 1700000000, "b.txt": 1700000100, "c.bin": 1700000050,
+                 cls.UNAME: 1700000300, cls.EVIL: 1700000400, "adir": 1600000000,
+                 "zdir": 1650000000}
+        for name, t in times.items():
+            p = os.path.join(cls.root, name)
+            if os.path.exists(p):
+                os.utime(p, (t, t))
+        cls.srv = start_server(fixture, cls.root, "-q")
 
     def _files(self, order):
         """Expected file order for a sort: name/size/time ascending."""
@@ -1781,28 +1772,15 @@ class TestListing(unittest.TestCase):
 # Persistent connections
 # ---------------------------------------------------------------------------
 
-class TestKeepAlive(unittest.TestCase):
+class TestKeepAlive(SharedServerTestCase):
 
     FILES = {"1.txt": b"one", "2.txt": b"two-two", "3.txt": b"three-three-three",
              "big.bin": b"B" * 300000}
 
     @classmethod
-    def setUpClass(cls):
-        cls._cl = _core_Cleanups()
-        try:
-            cls.root = make_tree(cls._cl, cls.FILES)
-            cls.srv = start_server(cls._cl, cls.root, "-q")
-        except BaseException:
-            cls._cl.run()
-            raise
-
-    @classmethod
-    def tearDownClass(cls):
-        cls._cl.run()
-
-    @property
-    def port(self):
-        return self.srv.port
+    def set_up_shared(cls, fixture):
+        cls.root = make_tree(fixture, cls.FILES)
+        cls.srv = start_server(fixture, cls.root, "-q")
 
     def test_several_requests_one_connection(self):
         sock = connect(self.port, 5)
@@ -1922,30 +1900,17 @@ class TestKeepAlive(unittest.TestCase):
 # Range requests
 # ---------------------------------------------------------------------------
 
-class TestRanges(unittest.TestCase):
+class TestRanges(SharedServerTestCase):
 
     DATA = bytes((i * 7 + i // 256) % 256 for i in range(1000))
     MTIME = 1700000000
 
     @classmethod
-    def setUpClass(cls):
-        cls._cl = _core_Cleanups()
-        try:
-            cls.big = os.urandom(300 * 1024)
-            cls.root = make_tree(cls._cl, {"f.bin": cls.DATA, "empty.bin": b"", "big.bin": cls.big})
-            os.utime(os.path.join(cls.root, "f.bin"), (cls.MTIME, cls.MTIME))
-            cls.srv = start_server(cls._cl, cls.root)
-        except BaseException:
-            cls._cl.run()
-            raise
-
-    @classmethod
-    def tearDownClass(cls):
-        cls._cl.run()
-
-    @property
-    def port(self):
-        return self.srv.port
+    def set_up_shared(cls, fixture):
+        cls.big = os.urandom(300 * 1024)
+        cls.root = make_tree(fixture, {"f.bin": cls.DATA, "empty.bin": b"", "big.bin": cls.big})
+        os.utime(os.path.join(cls.root, "f.bin"), (cls.MTIME, cls.MTIME))
+        cls.srv = start_server(fixture, cls.root)
 
     def test_single_ranges(self):
         cases = [
@@ -2090,26 +2055,13 @@ class TestRanges(unittest.TestCase):
 # Limits, malformed input, robustness
 # ---------------------------------------------------------------------------
 
-class TestLimits(unittest.TestCase):
+class TestLimits(SharedServerTestCase):
 
     @classmethod
-    def setUpClass(cls):
-        cls._cl = _core_Cleanups()
-        try:
-            cls.big = os.urandom(8 * 1024 * 1024)
-            cls.root = make_tree(cls._cl, {"a.txt": b"alpha", "big.bin": cls.big})
-            cls.srv = start_server(cls._cl, cls.root)
-        except BaseException:
-            cls._cl.run()
-            raise
-
-    @classmethod
-    def tearDownClass(cls):
-        cls._cl.run()
-
-    @property
-    def port(self):
-        return self.srv.port
+    def set_up_shared(cls, fixture):
+        cls.big = os.urandom(8 * 1024 * 1024)
+        cls.root = make_tree(fixture, {"a.txt": b"alpha", "big.bin": cls.big})
+        cls.srv = start_server(fixture, cls.root)
 
     def _expect(self, data, status, port=None):
         r, closed = _core_exchange(port or self.port, data)
@@ -2307,37 +2259,6 @@ class TestLimits(unittest.TestCase):
 # Small extra helpers for the issue-4 tests (probe endpoints, prefix, gzip)
 # ---------------------------------------------------------------------------
 
-class _ex_ClassFixture(object):
-    """Stands in for a TestCase in setUpClass so start_server/make_tree can be shared."""
-
-    def __init__(self):
-        self._cleanups = []
-
-    def addCleanup(self, fn, *args, **kwargs):
-        self._cleanups.append((fn, args, kwargs))
-
-    def fail(self, msg=None):
-        raise AssertionError(msg)
-
-    def doCleanups(self):
-        while self._cleanups:
-            fn, args, kwargs = self._cleanups.pop()
-            try:
-                fn(*args, **kwargs)
-            except Exception:
-                pass
-
-
-def _ex_setup_class(cls, builder):
-    """Run builder(fixture) in setUpClass; clean up if it raises."""
-    cls._ex_fx = _ex_ClassFixture()
-    try:
-        builder(cls._ex_fx)
-    except BaseException:
-        cls._ex_fx.doCleanups()
-        raise
-
-
 def _ex_status_line(resp):
     """The status line exactly as received."""
     return resp.raw_head.split("\r\n", 1)[0]
@@ -2523,25 +2444,19 @@ class TestAcceptEncoding(unittest.TestCase):
 # --echo: /echo/{text}, /user-agent, /request
 # ---------------------------------------------------------------------------
 
-class TestEcho(unittest.TestCase):
+class TestEcho(SharedServerTestCase):
 
     @classmethod
-    def setUpClass(cls):
-        def build(fx):
-            files = {
-                "echo/x": b"file named echo/x\n",
-                "user-agent": b"a file called user-agent\n",
-                "request": b"a file called request\n",
-                "a.txt": b"hello\n",
-            }
-            cls.root = make_tree(fx, files)
-            cls.srv = start_server(fx, cls.root, "--echo")
-            cls.plain = start_server(fx, cls.root)
-        _ex_setup_class(cls, build)
-
-    @classmethod
-    def tearDownClass(cls):
-        cls._ex_fx.doCleanups()
+    def set_up_shared(cls, fixture):
+        files = {
+            "echo/x": b"file named echo/x\n",
+            "user-agent": b"a file called user-agent\n",
+            "request": b"a file called request\n",
+            "a.txt": b"hello\n",
+        }
+        cls.root = make_tree(fixture, files)
+        cls.srv = start_server(fixture, cls.root, "--echo")
+        cls.plain = start_server(fixture, cls.root)
 
     def test_echo_abc(self):
         r = get(self.srv.port, "/echo/abc")
@@ -2675,33 +2590,23 @@ class TestEcho(unittest.TestCase):
 # --route-prefix /files
 # ---------------------------------------------------------------------------
 
-class TestRoutePrefix(unittest.TestCase):
+class TestRoutePrefix(SharedServerTestCase):
     A = b"0123456789abcdefghijklmnopqrstuvwxyz\n"
 
     @classmethod
-    def setUpClass(cls):
-        def build(fx):
-            files = {
-                "secret.txt": b"TOP SECRET outside the root\n",
-                "root/a.txt": cls.A,
-                "root/sub/b.txt": b"bee\n",
-                "root/sub/deeper/c.txt": b"sea\n",
-                "root/Space Dir/x y.txt": b"spaces\n",
-                "root/up": None,
-                "root/echo": None,
-            }
-            top = make_tree(fx, files)
-            cls.root = os.path.join(top, "root")
-            cls.srv = start_server(fx, cls.root, "--route-prefix", "/files", "--upload", "--echo")
-        _ex_setup_class(cls, build)
-
-    @classmethod
-    def tearDownClass(cls):
-        cls._ex_fx.doCleanups()
-
-    @property
-    def port(self):
-        return self.srv.port
+    def set_up_shared(cls, fixture):
+        files = {
+            "secret.txt": b"TOP SECRET outside the root\n",
+            "root/a.txt": cls.A,
+            "root/sub/b.txt": b"bee\n",
+            "root/sub/deeper/c.txt": b"sea\n",
+            "root/Space Dir/x y.txt": b"spaces\n",
+            "root/up": None,
+            "root/echo": None,
+        }
+        top = make_tree(fixture, files)
+        cls.root = os.path.join(top, "root")
+        cls.srv = start_server(fixture, cls.root, "--route-prefix", "/files", "--upload", "--echo")
 
     def _links(self, body):
         return re.findall(r'(?:href|action)="([^"]*)"', body.decode("utf-8"))
@@ -2850,24 +2755,14 @@ class TestRoutePrefix(unittest.TestCase):
 # The classic "build your own HTTP server" exercise, on raw sockets
 # ---------------------------------------------------------------------------
 
-class TestExerciseAPI(unittest.TestCase):
+class TestExerciseAPI(SharedServerTestCase):
     FOO = b"Hello, World!"
 
     @classmethod
-    def setUpClass(cls):
-        def build(fx):
-            cls.root = make_tree(fx, {"foo": cls.FOO, "apple_banana_42": b"x" * 100})
-            cls.srv = start_server(fx, cls.root, "--directory", cls.root, "--route-prefix", "/files",
-                                   "--upload", "--echo")
-        _ex_setup_class(cls, build)
-
-    @classmethod
-    def tearDownClass(cls):
-        cls._ex_fx.doCleanups()
-
-    @property
-    def port(self):
-        return self.srv.port
+    def set_up_shared(cls, fixture):
+        cls.root = make_tree(fixture, {"foo": cls.FOO, "apple_banana_42": b"x" * 100})
+        cls.srv = start_server(fixture, cls.root, "--directory", cls.root, "--route-prefix", "/files",
+                               "--upload", "--echo")
 
     def _one(self, path, headers=(), method="GET", body=b""):
         """One request on a kept-alive connection (no Connection header), like the exercise's tester."""
@@ -3077,7 +2972,7 @@ class TestExerciseAPI(unittest.TestCase):
 # gzip
 # ---------------------------------------------------------------------------
 
-class TestGzip(unittest.TestCase):
+class TestGzip(SharedServerTestCase):
     BIG = _ex_text(8000, "big")
     SMALL = _ex_text(200, "small")
     MEDIUM = _ex_text(400 * 1024, "medium")
@@ -3085,42 +2980,32 @@ class TestGzip(unittest.TestCase):
     PAGE_GZ = gzip.compress(b"<!DOCTYPE html><html><body>PRECOMPRESSED VERSION</body></html>\n")
 
     @classmethod
-    def setUpClass(cls):
-        def build(fx):
-            body = _ex_text(6000, "typed")
-            files = {
-                "big.txt": cls.BIG,
-                "small.txt": cls.SMALL,
-                "medium.txt": cls.MEDIUM,
-                "page.html": cls.PAGE,
-                "page.html.gz": cls.PAGE_GZ,
-                "plain.html": cls.PAGE,
-                "data.json": json.dumps({"rows": [body.decode("ascii")]}).encode("ascii"),
-                "app.js": b"var s = " + json.dumps(body.decode("ascii")).encode("ascii") + b";\n",
-                "style.css": b"/* " + body + b" */\n",
-                "pic.svg": b"<svg xmlns='http://www.w3.org/2000/svg'><!-- " + body + b" --></svg>\n",
-                "feed.xml": b"<?xml version='1.0'?><r><!-- " + body + b" --></r>\n",
-                "photo.png": body,
-                "photo.jpg": body,
-                "bundle.zip": body,
-                "archive.gz": body,
-                "blob.bin": body,
-                "empty": None,
-            }
-            for i in range(40):
-                files["many/file-with-a-rather-long-name-number-%03d.txt" % i] = b"x"
-            cls.root = make_tree(fx, files)
-            cls.srv = start_server(fx, cls.root, "--echo")
-            cls.nogz = start_server(fx, cls.root, "--echo", "--no-gzip")
-        _ex_setup_class(cls, build)
-
-    @classmethod
-    def tearDownClass(cls):
-        cls._ex_fx.doCleanups()
-
-    @property
-    def port(self):
-        return self.srv.port
+    def set_up_shared(cls, fixture):
+        body = _ex_text(6000, "typed")
+        files = {
+            "big.txt": cls.BIG,
+            "small.txt": cls.SMALL,
+            "medium.txt": cls.MEDIUM,
+            "page.html": cls.PAGE,
+            "page.html.gz": cls.PAGE_GZ,
+            "plain.html": cls.PAGE,
+            "data.json": json.dumps({"rows": [body.decode("ascii")]}).encode("ascii"),
+            "app.js": b"var s = " + json.dumps(body.decode("ascii")).encode("ascii") + b";\n",
+            "style.css": b"/* " + body + b" */\n",
+            "pic.svg": b"<svg xmlns='http://www.w3.org/2000/svg'><!-- " + body + b" --></svg>\n",
+            "feed.xml": b"<?xml version='1.0'?><r><!-- " + body + b" --></r>\n",
+            "photo.png": body,
+            "photo.jpg": body,
+            "bundle.zip": body,
+            "archive.gz": body,
+            "blob.bin": body,
+            "empty": None,
+        }
+        for i in range(40):
+            files["many/file-with-a-rather-long-name-number-%03d.txt" % i] = b"x"
+        cls.root = make_tree(fixture, files)
+        cls.srv = start_server(fixture, cls.root, "--echo")
+        cls.nogz = start_server(fixture, cls.root, "--echo", "--no-gzip")
 
     def _gz(self, path, ae="gzip", port=None, extra=None):
         headers = {"Accept-Encoding": ae}
