@@ -4846,25 +4846,23 @@ class TestUploadBrowser(unittest.TestCase):
         self.assertIn(b"second%20file.txt", listing)
         self.assertEqual(_up_temps(root), [])
 
-    def test_scripted_submit_in_headless_chromium(self):
-        want = ["from-script-1.txt", "from-script-2.txt"]
-        page = _up_script_page % {"want": json.dumps(want), "action": _up_action_submit}
+    def _check_scripted_upload(self, want, action, what):
+        """Run the listing page's script with action; each name in want must be saved."""
+        page = _up_script_page % {"want": json.dumps(want), "action": action}
         chromium, root, s = self._setup(page)
         status, dom, err = self._run(chromium, s.url("/autotest.html"))
         self.assertTrue(status and status.startswith("UPLOAD-DONE"),
-                        "status %r; chromium stderr: %s" % (status, err))
+                        "%s did not upload: status %r; chromium stderr: %s" % (what, status, err))
         for n in want:
             self.assertEqual(_up_read_file(os.path.join(root, "up", n)), ("content of " + n).encode())
 
+    def test_scripted_submit_in_headless_chromium(self):
+        self._check_scripted_upload(["from-script-1.txt", "from-script-2.txt"],
+                                    _up_action_submit, "the scripted submit")
+
     def test_drag_and_drop_in_headless_chromium(self):
-        want = ["dropped-1.txt", "dropped-2.txt"]
-        page = _up_script_page % {"want": json.dumps(want), "action": _up_action_drop}
-        chromium, root, s = self._setup(page)
-        status, dom, err = self._run(chromium, s.url("/autotest.html"))
-        self.assertTrue(status and status.startswith("UPLOAD-DONE"),
-                        "drag and drop did not upload: status %r; chromium stderr: %s" % (status, err))
-        for n in want:
-            self.assertEqual(_up_read_file(os.path.join(root, "up", n)), ("content of " + n).encode())
+        self._check_scripted_upload(["dropped-1.txt", "dropped-2.txt"],
+                                    _up_action_drop, "drag and drop")
 
 
 if __name__ == "__main__":
