@@ -899,6 +899,23 @@ def is_confined(fs_path, root, follow_symlinks):
     return follow_symlinks or is_inside(os.path.realpath(fs_path), root)
 
 
+def check_path_limits(url_path):
+    """Return a URL path's segments, within the limits every method shares.
+
+    Raises HTTPError 414 past MAX_PATH_SEGMENTS, and 400 for a name longer
+    than MAX_NAME_BYTES, which no file system can hold.
+    """
+    segments = [s for s in url_path.split("/") if s not in ("", ".")]
+    if len(segments) > MAX_PATH_SEGMENTS:
+        raise HTTPError(414, "The path is deeper than %d folders." % MAX_PATH_SEGMENTS)
+    for segment in segments:
+        if len(segment) * 3 > MAX_NAME_BYTES and \
+                len(segment.encode("utf-8", "surrogateescape")) > MAX_NAME_BYTES:
+            raise HTTPError(400, "A name in the path is longer than %d bytes."
+                            % MAX_NAME_BYTES)
+    return segments
+
+
 def resolve_path(root, url_path, hidden=False, follow_symlinks=False):
     """Map a decoded URL path to a file system path under root.
 
@@ -910,18 +927,12 @@ def resolve_path(root, url_path, hidden=False, follow_symlinks=False):
     MAX_NAME_BYTES, which no file system can hold.
     """
     parts = []
-    segments = [s for s in url_path.split("/") if s not in ("", ".")]
-    if len(segments) > MAX_PATH_SEGMENTS:
-        raise HTTPError(414, "The path is deeper than %d folders." % MAX_PATH_SEGMENTS)
-    for segment in segments:
+    for segment in check_path_limits(url_path):
         if segment == "..":
             if not parts:
                 raise HTTPError(404, "Not found.")
             parts.pop()
             continue
-        if len(segment.encode("utf-8", "surrogateescape")) > MAX_NAME_BYTES:
-            raise HTTPError(400, "A name in the path is longer than %d bytes."
-                            % MAX_NAME_BYTES)
         if not is_visible(segment, hidden):
             raise HTTPError(404, "Not found.")
         parts.append(segment)
@@ -931,12 +942,16 @@ def resolve_path(root, url_path, hidden=False, follow_symlinks=False):
     return fs_path
 
 
+# 3.13 soft-deprecated guess_type() for file paths in favour of guess_file_type().
+GUESS_FILE_TYPE = getattr(mimetypes, "guess_file_type", mimetypes.guess_type)
+
+
 def guess_content_type(name):
     """Return the Content-Type for a file name, with charset for text."""
     ext = os.path.splitext(name)[1].lower()
     ctype = CONTENT_TYPES.get(ext)
     if ctype is None:
-        ctype, encoding = mimetypes.guess_type(name, strict=False)
+        ctype, encoding = GUESS_FILE_TYPE(name, strict=False)
         if encoding is not None or ctype is None:
             ctype = "application/octet-stream"
     if ctype.startswith("text/"):
@@ -1397,8 +1412,9 @@ def open_regular_file(fs_path, config):
     """Open a visible, confined regular file for reading; None if it is not one."""
     if not is_confined(fs_path, config.root, config.follow_symlinks):
         return None
-    try:
-        f = open(fs_path, "rb")
+    try:                                # O_NONBLOCK: opening a FIFO must not wait for a writer
+        f = os.fdopen(os.open(fs_path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0)
+                              | getattr(os, "O_BINARY", 0)), "rb")
     except OSError:
         return None
     try:
@@ -1714,6 +1730,8 @@ def dispatch(request, ctx):
             raise HTTPError(400, "The target * is only for OPTIONS.")
         raise HTTPError(501, "Unknown method %s." % request.method)
     request.route = route(request, ctx.config)
+    if request.route.kind == "tree":
+        check_path_limits(request.route.path)   # for every method, not only those that read
     return (handler or handle_not_allowed)(request, ctx)
 
 
