@@ -1,12 +1,17 @@
 """Tests for minihttpd.py: pure parser units and a real server on raw sockets.
 
-Run with:  python3 -m unittest -v test_minihttpd
+Run with:  python3 -m unittest -v test_minihttpd   or   python3 test_minihttpd.py
 
 Every server test starts minihttpd.py as a subprocess on port 0 (a free
 port chosen by the OS), reads the port from the first line it prints, and
 speaks bytes to it the way a real client would.  Nothing here needs a
-package outside the standard library; the one browser test skips, with a
+package outside the standard library; the browser tests skip, with a
 printed reason, where Chromium is not installed.
+
+The helpers come first, one per job: build_request() makes the bytes of a
+request, read_one_response() reads one response from a socket (the other
+readers are thin wrappers on it), parse_one_response() parses one from bytes,
+and is_closed() says whether the server closed the connection.
 """
 
 import email.utils
@@ -33,6 +38,11 @@ import urllib.parse
 import urllib.request
 import zlib
 
+try:
+    import resource
+except ImportError:  # not on Windows
+    resource = None
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 SERVER = os.path.join(HERE, "minihttpd.py")
 sys.path.insert(0, HERE)
@@ -40,11 +50,20 @@ import minihttpd  # noqa: E402  (the pure parts are tested without a server)
 
 START_TIMEOUT_S = 20     # generous: a loaded CI machine can be slow to start Python
 IO_TIMEOUT_S = 10        # every socket operation in a test is bounded by this
+SHORT_IO_TIMEOUT_S = 5   # for exchanges the server answers at once (a miss fails sooner)
 SERVING_RE = re.compile(r"^Serving (.+) on http://(\[[^\]]+\]|[^:/]+):(\d+)/$")
+UPLOAD_TEMP_PREFIX = ".minihttpd-upload-"
+IMF_DATE_RE = re.compile(
+    r"^(Mon|Tue|Wed|Thu|Fri|Sat|Sun), \d{2} "
+    r"(Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) \d{4} "
+    r"\d{2}:\d{2}:\d{2} GMT$")
+CLF_LINE_TEMPLATE = (
+    r'^127\.0\.0\.1 - - \[\d{2}/[A-Z][a-z]{2}/\d{4}:\d{2}:\d{2}:\d{2} [+-]\d{4}\] '
+    r'"%s" %s %s(\s.*)?$')
 
 
 # ---------------------------------------------------------------------------
-# Helpers: start a server, send raw bytes, parse what comes back
+# Helpers: start a server
 # ---------------------------------------------------------------------------
 
 class Server(object):
@@ -63,8 +82,7 @@ class Server(object):
 
     def stderr_text(self):
         """Everything the server has written to stderr so far."""
-        with open(self.stderr_path, "r", encoding="utf-8", errors="replace") as f:
-            return f.read()
+        return read_text(self.stderr_path)
 
     def stop(self):
         """Terminate the server (if still running) and reap it."""
@@ -77,6 +95,12 @@ class Server(object):
                 self.proc.wait(timeout=10)
         if self.proc.stdout:
             self.proc.stdout.close()
+
+
+def read_text(path):
+    """The whole of a text file (a server's stderr), undecodable bytes replaced."""
+    with open(path, "r", encoding="utf-8", errors="replace") as f:
+        return f.read()
 
 
 def read_line_with_deadline(stream, deadline_s):
@@ -98,6 +122,36 @@ def read_line_with_deadline(stream, deadline_s):
     return buf.decode("utf-8", "replace")
 
 
+def spawn_server(testcase, args, cwd=None, env=None, preexec_fn=None):
+    """Start minihttpd with exactly args (nothing added); killed at cleanup.
+
+    env: extra environment variables for the child.  Returns (proc,
+    first stdout line without its line end, path of the stderr file); the
+    line is "" when none came within START_TIMEOUT_S.
+    """
+    errfile = tempfile.NamedTemporaryFile(prefix="minihttpd-stderr-", delete=False)
+    errfile.close()
+    testcase.addCleanup(os.unlink, errfile.name)
+    child_env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONDONTWRITEBYTECODE="1")
+    child_env.update(env or {})
+    popen_kwargs = {}
+    if preexec_fn is not None:
+        popen_kwargs["preexec_fn"] = preexec_fn
+    with open(errfile.name, "wb") as err:
+        proc = subprocess.Popen([sys.executable, SERVER] + list(args), stdout=subprocess.PIPE,
+                                stderr=err, stdin=subprocess.DEVNULL, env=child_env, cwd=cwd,
+                                **popen_kwargs)
+
+    def stop():
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+        proc.stdout.close()
+    testcase.addCleanup(stop)
+    line = read_line_with_deadline(proc.stdout, START_TIMEOUT_S).rstrip("\r\n")
+    return proc, line, errfile.name
+
+
 def start_server(testcase, root, *args, **kwargs):
     """Start minihttpd on a free port serving root; stopped at test cleanup.
 
@@ -107,30 +161,17 @@ def start_server(testcase, root, *args, **kwargs):
     """
     bind = kwargs.get("bind", "127.0.0.1")
     port = kwargs.get("port", "0")
-    cmd = [sys.executable, SERVER, "-p", str(port), "-d", root]
+    cmd = ["-p", str(port), "-d", root]
     if bind:
         cmd += ["-b", bind]
     cmd += list(args)
-    errfile = tempfile.NamedTemporaryFile(prefix="minihttpd-stderr-", delete=False)
-    errfile.close()
-    testcase.addCleanup(os.unlink, errfile.name)
-    err = open(errfile.name, "wb")
-    env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONDONTWRITEBYTECODE="1")
-    popen_kwargs = {}
-    if kwargs.get("preexec_fn") is not None:
-        popen_kwargs["preexec_fn"] = kwargs["preexec_fn"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err,
-                            stdin=subprocess.DEVNULL, env=env, **popen_kwargs)
-    err.close()
-    line = read_line_with_deadline(proc.stdout, START_TIMEOUT_S).rstrip("\r\n")
+    proc, line, errpath = spawn_server(testcase, cmd, preexec_fn=kwargs.get("preexec_fn"))
     m = SERVING_RE.match(line)
     if not m:
         proc.kill()
         proc.wait(timeout=10)
-        with open(errfile.name, "rb") as f:
-            detail = f.read().decode("utf-8", "replace")
-        testcase.fail("server did not start: first line %r, stderr %r" % (line, detail))
-    server = Server(proc, int(m.group(3)), root, line, errfile.name)
+        testcase.fail("server did not start: first line %r, stderr %r" % (line, read_text(errpath)))
+    server = Server(proc, int(m.group(3)), root, line, errpath)
     testcase.addCleanup(server.stop)
     return server
 
@@ -150,22 +191,169 @@ def make_tree(testcase, files=None):
     return root
 
 
+def run_cli(*args, **kwargs):
+    """Run minihttpd.py with args to completion; return CompletedProcess (text)."""
+    timeout = kwargs.get("timeout", 20)
+    return subprocess.run([sys.executable, SERVER] + list(args),
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          stdin=subprocess.DEVNULL, timeout=timeout,
+                          universal_newlines=True)
+
+
+def wait_for(predicate, timeout=IO_TIMEOUT_S, interval=0.02):
+    """Poll predicate() until it is true or timeout passes; return its last value.
+
+    Callers assert the result: a wait that ran out is a failure, not a pass.
+    """
+    end = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value or time.monotonic() >= end:
+            return value
+        time.sleep(interval)
+
+
+def hold_port(port, host="127.0.0.1"):
+    """Bind+listen on (host, port); return the socket, or None when that fails."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        s.bind((host, port))
+        s.listen(1)
+        return s
+    except OSError:
+        s.close()
+        return None
+
+
+def ipv6_loopback_ok():
+    """True when this machine can bind ::1."""
+    if not socket.has_ipv6:
+        return False
+    s = None
+    try:
+        s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+        s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+    finally:
+        if s is not None:
+            s.close()
+
+
+def client_env():
+    """Environment without proxy settings, for real client programs (curl, wget, chromium)."""
+    return dict((k, v) for k, v in os.environ.items() if "proxy" not in k.lower())
+
+
+def vm_hwm_kib(pid):
+    """Peak resident set size of pid in KiB (Linux), or None."""
+    try:
+        with open("/proc/%d/status" % pid) as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except (IOError, OSError, ValueError):
+        return None
+    return None
+
+
+# ---------------------------------------------------------------------------
+# Helpers: requests and connections
+# ---------------------------------------------------------------------------
+
+def build_request(method, path, headers=None, body=b"", version="HTTP/1.1", host=True,
+                  close=False, eol="\r\n"):
+    """The bytes of one request: the one request builder every test uses.
+
+    headers: a dict or a list of (name, value) pairs, sent in order after
+    Host.  host: True for "Host: 127.0.0.1", a string for that value, False
+    for none.  A non-empty body gets a Content-Length unless headers carry
+    Content-Length or Transfer-Encoding.  close adds "Connection: close"
+    (last) unless headers carry a Connection header.
+    """
+    if isinstance(headers, dict):
+        headers = list(headers.items())
+    headers = list(headers or [])
+    names = set(name.lower() for name, _ in headers)
+    lines = ["%s %s %s" % (method, path, version)]
+    if host is True:
+        lines.append("Host: 127.0.0.1")
+    elif host:
+        lines.append("Host: %s" % host)
+    for name, value in headers:
+        lines.append("%s: %s" % (name, value))
+    if body and not names & {"content-length", "transfer-encoding"}:
+        lines.append("Content-Length: %d" % len(body))
+    if close and "connection" not in names:
+        lines.append("Connection: close")
+    return (eol.join(lines) + eol + eol).encode("utf-8") + body
+
+
 def connect(port, timeout=IO_TIMEOUT_S):
     """Open a TCP connection to the server on 127.0.0.1."""
     sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
     return sock
 
 
+def open_request(port, method, path, headers=None, timeout=SHORT_IO_TIMEOUT_S):
+    """Connect and send a request head (no body yet, no Connection: close); return the socket."""
+    sock = connect(port, timeout)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.sendall(build_request(method, path, headers))
+    return sock
+
+
+def small_rcvbuf_socket(port, timeout=IO_TIMEOUT_S, rcvbuf=8192):
+    """A client socket with a small receive buffer, so big downloads stay in flight."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    sock.settimeout(timeout)
+    sock.connect(("127.0.0.1", port))
+    return sock
+
+
+def rst_close(sock):
+    """Close abortively: the peer gets a TCP RST instead of a FIN."""
+    fmt = "HH" if os.name == "nt" else "ii"
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack(fmt, 1, 0))
+    except OSError:
+        pass
+    sock.close()
+
+
+def is_closed(sock, timeout=5):
+    """True when the peer closes (EOF or reset) within timeout without sending more.
+
+    False when timeout passes first or bytes arrive instead: the one
+    "is the connection closed" check every test uses.
+    """
+    sock.settimeout(timeout)
+    try:
+        data = sock.recv(65536)
+    except socket.timeout:
+        return False
+    except (ConnectionResetError, ConnectionAbortedError):
+        return True
+    return data == b""
+
+
 def recv_until_closed(sock, limit=64 * 1024 * 1024):
-    """Read until the peer closes (or the socket times out); return the bytes."""
+    """Read until the peer closes (EOF or reset) or limit bytes came; return the bytes.
+
+    Raises socket.timeout when the server neither sends nor closes within
+    the socket's timeout: a server that should close and does not fails the test.
+    """
     chunks = []
     total = 0
     while total < limit:
         try:
             data = sock.recv(65536)
         except socket.timeout:
-            break
-        except ConnectionResetError:
+            raise socket.timeout("the server did not close the connection within %s s; got %r"
+                                 % (sock.gettimeout(), b"".join(chunks)[:300]))
+        except (ConnectionResetError, ConnectionAbortedError):
             break
         if not data:
             break
@@ -188,6 +376,10 @@ def send_raw(port, data, timeout=IO_TIMEOUT_S):
         sock.close()
 
 
+# ---------------------------------------------------------------------------
+# Helpers: parse and read responses
+# ---------------------------------------------------------------------------
+
 class Response(object):
     """A parsed HTTP response: status, reason, headers (lower-case dict), body."""
 
@@ -203,18 +395,31 @@ class Response(object):
         return "<Response %d %r %r body=%r>" % (self.status, self.reason, self.headers, self.body[:200])
 
 
-def parse_one_response(raw, head_request=False):
+class IncompleteResponse(ValueError):
+    """parse_one_response needs more bytes (unlike a plain ValueError: malformed)."""
+
+
+def parse_one_response(raw, head_request=False, eof=True):
     """Parse one response from the start of raw; return (Response, rest).
 
     Handles Content-Length, chunked, and read-to-close bodies; 1xx, 204
     and 304 responses and responses to HEAD (head_request=True) have no body.
+    eof=False means more bytes may follow, so a read-to-close body is not
+    complete yet.  Raises IncompleteResponse when raw holds only part of a
+    response, ValueError when it is malformed, including a status line that
+    does not start "HTTP/1.1 " (minihttpd answers every version with 1.1) or
+    stray bytes before it.
     """
     sep = raw.find(b"\r\n\r\n")
     if sep < 0:
-        raise ValueError("no complete response head in %r" % raw[:300])
+        if len(raw) >= 9 and not raw.startswith(b"HTTP/1.1 "):
+            raise ValueError("stray bytes before the status line: %r" % raw[:80])
+        raise IncompleteResponse("no complete response head in %r" % raw[:300])
     head = raw[:sep].decode("latin-1")
     rest = raw[sep + 4:]
     lines = head.split("\r\n")
+    if not lines[0].startswith("HTTP/1.1 "):
+        raise ValueError("stray bytes before the status line: %r" % head[:80])
     parts = lines[0].split(" ", 2)
     status = int(parts[1])
     reason = parts[2] if len(parts) > 2 else ""
@@ -231,28 +436,37 @@ def parse_one_response(raw, head_request=False):
     if head_request or status in (204, 304) or 100 <= status < 200:
         body = b""
     elif headers.get("transfer-encoding", "").lower() == "chunked":
-        body = b""
+        pieces = []
         while True:
-            line_end = rest.index(b"\r\n")
+            line_end = rest.find(b"\r\n")
+            if line_end < 0:
+                raise IncompleteResponse("chunk size line not complete")
             size = int(rest[:line_end].split(b";")[0], 16)
             rest = rest[line_end + 2:]
             if size == 0:
                 # trailers end with an empty line
-                end = rest.index(b"\r\n")
-                while end != 0:
+                end = rest.find(b"\r\n")
+                while end > 0:
                     rest = rest[end + 2:]
-                    end = rest.index(b"\r\n")
+                    end = rest.find(b"\r\n")
+                if end < 0:
+                    raise IncompleteResponse("trailer section not complete")
                 rest = rest[2:]
                 break
-            body += rest[:size]
+            if len(rest) < size + 2:
+                raise IncompleteResponse("chunk data not complete")
+            pieces.append(rest[:size])
             if rest[size:size + 2] != b"\r\n":
                 raise ValueError("bad chunk framing")
             rest = rest[size + 2:]
+        body = b"".join(pieces)
     elif "content-length" in headers:
         n = int(headers["content-length"])
         if len(rest) < n:
-            raise ValueError("body shorter than Content-Length: %d < %d" % (len(rest), n))
+            raise IncompleteResponse("body shorter than Content-Length: %d < %d" % (len(rest), n))
         body, rest = rest[:n], rest[n:]
+    elif not eof:
+        raise IncompleteResponse("a body read to the end of the connection")
     else:
         body, rest = rest, b""
     return Response(status, reason, headers, body, head, header_list), rest
@@ -276,40 +490,91 @@ def parse_responses(raw, head_flags=None):
     return out
 
 
+def read_one_response(sock, buf=b"", head_request=False):
+    """Read from sock until buf holds one whole response; return (Response, rest).
+
+    The one response reader: every other reader is a thin wrapper.  An
+    interim 1xx response counts as one.  Raises ValueError when the
+    connection ends first, socket.timeout when the socket's timeout passes.
+    """
+    while True:
+        try:
+            return parse_one_response(buf, head_request, eof=False)
+        except IncompleteResponse:
+            pass
+        try:
+            data = sock.recv(65536)
+        except (ConnectionResetError, ConnectionAbortedError):
+            data = b""
+        except socket.timeout:
+            raise socket.timeout("no complete response within %s s; got %r"
+                                 % (sock.gettimeout(), buf[:300]))
+        if not data:
+            try:
+                return parse_one_response(buf, head_request, eof=True)
+            except IncompleteResponse:
+                raise ValueError("connection closed before a complete response: %r" % buf[:300])
+        buf += data
+
+
 def read_response(sock, head_request=False):
-    """Read exactly one response from an open keep-alive socket."""
+    """Read exactly one response from an open keep-alive socket (no bytes may follow it)."""
+    resp, rest = read_one_response(sock, b"", head_request)
+    if rest:
+        raise ValueError("unexpected extra bytes after response: %r" % rest[:100])
+    return resp
+
+
+def read_responses(sock, n, head_flags=None):
+    """Read exactly n pipelined responses (no bytes may follow); head_flags[i] marks HEAD."""
+    out = []
+    rest = b""
+    for i in range(n):
+        flag = bool(head_flags and i < len(head_flags) and head_flags[i])
+        resp, rest = read_one_response(sock, rest, flag)
+        out.append(resp)
+    if rest:
+        raise ValueError("unexpected bytes after %d responses: %r" % (n, rest[:200]))
+    return out
+
+
+def read_final_response(sock, buf=b""):
+    """Read responses until a non-1xx one; return (final Response, list of 1xx statuses, rest)."""
+    interim = []
+    while True:
+        resp, buf = read_one_response(sock, buf)
+        if 100 <= resp.status < 200:
+            interim.append(resp.status)
+            continue
+        return resp, interim, buf
+
+
+def read_head(sock):
+    """Read only a response head, leaving its body in flight; return (head_text, body bytes so far)."""
     buf = b""
     while b"\r\n\r\n" not in buf:
         data = sock.recv(65536)
         if not data:
-            raise ValueError("connection closed before a full head: %r" % buf)
+            raise ValueError("closed before a full head: %r" % buf)
         buf += data
-    while True:
-        try:
-            resp, rest = parse_one_response(buf, head_request)
-        except (ValueError, IndexError):
-            data = sock.recv(65536)
-            if not data:
-                raise
-            buf += data
-            continue
-        if rest:
-            raise ValueError("unexpected extra bytes after response: %r" % rest[:100])
-        return resp
+    head, _, rest = buf.partition(b"\r\n\r\n")
+    return head.decode("latin-1"), rest
+
+
+def head_field(head_text, name):
+    """The value of header name in a head read by read_head, or None."""
+    for line in head_text.split("\r\n")[1:]:
+        k, _, v = line.partition(":")
+        if k.strip().lower() == name.lower():
+            return v.strip()
+    return None
 
 
 def request(port, method, path, headers=None, body=b"", version="HTTP/1.1"):
     """Send one request with Connection: close and return the parsed Response."""
-    lines = ["%s %s %s" % (method, path, version), "Host: 127.0.0.1:%d" % port]
-    hdrs = dict(headers or {})
-    for name, value in hdrs.items():
-        lines.append("%s: %s" % (name, value))
-    if not any(k.lower() == "connection" for k in hdrs):
-        lines.append("Connection: close")
-    if body and not any(k.lower() in ("content-length", "transfer-encoding") for k in hdrs):
-        lines.append("Content-Length: %d" % len(body))
-    raw = send_raw(port, ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body)
-    return parse_response(raw, head_request=(method == "HEAD"))
+    data = build_request(method, path, headers, body, version,
+                         host="127.0.0.1:%d" % port, close=True)
+    return parse_response(send_raw(port, data), head_request=(method == "HEAD"))
 
 
 def get(port, path, headers=None):
@@ -317,24 +582,270 @@ def get(port, path, headers=None):
     return request(port, "GET", path, headers)
 
 
-def wait_for(predicate, timeout=IO_TIMEOUT_S, interval=0.02):
-    """Poll predicate() until it is true or timeout passes; return its last value."""
-    end = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value or time.monotonic() >= end:
-            return value
-        time.sleep(interval)
+def exchange(port, data, head_request=False, timeout=SHORT_IO_TIMEOUT_S):
+    """Send data (no half-close), read one response; return (Response, is_closed after it)."""
+    sock = connect(port, timeout)
+    try:
+        try:
+            sock.sendall(data)
+        except OSError:
+            pass
+        resp = read_response(sock, head_request)
+        return resp, is_closed(sock, timeout)
+    finally:
+        sock.close()
 
 
-def run_cli(*args, **kwargs):
-    """Run minihttpd.py with args to completion; return CompletedProcess (text)."""
-    timeout = kwargs.get("timeout", 20)
-    return subprocess.run([sys.executable, SERVER] + list(args),
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          stdin=subprocess.DEVNULL, timeout=timeout,
-                          universal_newlines=True)
+def status_line(resp):
+    """The status line exactly as received."""
+    return resp.raw_head.split("\r\n", 1)[0]
 
+
+def header_count(resp, name):
+    """How many times header name appears in resp."""
+    return sum(1 for k, _ in resp.header_list if k.strip().lower() == name.lower())
+
+
+def vary_has_accept_encoding(resp):
+    """True when resp's Vary lists Accept-Encoding."""
+    vary = resp.headers.get("vary", "")
+    return "accept-encoding" in [v.strip().lower() for v in vary.split(",")]
+
+
+def assert_length_framed(testcase, resp):
+    """resp is framed by a Content-Length that matches its body, not chunked."""
+    testcase.assertIn("content-length", resp.headers, resp)
+    testcase.assertNotIn("transfer-encoding", resp.headers, resp)
+    testcase.assertEqual(int(resp.headers["content-length"]), len(resp.body))
+
+
+def gunzip_body(testcase, resp):
+    """Check resp is gzip-encoded and return its decompressed body."""
+    testcase.assertEqual(resp.headers.get("content-encoding", "").lower(), "gzip", resp)
+    testcase.assertTrue(resp.body.startswith(b"\x1f\x8b"), "body is not gzip: %r" % resp.body[:40])
+    return gzip.decompress(resp.body)
+
+
+def json_body(resp):
+    """The body of resp decoded as JSON."""
+    return json.loads(resp.body.decode("utf-8"))
+
+
+def page_hrefs(body_text):
+    """Every href in a page, HTML-unescaped, in page order."""
+    return [html.unescape(m.group(2)) for m in re.finditer(r'href=(["\'])(.*?)\1', body_text)]
+
+
+def entry_hrefs(body_text):
+    """Listing entry links in page order (no parent link, no sort links)."""
+    out = []
+    for h in page_hrefs(body_text):
+        if h.startswith("?") or h.startswith("../") or h in ("..", "/", "./"):
+            continue
+        if "://" in h or h.startswith("#"):
+            continue
+        out.append(h)
+    return out
+
+
+def parse_byteranges(body, boundary):
+    """Split a multipart/byteranges body into [(headers_dict, data)]."""
+    delim = b"--" + boundary
+    pieces = body.split(delim)
+    parts = []
+    if len(pieces) < 3:
+        raise ValueError("no parts in %r" % body[:200])
+    if pieces[0] not in (b"", b"\r\n"):
+        raise ValueError("unexpected preamble %r" % pieces[0])
+    if not pieces[-1].startswith(b"--"):
+        raise ValueError("no closing delimiter: %r" % pieces[-1][:50])
+    for piece in pieces[1:-1]:
+        if not piece.startswith(b"\r\n") or not piece.endswith(b"\r\n"):
+            raise ValueError("bad part framing %r" % piece[:80])
+        head, sep, data = piece[2:-2].partition(b"\r\n\r\n")
+        if not sep:
+            raise ValueError("part without a head %r" % piece[:80])
+        headers = {}
+        for line in head.decode("latin-1").split("\r\n"):
+            k, _, v = line.partition(":")
+            headers[k.strip().lower()] = v.strip()
+        parts.append((headers, data))
+    return parts
+
+
+# ---------------------------------------------------------------------------
+# Helpers: test data, uploads and forms
+# ---------------------------------------------------------------------------
+
+def as_text(value):
+    """bytes or str -> str (header values from the multipart parser)."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return value
+
+
+def varied_text(nbytes, seed="line"):
+    """Compressible, varied text of exactly nbytes bytes."""
+    parts = []
+    total = 0
+    i = 0
+    while total < nbytes:
+        line = ("%s %06d: the quick brown fox jumps over the lazy dog %x\n"
+                % (seed, i, (i * 2654435761) & 0xffffffff)).encode("ascii")
+        parts.append(line)
+        total += len(line)
+        i += 1
+    return b"".join(parts)[:nbytes]
+
+
+def byte_pattern(n, seed=0):
+    """n deterministic bytes covering every byte value."""
+    block = bytes((i * 7 + seed) % 256 for i in range(256))
+    return (block * (n // 256 + 1))[:n]
+
+
+def decode_chunked(pieces):
+    """Feed pieces to a fresh minihttpd.ChunkedDecoder; return (decoder, payload)."""
+    dec = minihttpd.ChunkedDecoder()
+    out = b""
+    for piece in pieces:
+        out += dec.feed(piece)
+    return dec, out
+
+
+def upload_temps(root):
+    """Every .minihttpd-upload-* file or directory anywhere under root."""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            if name.startswith(UPLOAD_TEMP_PREFIX):
+                found.append(os.path.join(dirpath, name))
+    return found
+
+
+def assert_no_temps(testcase, root):
+    """Within a few seconds no upload temporary is left under root."""
+    testcase.assertTrue(wait_for(lambda: not upload_temps(root), timeout=5),
+                        "temporary files left behind: %r" % upload_temps(root))
+
+
+def list_tree(root):
+    """Sorted list of every path (relative, '/'-separated) under root."""
+    out = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            rel = os.path.relpath(os.path.join(dirpath, name), root)
+            out.append(rel.replace(os.sep, "/"))
+    return sorted(out)
+
+
+def read_file(path):
+    """The bytes of a file on disk."""
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def send_until_answer(sock, data, piece=16384):
+    """Send data in pieces, stopping early once the server has answered or gone; return bytes sent."""
+    sent = 0
+    while sent < len(data):
+        ready, _, _ = select.select([sock], [], [], 0)
+        if ready:
+            break
+        try:
+            sock.sendall(data[sent:sent + piece])
+        except OSError:
+            break
+        sent += piece
+    return min(sent, len(data))
+
+
+def build_multipart(boundary, parts):
+    """multipart/form-data body. parts: (field, filename or None, content bytes[, content type])."""
+    out = []
+    for part in parts:
+        field, filename, content = part[0], part[1], part[2]
+        ctype = part[3] if len(part) > 3 else ("application/octet-stream" if filename is not None else None)
+        out.append(b"--" + boundary + b"\r\n")
+        disp = 'form-data; name="%s"' % field
+        if filename is not None:
+            disp += '; filename="%s"' % filename
+        out.append(b"Content-Disposition: " + disp.encode("utf-8") + b"\r\n")
+        if ctype:
+            out.append(b"Content-Type: " + ctype.encode("ascii") + b"\r\n")
+        out.append(b"\r\n")
+        out.append(content)
+        out.append(b"\r\n")
+    out.append(b"--" + boundary + b"--\r\n")
+    return b"".join(out)
+
+
+def tricky_content(boundary, seed=b""):
+    """Content full of CRLF runs and near-boundaries (but never the real delimiter)."""
+    return (seed + b"start\r\n\r\n\r\n\r\nmid\r\r\n\n\r\n--" + boundary[:-1] + b"\r\n"
+            + b"\r\n--" + b"\r\n-" + b"\r\n--" + boundary[:-1] + b"-not\r\n"
+            + b"x--" + boundary + b"x inline\r\n\r\n--\r\n--" + boundary[:3] + b"\r")
+
+
+def post_multipart(port, path, boundary, body, accept_json=False, extra=None):
+    """POST a multipart/form-data body with Connection: close; return the Response."""
+    headers = {"Content-Type": "multipart/form-data; boundary=%s" % boundary.decode("ascii")}
+    if accept_json:
+        headers["Accept"] = "application/json"
+    headers.update(extra or {})
+    return request(port, "POST", path, headers=headers, body=body)
+
+
+class FormFinder(html.parser.HTMLParser):
+    """Collect <form> elements and the <input> elements inside them."""
+
+    def __init__(self):
+        html.parser.HTMLParser.__init__(self)
+        self.forms = []
+        self._current = None
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict((k.lower(), (v if v is not None else "")) for k, v in attrs)
+        if tag == "form":
+            self._current = {"attrs": attrs, "inputs": []}
+            self.forms.append(self._current)
+        elif tag == "input" and self._current is not None:
+            self._current["inputs"].append(attrs)
+
+    def handle_endtag(self, tag):
+        if tag == "form":
+            self._current = None
+
+
+def upload_forms(html_bytes):
+    """Forms that are method=post, multipart, with <input type=file name=file multiple>."""
+    finder = FormFinder()
+    finder.feed(html_bytes.decode("utf-8", "replace"))
+    found = []
+    for form in finder.forms:
+        a = form["attrs"]
+        if a.get("method", "").lower() != "post":
+            continue
+        if a.get("enctype", "").lower() != "multipart/form-data":
+            continue
+        for inp in form["inputs"]:
+            if inp.get("type", "").lower() == "file" and inp.get("name") == "file" and "multiple" in inp:
+                found.append(form)
+                break
+    return found
+
+
+def fsize_limiter(limit):
+    """A preexec_fn that caps the size of files the child writes (a full disk)."""
+    def preexec():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    return preexec
+
+
+# ---------------------------------------------------------------------------
+# Helpers: servers shared by a whole class
+# ---------------------------------------------------------------------------
 
 class ClassFixture(object):
     """Stands in for a TestCase in setUpClass, so start_server/make_tree can be shared."""
@@ -385,218 +896,6 @@ class SharedServerTestCase(unittest.TestCase):
     def port(self):
         """The port of the class's main server (cls.srv)."""
         return self.srv.port
-
-
-# ---------------------------------------------------------------------------
-# Small helpers for the core test classes (prefixed _core_ to avoid clashes)
-# ---------------------------------------------------------------------------
-
-_core_IMF_RE = re.compile(
-    r"^(Mon|Tue|Wed|Thu|Fri|Sat|Sun), \d{2} "
-    r"(Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) \d{4} "
-    r"\d{2}:\d{2}:\d{2} GMT$")
-_core_CLF_RE_TEMPLATE = (
-    r'^127\.0\.0\.1 - - \[\d{2}/[A-Z][a-z]{2}/\d{4}:\d{2}:\d{2}:\d{2} [+-]\d{4}\] '
-    r'"%s" %s %s(\s.*)?$')
-
-
-def _core_raw(method, path, version="HTTP/1.1", headers=None, close=False, host=True,
-              eol="\r\n"):
-    """Build the bytes of one request head."""
-    lines = ["%s %s %s" % (method, path, version)]
-    if host:
-        lines.append("Host: 127.0.0.1")
-    for name, value in (headers or []):
-        lines.append("%s: %s" % (name, value))
-    if close:
-        lines.append("Connection: close")
-    return (eol.join(lines) + eol + eol).encode("utf-8")
-
-
-def _core_is_closed(sock, timeout=5):
-    """True when the peer has closed (recv -> b"" or a reset) within timeout."""
-    sock.settimeout(timeout)
-    try:
-        data = sock.recv(65536)
-    except socket.timeout:
-        return False
-    except (ConnectionResetError, ConnectionAbortedError):
-        return True
-    return data == b""
-
-
-def _core_exchange(port, data, head_request=False, timeout=5):
-    """Send data (no half-close), read one response, then report if the server closed."""
-    sock = connect(port, timeout)
-    try:
-        try:
-            sock.sendall(data)
-        except OSError:
-            pass
-        resp = read_response(sock, head_request)
-        if not resp.raw_head.startswith("HTTP/1."):
-            raise AssertionError("stray bytes before the status line: %r" % resp.raw_head[:80])
-        closed = _core_is_closed(sock, timeout)
-        return resp, closed
-    finally:
-        sock.close()
-
-
-def _core_read_ok(testcase, sock, head_request=False):
-    """read_response plus a check that the response starts exactly at a status line."""
-    r = read_response(sock, head_request)
-    testcase.assertTrue(r.raw_head.startswith("HTTP/1.1 "), "stray bytes before %r" % r.raw_head[:80])
-    return r
-
-
-def _core_responses(testcase, raw, head_flags=None):
-    """parse_responses plus a check that every response starts exactly at a status line."""
-    rs = parse_responses(raw, head_flags)
-    for r in rs:
-        testcase.assertTrue(r.raw_head.startswith("HTTP/1."), "stray bytes before %r"
-                            % r.raw_head[:80])
-    return rs
-
-
-def _core_read_head(sock):
-    """Read from sock until the end of a response head; return (head_text, extra_bytes)."""
-    buf = b""
-    while b"\r\n\r\n" not in buf:
-        data = sock.recv(65536)
-        if not data:
-            raise ValueError("closed before a full head: %r" % buf)
-        buf += data
-    head, _, rest = buf.partition(b"\r\n\r\n")
-    return head.decode("latin-1"), rest
-
-
-def _core_header(head_text, name):
-    for line in head_text.split("\r\n")[1:]:
-        k, _, v = line.partition(":")
-        if k.strip().lower() == name.lower():
-            return v.strip()
-    return None
-
-
-def _core_small_rcvbuf_socket(port, timeout=IO_TIMEOUT_S, rcvbuf=8192):
-    """A client socket with a small receive buffer, so big downloads stay in flight."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-    sock.settimeout(timeout)
-    sock.connect(("127.0.0.1", port))
-    return sock
-
-
-def _core_rst_close(sock):
-    """Close abortively: the peer gets a TCP RST instead of a FIN."""
-    fmt = "HH" if os.name == "nt" else "ii"
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack(fmt, 1, 0))
-    except OSError:
-        pass
-    sock.close()
-
-
-def _core_hrefs(body_text):
-    return [html.unescape(m.group(2)) for m in re.finditer(r'href=(["\'])(.*?)\1', body_text)]
-
-
-def _core_entry_hrefs(body_text):
-    """Listing entry links in page order (no parent link, no sort links)."""
-    out = []
-    for h in _core_hrefs(body_text):
-        if h.startswith("?") or h.startswith("../") or h in ("..", "/", "./"):
-            continue
-        if "://" in h or h.startswith("#"):
-            continue
-        out.append(h)
-    return out
-
-
-def _core_parse_multipart(body, boundary):
-    """Split a multipart/byteranges body into [(headers_dict, data)]."""
-    delim = b"--" + boundary
-    pieces = body.split(delim)
-    parts = []
-    if len(pieces) < 3:
-        raise ValueError("no parts in %r" % body[:200])
-    if pieces[0] not in (b"", b"\r\n"):
-        raise ValueError("unexpected preamble %r" % pieces[0])
-    if not pieces[-1].startswith(b"--"):
-        raise ValueError("no closing delimiter: %r" % pieces[-1][:50])
-    for piece in pieces[1:-1]:
-        if not piece.startswith(b"\r\n") or not piece.endswith(b"\r\n"):
-            raise ValueError("bad part framing %r" % piece[:80])
-        head, sep, data = piece[2:-2].partition(b"\r\n\r\n")
-        if not sep:
-            raise ValueError("part without a head %r" % piece[:80])
-        headers = {}
-        for line in head.decode("latin-1").split("\r\n"):
-            k, _, v = line.partition(":")
-            headers[k.strip().lower()] = v.strip()
-        parts.append((headers, data))
-    return parts
-
-
-def _core_hold_port(port, host="127.0.0.1"):
-    """Bind+listen on (host, port); return the socket, or None when that fails."""
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    try:
-        s.bind((host, port))
-        s.listen(1)
-        return s
-    except OSError:
-        s.close()
-        return None
-
-
-def _core_ipv6_loopback_ok():
-    if not socket.has_ipv6:
-        return False
-    s = None
-    try:
-        s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
-        s.bind(("::1", 0))
-        return True
-    except OSError:
-        return False
-    finally:
-        if s is not None:
-            s.close()
-
-
-def _core_spawn(testcase, args, cwd=None):
-    """Start minihttpd with exactly args (no -p/-d added); return (proc, first_line, stderr_path)."""
-    errfile = tempfile.NamedTemporaryFile(prefix="minihttpd-stderr-", delete=False)
-    errfile.close()
-    testcase.addCleanup(os.unlink, errfile.name)
-    err = open(errfile.name, "wb")
-    env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONDONTWRITEBYTECODE="1")
-    proc = subprocess.Popen([sys.executable, SERVER] + list(args), stdout=subprocess.PIPE,
-                            stderr=err, stdin=subprocess.DEVNULL, env=env, cwd=cwd)
-    err.close()
-
-    def stop():
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=10)
-        proc.stdout.close()
-    testcase.addCleanup(stop)
-    line = read_line_with_deadline(proc.stdout, START_TIMEOUT_S).rstrip("\r\n")
-    return proc, line, errfile.name
-
-
-def _core_read_text(path):
-    with open(path, "r", encoding="utf-8", errors="replace") as f:
-        return f.read()
-
-
-def _core_tool_env():
-    env = dict(os.environ)
-    for k in list(env):
-        if k.lower() in ("http_proxy", "https_proxy", "all_proxy", "no_proxy"):
-            del env[k]
-    return env
 
 
 # ---------------------------------------------------------------------------
@@ -719,7 +1018,7 @@ class TestRequestParsing(unittest.TestCase):
 
     def test_bad_request_heads(self):
         cases = [
-            ("no_version", b"GET /\r\nHost: x\r\n\r\n", None),
+            ("no_version", b"GET /\r\nHost: x\r\n\r\n", 400),
             ("extra_token", b"GET / HTTP/1.1 x\r\nHost: x\r\n\r\n", 400),
             ("one_token", b"GARBAGE\r\nHost: x\r\n\r\n", 400),
             ("binary", b"\x16\x03\x01\x00\xa5 \x01\x00\r\n\r\n", 400),
@@ -734,13 +1033,6 @@ class TestRequestParsing(unittest.TestCase):
             ("http3", b"GET / HTTP/3\r\nHost: x\r\n\r\n", 505),
         ]
         for name, raw, status in cases:
-            if status is None:
-                # "GET /" without a version: must be rejected, 400 or 505 both acceptable
-                with self.subTest(name):
-                    with self.assertRaises(minihttpd.HTTPError) as cm:
-                        minihttpd.parse_request_head(raw)
-                    self.assertIn(cm.exception.status, (400, 505))
-                continue
             with self.subTest(name):
                 self._expect_error(raw, status)
 
@@ -799,12 +1091,23 @@ class TestRequestParsing(unittest.TestCase):
                 self.assertEqual(minihttpd.parse_target(target), expected)
         with self.subTest(target="/a.txt#frag"):
             self.assertEqual(minihttpd.parse_target("/a.txt#frag")[0], "/a.txt")
-        for bad in ["/%zz", "/%4", "/%", "/a%g0", "/%00", "/a%00.txt", "/%ff", "/%C3", "/%C3%28",
-                    "/%ED%A0%80"]:
+        for bad in ["/%zz", "/%4", "/%", "/a%g0", "/%00", "/a%00.txt"]:
             with self.subTest(bad=bad):
                 with self.assertRaises(minihttpd.HTTPError) as cm:
                     minihttpd.parse_target(bad)
                 self.assertEqual(cm.exception.status, 400)
+        # issue 7: bytes that are not UTF-8 are kept as surrogates, as os.fsdecode does, so a
+        # file whose name is not UTF-8 can be served (was: 400).  Not on Windows.
+        for target, raw in [("/%ff", b"/\xff"), ("/%C3", b"/\xc3"), ("/%C3%28", b"/\xc3("),
+                            ("/%ED%A0%80", b"/\xed\xa0\x80")]:
+            with self.subTest(not_utf8=target):
+                if os.name == "nt":
+                    with self.assertRaises(minihttpd.HTTPError) as cm:
+                        minihttpd.parse_target(target)
+                    self.assertEqual(cm.exception.status, 400)
+                else:
+                    self.assertEqual(minihttpd.parse_target(target),
+                                     (raw.decode("utf-8", "surrogateescape"), ""))
 
     def test_parse_range(self):
         size = 100
@@ -882,7 +1185,7 @@ class TestRequestParsing(unittest.TestCase):
         for ts in [0, 1, 951782400, 1700000000, 2147483647, 4102444800]:
             with self.subTest(roundtrip=ts):
                 text = minihttpd.format_http_date(ts)
-                self.assertRegex(text, _core_IMF_RE)
+                self.assertRegex(text, IMF_DATE_RE)
                 self.assertEqual(minihttpd.parse_http_date(text), ts)
 
     def test_parse_size(self):
@@ -897,12 +1200,6 @@ class TestRequestParsing(unittest.TestCase):
                 with self.assertRaises(ValueError):
                     minihttpd.parse_size(bad)
 
-    def _decode(self, pieces):
-        dec = minihttpd.ChunkedDecoder()
-        out = b""
-        for p in pieces:
-            out += dec.feed(p)
-        return dec, out
 
     def test_chunked_decoder(self):
         cases = [
@@ -917,7 +1214,7 @@ class TestRequestParsing(unittest.TestCase):
         tail = b"GET /next HTTP/1.1\r\nHost: x\r\n\r\n"
         for name, raw, payload in cases:
             with self.subTest(name, how="whole"):
-                dec, out = self._decode([raw])
+                dec, out = decode_chunked([raw])
                 self.assertEqual(out, payload)
                 self.assertTrue(dec.done)
                 self.assertEqual(dec.unused, b"")
@@ -930,7 +1227,7 @@ class TestRequestParsing(unittest.TestCase):
                 self.assertTrue(dec.done)
                 self.assertEqual(out, payload)
             with self.subTest(name, how="pipelined"):
-                dec, out = self._decode([raw + tail])
+                dec, out = decode_chunked([raw + tail])
                 self.assertEqual(out, payload)
                 self.assertTrue(dec.done)
                 self.assertEqual(dec.unused, tail)
@@ -939,7 +1236,7 @@ class TestRequestParsing(unittest.TestCase):
                           ("size_space", b"5 5\r\nhello\r\n")]:
             with self.subTest(name):
                 with self.assertRaises(minihttpd.HTTPError) as cm:
-                    self._decode([raw])
+                    decode_chunked([raw])
                 self.assertEqual(cm.exception.status, 400)
 
 
@@ -1003,57 +1300,59 @@ class TestCommandLine(unittest.TestCase):
         self.assertIn(str(port), lines[0])
 
     def test_default_port_falls_back(self):
+        # MINIHTTPD_DEFAULT_PORTS="P1,P2" replaces the default list 8000,8080 (it exists for
+        # tests): we own both ports, so nothing outside the test (a lingering TIME_WAIT on
+        # 8000 or 8080, another server) decides the outcome.
         root = make_tree(self, {"a.txt": b"A"})
-        h8000 = _core_hold_port(8000)
-        if h8000 is None:
-            self.skipTest("cannot hold port 8000 for the fallback test (in use elsewhere)")
-        self.addCleanup(h8000.close)
-        probe = _core_hold_port(8080)
-        if probe is not None:
-            probe.close()
-            with self.subTest("8000 taken -> 8080"):
-                proc, line, errp = _core_spawn(self, ["-d", root, "-b", "127.0.0.1", "-q"])
-                m = SERVING_RE.match(line)
-                self.assertTrue(m, "first line %r" % line)
-                self.assertEqual(int(m.group(3)), 8080)
-                self.assertTrue(wait_for(lambda: "8000" in _core_read_text(errp), timeout=5),
-                                "no notice about port 8000 on stderr: %r" % _core_read_text(errp))
-                self.assertEqual(get(8080, "/a.txt").body, b"A")
-                proc.kill()
-                proc.wait(timeout=10)
-            h8080 = _core_hold_port(8080)
-            if h8080 is None:
-                self.skipTest("port 8080 could not be held again")
-            self.addCleanup(h8080.close)
-        with self.subTest("8000 and 8080 taken -> any free port"):
-            proc, line, errp = _core_spawn(self, ["-d", root, "-b", "127.0.0.1", "-q"])
+        held = []
+        for _ in range(2):
+            s = hold_port(0)
+            self.assertIsNotNone(s, "cannot listen on a free loopback port")
+            self.addCleanup(s.close)
+            held.append(s)
+        p1, p2 = [s.getsockname()[1] for s in held]
+        env = {"MINIHTTPD_DEFAULT_PORTS": "%d,%d" % (p1, p2)}
+        with self.subTest("both taken -> any free port"):
+            proc, line, errp = spawn_server(self, ["-d", root, "-b", "127.0.0.1", "-q"], env=env)
             m = SERVING_RE.match(line)
-            self.assertTrue(m, "first line %r" % line)
+            self.assertTrue(m, "first line %r, stderr %r" % (line, read_text(errp)))
             port = int(m.group(3))
-            self.assertNotIn(port, (0, 8000, 8080))
-            self.assertTrue(wait_for(lambda: "8080" in _core_read_text(errp), timeout=5),
-                            "no notice about port 8080 on stderr: %r" % _core_read_text(errp))
+            self.assertNotIn(port, (0, p1, p2))
+            self.assertTrue(wait_for(lambda: str(p2) in read_text(errp), timeout=5),
+                            "no notice about port %d on stderr: %r" % (p2, read_text(errp)))
+            self.assertIn(str(p1), read_text(errp))
             self.assertEqual(get(port, "/a.txt").body, b"A")
+            proc.kill()
+            proc.wait(timeout=10)
+        with self.subTest("first taken -> second"):
+            held[1].close()       # a listener that never accepted leaves no TIME_WAIT behind
+            proc, line, errp = spawn_server(self, ["-d", root, "-b", "127.0.0.1", "-q"], env=env)
+            m = SERVING_RE.match(line)
+            self.assertTrue(m, "first line %r, stderr %r" % (line, read_text(errp)))
+            self.assertEqual(int(m.group(3)), p2)
+            self.assertTrue(wait_for(lambda: str(p1) in read_text(errp), timeout=5),
+                            "no notice about port %d on stderr: %r" % (p1, read_text(errp)))
+            self.assertEqual(get(p2, "/a.txt").body, b"A")
 
     def test_first_stdout_line(self):
         root = make_tree(self, {"sub": None})
         srv = start_server(self, root, "-q")
         m = SERVING_RE.match(srv.first_line)
-        self.assertIn(m.group(1), (os.path.abspath(root), os.path.realpath(root)))
+        self.assertEqual(m.group(1), os.path.abspath(root))
         self.assertEqual(m.group(2), "127.0.0.1")
         self.assertNotEqual(srv.port, 0)
         self.assertEqual(get(srv.port, "/").status, 200)
         # a relative -d is printed as an absolute path
         parent, base = os.path.split(root)
-        proc, line, _ = _core_spawn(self, ["-d", os.path.join(base, "sub"), "-p", "0",
+        proc, line, _ = spawn_server(self, ["-d", os.path.join(base, "sub"), "-p", "0",
                                            "-b", "127.0.0.1", "-q"], cwd=parent)
         m = SERVING_RE.match(line)
         self.assertTrue(m, "first line %r" % line)
-        self.assertIn(m.group(1), (os.path.join(root, "sub"),
-                                   os.path.realpath(os.path.join(root, "sub"))))
+        # abspath() of a relative -d joins it to getcwd(), which is the real path of cwd
+        self.assertEqual(m.group(1), os.path.join(os.path.realpath(parent), base, "sub"))
 
     def test_bind_ipv6_and_default_dual_stack(self):
-        if not _core_ipv6_loopback_ok():
+        if not ipv6_loopback_ok():
             self.skipTest("no IPv6 loopback on this machine")
         root = make_tree(self, {"a.txt": b"six"})
         with self.subTest("-b ::1"):
@@ -1061,7 +1360,7 @@ class TestCommandLine(unittest.TestCase):
             self.assertIn("http://[::1]:%d/" % srv.port, srv.first_line)
             s = socket.create_connection(("::1", srv.port), timeout=5)
             try:
-                s.sendall(_core_raw("GET", "/a.txt", close=True))
+                s.sendall(build_request("GET", "/a.txt", close=True))
                 self.assertEqual(parse_response(recv_until_closed(s)).body, b"six")
             finally:
                 s.close()
@@ -1070,7 +1369,7 @@ class TestCommandLine(unittest.TestCase):
             self.assertEqual(get(srv.port, "/a.txt").body, b"six")
             s = socket.create_connection(("::1", srv.port), timeout=5)
             try:
-                s.sendall(_core_raw("GET", "/a.txt", close=True))
+                s.sendall(build_request("GET", "/a.txt", close=True))
                 self.assertEqual(parse_response(recv_until_closed(s)).body, b"six")
             finally:
                 s.close()
@@ -1092,12 +1391,12 @@ class TestCommandLine(unittest.TestCase):
         data = (bytes(range(256)) * (size // 256))
         root = make_tree(self, {"big.bin": data})
         srv = start_server(self, root, "-q")
-        sock = _core_small_rcvbuf_socket(srv.port, rcvbuf=1 << 20)
+        sock = small_rcvbuf_socket(srv.port, rcvbuf=1 << 20)
         self.addCleanup(sock.close)
-        sock.sendall(_core_raw("GET", "/big.bin"))
-        head, body = _core_read_head(sock)
+        sock.sendall(build_request("GET", "/big.bin"))
+        head, body = read_head(sock)
         self.assertTrue(head.startswith("HTTP/1.1 200"), head)
-        n = int(_core_header(head, "Content-Length"))
+        n = int(head_field(head, "Content-Length"))
         self.assertEqual(n, size)
         srv.proc.send_signal(signal.SIGTERM)
         chunks = [body]
@@ -1111,7 +1410,7 @@ class TestCommandLine(unittest.TestCase):
         self.assertEqual(got, n, "download cut short by SIGTERM")
         self.assertTrue(b"".join(chunks) == data, "downloaded bytes differ")
         # the server ends the connection once that response is out
-        self.assertTrue(_core_is_closed(sock, 5), "connection left open while stopping")
+        self.assertTrue(is_closed(sock, 5), "connection left open while stopping")
         sock.close()
         self.assertEqual(srv.proc.wait(timeout=10), 0)
 
@@ -1120,10 +1419,11 @@ class TestCommandLine(unittest.TestCase):
         size = 16 * 1024 * 1024
         root = make_tree(self, {"big.bin": b"\0" * size})
         srv = start_server(self, root, "-q")
-        sock = _core_small_rcvbuf_socket(srv.port)
+        sock = small_rcvbuf_socket(srv.port)
         self.addCleanup(sock.close)
-        sock.sendall(_core_raw("GET", "/big.bin"))
-        head, _ = _core_read_head(sock)   # download now stalled: we read no more
+        sock.sendall(build_request("GET", "/big.bin"))
+        head, _ = read_head(sock)   # download now stalled: we read no more
+        self.assertTrue(head.startswith("HTTP/1.1 200"), head)
         srv.proc.send_signal(signal.SIGINT)
 
         def refused():
@@ -1138,7 +1438,7 @@ class TestCommandLine(unittest.TestCase):
         self.assertIsNone(srv.proc.poll(), "exited before the in-flight response finished")
         t0 = time.monotonic()
         srv.proc.send_signal(signal.SIGINT)
-        srv.proc.wait(timeout=10)
+        self.assertEqual(srv.proc.wait(timeout=10), 130)    # 128 + SIGINT, like a shell
         self.assertLess(time.monotonic() - t0, 2.5, "second SIGINT did not exit at once")
 
     def test_access_log_clf(self):
@@ -1151,12 +1451,12 @@ class TestCommandLine(unittest.TestCase):
         expected = [
             ("GET /a.txt HTTP/1.1", "200", "1234"),
             ("GET /missing.txt HTTP/1.1", "404", str(len(r404.body))),
-            ("HEAD /a.txt HTTP/1.1", "200", "(0|-)"),
+            ("HEAD /a.txt HTTP/1.1", "200", "0"),
             ("GET /a.txt HTTP/1.1", "206", "10"),
         ]
         for req_line, status, nbytes in expected:
             with self.subTest(req_line, status=status):
-                rx = re.compile(_core_CLF_RE_TEMPLATE % (re.escape(req_line), status, nbytes),
+                rx = re.compile(CLF_LINE_TEMPLATE % (re.escape(req_line), status, nbytes),
                                 re.M)
                 self.assertTrue(wait_for(lambda: rx.search(srv.stderr_text()), timeout=5),
                                 "no CLF line %r in %r" % (rx.pattern, srv.stderr_text()))
@@ -1168,7 +1468,7 @@ class TestCommandLine(unittest.TestCase):
         self.assertEqual(get(srv.port, "/a.txt").status, 200)
         self.assertEqual(get(srv.port, "/nope").status, 404)
         srv.proc.send_signal(signal.SIGTERM)     # flush everything, then look
-        srv.proc.wait(timeout=10)
+        self.assertEqual(srv.proc.wait(timeout=10), 0)
         text = srv.stderr_text()
         self.assertNotIn("GET /", text)
         self.assertNotIn(" 404 ", text)
@@ -1248,7 +1548,7 @@ class TestStaticFiles(SharedServerTestCase):
                 r = request(self.port, method, path, hdrs)
                 self.assertEqual(r.status, status)
                 date = r.headers.get("date", "")
-                self.assertRegex(date, _core_IMF_RE)
+                self.assertRegex(date, IMF_DATE_RE)
                 ts = email.utils.mktime_tz(email.utils.parsedate_tz(date))
                 self.assertLess(abs(ts - now), 120)
                 self.assertRegex(r.headers.get("server", ""), r"^minihttpd/\d+\.\d+\.\d+$")
@@ -1268,7 +1568,7 @@ class TestStaticFiles(SharedServerTestCase):
         self.assertEqual(r.headers["server"], "minihttpd/1.0.0")
 
     def _head_then_get(self, path):
-        raw = send_raw(self.port, _core_raw("HEAD", path) + _core_raw("GET", path, close=True))
+        raw = send_raw(self.port, build_request("HEAD", path) + build_request("GET", path, close=True))
         self.assertEqual(raw.count(b"HTTP/1.1 "), 2, raw[:500])
         try:
             head, get_ = parse_responses(raw, head_flags=[True, False])
@@ -1354,9 +1654,9 @@ class TestStaticFiles(SharedServerTestCase):
 
     def test_304_on_keepalive_has_no_body(self):
         etag = get(self.port, "/a.txt").headers["etag"]
-        raw = send_raw(self.port, _core_raw("GET", "/a.txt", headers=[("If-None-Match", etag)]) +
-                       _core_raw("GET", "/a.txt", close=True))
-        rs = _core_responses(self, raw)
+        raw = send_raw(self.port, build_request("GET", "/a.txt", headers=[("If-None-Match", etag)]) +
+                       build_request("GET", "/a.txt", close=True))
+        rs = parse_responses(raw)
         self.assertEqual([r.status for r in rs], [304, 200])
         self.assertEqual(rs[1].body, self.FILES["a.txt"])
 
@@ -1379,7 +1679,7 @@ class TestStaticFiles(SharedServerTestCase):
         self.assertEqual(r.status, 404)
         self.assertEqual(r.body, page)
         self.assertTrue(r.headers.get("content-type", "").startswith("text/html"))
-        raw = send_raw(srv.port, _core_raw("HEAD", "/nope") + _core_raw("GET", "/a.txt", close=True))
+        raw = send_raw(srv.port, build_request("HEAD", "/nope") + build_request("GET", "/a.txt", close=True))
         try:
             head, nxt = parse_responses(raw, head_flags=[True, False])
         except (ValueError, IndexError) as e:
@@ -1422,8 +1722,7 @@ class TestPaths(SharedServerTestCase):
         cls.srv = start_server(fixture, cls.root, "-q")
 
     def _raw_get(self, target, port=None):
-        data = ("GET %s HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n" % target).encode("utf-8")
-        return parse_response(send_raw(port or self.port, data))
+        return parse_response(send_raw(port or self.port, build_request("GET", target, close=True)))
 
     def test_traversal_never_leaves_root(self):
         plain404 = self._raw_get("/definitely-missing")
@@ -1463,12 +1762,14 @@ class TestPaths(SharedServerTestCase):
                 self.assertEqual(r.body, plain404.body, "404 body differs from a plain 404")
 
     def test_normalised_inside_root(self):
-        for target in ["/sub/../pub.txt", "/./pub.txt", "/sub/./x.txt", "/sub//x.txt",
-                       "/sub/%2e%2e/pub.txt", "http://127.0.0.1/pub.txt"]:
+        cases = [("/sub/../pub.txt", b"public"), ("/./pub.txt", b"public"),
+                 ("/sub/./x.txt", b"x-in-sub"), ("/sub//x.txt", b"x-in-sub"),
+                 ("/sub/%2e%2e/pub.txt", b"public"), ("http://127.0.0.1/pub.txt", b"public")]
+        for target, body in cases:
             with self.subTest(target=target):
                 r = self._raw_get(target)
                 self.assertEqual(r.status, 200)
-                self.assertIn(r.body, (b"public", b"x-in-sub"))
+                self.assertEqual(r.body, body)
 
     def test_symlinks(self):
         if not self.symlinks:
@@ -1520,30 +1821,30 @@ class TestPaths(SharedServerTestCase):
         self.assertEqual(self._raw_get("/../secret.txt", srv.port).status, 404)
 
     def test_bad_encoding_400(self):
-        for target in ["/pub.txt%00", "/%00", "/%00/../pub.txt", "/%zz", "/%4", "/pub%",
-                       "/%C3%28", "/%ff.txt"]:
+        for target in ["/pub.txt%00", "/%00", "/%00/../pub.txt", "/%zz", "/%4", "/pub%"]:
             with self.subTest(target=target):
-                r, closed = _core_exchange(self.port, ("GET %s HTTP/1.1\r\nHost: x\r\n\r\n" %
-                                                       target).encode())
+                r, closed = exchange(self.port, build_request("GET", target))
                 self.assertEqual(r.status, 400)
                 self.assertTrue(closed, "connection not closed after 400")
+        # issue 7: a path that is not UTF-8 names a file by its exact bytes (was: 400); no
+        # such file here.  Windows file names are Unicode, so there it stays a 400.
+        for target in ["/%C3%28", "/%ff.txt"]:
+            with self.subTest(not_utf8=target):
+                r = self._raw_get(target)
+                self.assertEqual(r.status, 400 if os.name == "nt" else 404)
 
     def test_directory_redirect(self):
         cases = [
-            ("/sub", "/sub/", ""),
-            ("/sub?a=1", "/sub/", "a=1"),
-            ("/sub?a=1&b=%20", "/sub/", "a=1&b=%20"),
-            ("/d%C3%ADr", "/d%C3%ADr/", ""),
+            ("/sub", "/sub/"),
+            ("/sub?a=1", "/sub/?a=1"),
+            ("/sub?a=1&b=%20", "/sub/?a=1&b=%20"),
+            ("/d%C3%ADr", "/d%C3%ADr/"),
         ]
-        for target, path, query in cases:
+        for target, location in cases:
             with self.subTest(target=target):
                 r = self._raw_get(target)
                 self.assertEqual(r.status, 301)
-                loc = urllib.parse.urlsplit(r.headers.get("location", ""))
-                self.assertIn(loc.path.upper(), (path.upper(),))
-                self.assertEqual(loc.query, query)
-                if loc.netloc:
-                    self.assertEqual(loc.netloc.split(":")[0], "127.0.0.1")
+                self.assertEqual(r.headers.get("location"), location)
         self.assertEqual(self._raw_get("/d%C3%ADr/in.txt").body, b"in-unicode-dir")
 
     def test_query_and_fragment_ignored(self):
@@ -1632,18 +1933,19 @@ class TestListing(SharedServerTestCase):
         self.assertNotIn("<script>", text)
         self.assertNotIn(self.EVIL, text)
         self.assertIn(html.escape(self.EVIL), text)
-        hrefs = _core_entry_hrefs(text)
+        hrefs = entry_hrefs(text)
         decoded = [urllib.parse.unquote(h) for h in hrefs]
         self.assertIn(self.EVIL, decoded)
         for h in hrefs:
-            self.assertNotRegex(h, r'[<>"\s]', "href not URL-quoted: %r" % h)
+            with self.subTest(href=h):
+                self.assertNotRegex(h, r'[<>"\s]', "href not URL-quoted: %r" % h)
         href = hrefs[decoded.index(self.EVIL)]
         self.assertEqual(get(self.port, "/" + href).body, b"e")
 
     def test_utf8_names_quoted_hrefs(self):
         text = self._html("/")
         self.assertIn(html.escape(self.UNAME), text)
-        hrefs = _core_entry_hrefs(text)
+        hrefs = entry_hrefs(text)
         decoded = [urllib.parse.unquote(h) for h in hrefs]
         self.assertIn(self.UNAME, decoded)
         href = hrefs[decoded.index(self.UNAME)]
@@ -1652,17 +1954,17 @@ class TestListing(SharedServerTestCase):
         self.assertEqual(get(self.port, "/" + href).body, b"u" * 5)
 
     def test_folders_first_and_links(self):
-        hrefs = [urllib.parse.unquote(h) for h in _core_entry_hrefs(self._html("/"))]
+        hrefs = [urllib.parse.unquote(h) for h in entry_hrefs(self._html("/"))]
         self.assertEqual(hrefs[:3], ["adir/", "site/", "zdir/"])
         self.assertEqual(hrefs[3:], self._files("name"))
         text = self._html("/")
         self.assertIn(">adir/<", text)
 
     def test_parent_link(self):
-        self.assertNotIn("../", _core_hrefs(self._html("/")))
+        self.assertNotIn("../", page_hrefs(self._html("/")))
         sub = self._html("/adir/")
-        self.assertIn("../", _core_hrefs(sub))
-        self.assertEqual(_core_entry_hrefs(sub), ["inner.txt"])
+        self.assertIn("../", page_hrefs(sub))
+        self.assertEqual(entry_hrefs(sub), ["inner.txt"])
 
     def test_sizes_and_times_shown(self):
         text = self._html("/")
@@ -1674,7 +1976,7 @@ class TestListing(SharedServerTestCase):
             for order in ["asc", "desc"]:
                 with self.subTest(sort=key, order=order):
                     text = self._html("/?sort=%s&order=%s" % (key, order))
-                    hrefs = [urllib.parse.unquote(h) for h in _core_entry_hrefs(text)]
+                    hrefs = [urllib.parse.unquote(h) for h in entry_hrefs(text)]
                     dirs = [h for h in hrefs if h.endswith("/")]
                     files = [h for h in hrefs if not h.endswith("/")]
                     self.assertEqual(hrefs, dirs + files, "folders not first")
@@ -1689,7 +1991,7 @@ class TestListing(SharedServerTestCase):
     def test_headings_link_to_sorts(self):
         text = self._html("/")
         found = {}
-        for h in _core_hrefs(text):
+        for h in page_hrefs(text):
             if h.startswith("?"):
                 q = urllib.parse.parse_qs(h[1:])
                 if "sort" in q:
@@ -1710,25 +2012,29 @@ class TestListing(SharedServerTestCase):
                                    ("accept", "/", {"Accept": "application/json"})]:
             with self.subTest(how=how):
                 doc = self._json(path, headers)
-                self.assertEqual(set(doc), {"path", "entries"})
+                # issue 7: "more" counts entries left out past the listing limit, and each
+                # entry has the "href" that links it by its exact bytes (both new)
+                self.assertEqual(set(doc), {"path", "more", "entries"})
                 self.assertEqual(doc["path"], "/")
+                self.assertEqual(doc["more"], 0)
                 names = []
                 for e in doc["entries"]:
-                    self.assertEqual(set(e), {"name", "type", "size", "mtime"})
-                    self.assertIn(e["type"], ("file", "dir"))
-                    self.assertIsInstance(e["size"], int)
-                    self.assertIsInstance(e["mtime"], int)
-                    names.append(e["name"].rstrip("/"))
-                    if e["type"] == "file":
-                        st = os.stat(os.path.join(self.root, e["name"]))
-                        self.assertEqual(e["size"], st.st_size)
-                        self.assertEqual(e["mtime"], int(st.st_mtime))
+                    names.append(e["name"])
+                    with self.subTest(entry=e["name"]):
+                        self.assertEqual(set(e), {"name", "href", "type", "size", "mtime"})
+                        self.assertEqual(urllib.parse.unquote(e["href"]), e["name"])
+                        self.assertIsInstance(e["size"], int)
+                        self.assertIsInstance(e["mtime"], int)
+                        if e["type"] == "file":
+                            st = os.stat(os.path.join(self.root, e["name"]))
+                            self.assertEqual(e["size"], st.st_size)
+                            self.assertEqual(e["mtime"], int(st.st_mtime))
                 types = [e["type"] for e in doc["entries"]]
                 self.assertEqual(types, ["dir"] * 3 + ["file"] * len(self._files("name")))
                 self.assertEqual(names, ["adir", "site", "zdir"] + self._files("name"))
         doc = self._json("/adir/?format=json")
         self.assertEqual(doc["path"], "/adir/")
-        self.assertEqual(doc["entries"], [{"name": "inner.txt", "type": "file", "size": 5,
+        self.assertEqual(doc["entries"], [{"name": "inner.txt", "href": "inner.txt", "type": "file", "size": 5,
                                            "mtime": int(os.stat(os.path.join(
                                                self.root, "adir", "inner.txt")).st_mtime)}])
 
@@ -1788,75 +2094,75 @@ class TestKeepAlive(SharedServerTestCase):
         for i in range(6):
             name = "%d.txt" % (i % 3 + 1)
             with self.subTest(i=i):
-                sock.sendall(_core_raw("GET", "/" + name))
-                r = _core_read_ok(self, sock)
+                sock.sendall(build_request("GET", "/" + name))
+                r = read_response(sock)
                 self.assertEqual(r.status, 200)
                 self.assertEqual(r.body, self.FILES[name])
                 self.assertNotEqual(r.headers.get("connection", "").lower(), "close")
-        sock.sendall(_core_raw("HEAD", "/big.bin"))
-        self.assertEqual(_core_read_ok(self, sock, head_request=True).body, b"")
-        sock.sendall(_core_raw("GET", "/big.bin"))
-        self.assertEqual(_core_read_ok(self, sock).body, self.FILES["big.bin"])
-        sock.sendall(_core_raw("GET", "/missing"))
-        self.assertEqual(_core_read_ok(self, sock).status, 404)
-        sock.sendall(b"\r\n" + _core_raw("GET", "/1.txt"))   # stray CRLF between requests
-        self.assertEqual(_core_read_ok(self, sock).body, b"one")
+        sock.sendall(build_request("HEAD", "/big.bin"))
+        self.assertEqual(read_response(sock, head_request=True).body, b"")
+        sock.sendall(build_request("GET", "/big.bin"))
+        self.assertEqual(read_response(sock).body, self.FILES["big.bin"])
+        sock.sendall(build_request("GET", "/missing"))
+        self.assertEqual(read_response(sock).status, 404)
+        sock.sendall(b"\r\n" + build_request("GET", "/1.txt"))   # stray CRLF between requests
+        self.assertEqual(read_response(sock).body, b"one")
 
     def test_pipelined_in_order(self):
-        data = (_core_raw("GET", "/1.txt") + _core_raw("GET", "/2.txt") +
-                _core_raw("GET", "/3.txt", close=True))
-        rs = _core_responses(self, send_raw(self.port, data))
+        data = (build_request("GET", "/1.txt") + build_request("GET", "/2.txt") +
+                build_request("GET", "/3.txt", close=True))
+        rs = parse_responses(send_raw(self.port, data))
         self.assertEqual([r.body for r in rs], [b"one", b"two-two", b"three-three-three"])
 
     def test_pipelined_mixed(self):
         reqs = [("GET", "/big.bin"), ("HEAD", "/2.txt"), ("GET", "/missing"), ("GET", "/"),
                 ("OPTIONS", "*"), ("GET", "/3.txt")] * 3
-        data = b"".join(_core_raw(m, p, close=(i == len(reqs) - 1)) for i, (m, p) in enumerate(reqs))
-        rs = _core_responses(self, send_raw(self.port, data), head_flags=[m == "HEAD" for m, _ in reqs])
+        data = b"".join(build_request(m, p, close=(i == len(reqs) - 1)) for i, (m, p) in enumerate(reqs))
+        rs = parse_responses(send_raw(self.port, data), head_flags=[m == "HEAD" for m, _ in reqs])
         self.assertEqual([r.status for r in rs], [200, 200, 404, 200, 204, 200] * 3)
         self.assertEqual(rs[0].body, self.FILES["big.bin"])
         self.assertEqual(rs[-1].body, self.FILES["3.txt"])
 
     def test_pipelined_sent_bytewise(self):
-        data = _core_raw("GET", "/1.txt") + _core_raw("GET", "/2.txt", close=True)
+        data = build_request("GET", "/1.txt") + build_request("GET", "/2.txt", close=True)
         sock = connect(self.port, 5)
         self.addCleanup(sock.close)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         for i in range(len(data)):
             sock.sendall(data[i:i + 1])
-        rs = _core_responses(self, recv_until_closed(sock))
+        rs = parse_responses(recv_until_closed(sock))
         self.assertEqual([r.body for r in rs], [b"one", b"two-two"])
 
     def test_connection_close_honoured(self):
         sock = connect(self.port, 5)
         self.addCleanup(sock.close)
-        sock.sendall(_core_raw("GET", "/1.txt", close=True))
-        r = _core_read_ok(self, sock)
+        sock.sendall(build_request("GET", "/1.txt", close=True))
+        r = read_response(sock)
         self.assertEqual(r.body, b"one")
         self.assertEqual(r.headers.get("connection", "").lower(), "close")
-        self.assertTrue(_core_is_closed(sock), "server kept the connection open")
+        self.assertTrue(is_closed(sock), "server kept the connection open")
 
     def test_http10_closes_by_default(self):
         sock = connect(self.port, 5)
         self.addCleanup(sock.close)
         sock.sendall(b"GET /2.txt HTTP/1.0\r\n\r\n")
-        r = _core_read_ok(self, sock)
+        r = read_response(sock)
         self.assertEqual(r.body, b"two-two")
         self.assertNotEqual(r.headers.get("connection", "").lower(), "keep-alive")
-        self.assertTrue(_core_is_closed(sock), "HTTP/1.0 connection left open")
+        self.assertTrue(is_closed(sock), "HTTP/1.0 connection left open")
 
     def test_http10_keep_alive(self):
         sock = connect(self.port, 5)
         self.addCleanup(sock.close)
         for name in ["1.txt", "2.txt", "3.txt"]:
-            sock.sendall(("GET /%s HTTP/1.0\r\nConnection: keep-alive\r\n\r\n" % name).encode())
-            r = _core_read_ok(self, sock)
-            self.assertEqual(r.body, self.FILES[name])
-            self.assertEqual(r.headers.get("connection", "").lower(), "keep-alive")
-            self.assertTrue(r.raw_head.startswith("HTTP/1."))
+            with self.subTest(name=name):
+                sock.sendall(("GET /%s HTTP/1.0\r\nConnection: keep-alive\r\n\r\n" % name).encode())
+                r = read_response(sock)
+                self.assertEqual(r.body, self.FILES[name])
+                self.assertEqual(r.headers.get("connection", "").lower(), "keep-alive")
         sock.sendall(b"GET /1.txt HTTP/1.0\r\n\r\n")
-        self.assertEqual(_core_read_ok(self, sock).body, b"one")
-        self.assertTrue(_core_is_closed(sock))
+        self.assertEqual(read_response(sock).body, b"one")
+        self.assertTrue(is_closed(sock))
 
     def test_http11_response_version(self):
         r = get(self.port, "/1.txt")
@@ -1870,29 +2176,24 @@ class TestKeepAlive(SharedServerTestCase):
         srv = start_server(self, self.root, "-q", "--idle-timeout", "0.5")
         sock = connect(srv.port, 5)
         self.addCleanup(sock.close)
-        sock.sendall(_core_raw("GET", "/1.txt"))
-        self.assertEqual(_core_read_ok(self, sock).body, b"one")
+        sock.sendall(build_request("GET", "/1.txt"))
+        self.assertEqual(read_response(sock).body, b"one")
         t0 = time.monotonic()
-        sock.settimeout(5)
-        try:
-            data = sock.recv(100)
-        except ConnectionResetError:
-            data = b""
+        self.assertTrue(is_closed(sock, 5), "idle connection not closed silently within 5 s")
         elapsed = time.monotonic() - t0
-        self.assertEqual(data, b"", "idle close should be silent")
         self.assertGreater(elapsed, 0.3)
         self.assertLess(elapsed, 4)
         # a fresh connection that never sends a byte is closed as well
         fresh = connect(srv.port, 5)
         self.addCleanup(fresh.close)
-        self.assertTrue(_core_is_closed(fresh, 5))
+        self.assertTrue(is_closed(fresh, 5))
         # the server keeps working
         self.assertEqual(get(srv.port, "/2.txt").body, b"two-two")
 
     def test_bare_lf(self):
         raw = send_raw(self.port, b"GET /1.txt HTTP/1.1\nHost: x\n\nGET /2.txt HTTP/1.1\nHost: x\n"
                                   b"Connection: close\n\n")
-        rs = _core_responses(self, raw)
+        rs = parse_responses(raw)
         self.assertEqual([r.body for r in rs], [b"one", b"two-two"])
 
 
@@ -1948,11 +2249,8 @@ class TestRanges(SharedServerTestCase):
         for value in ["bytes=0-", "bytes=-5", "bytes=0-0", "bytes=-1"]:
             with self.subTest(range=value):
                 r = get(self.port, "/empty.bin", {"Range": value})
-                self.assertIn(r.status, (200, 416))
-                if r.status == 200:
-                    self.assertEqual(r.body, b"")
-                if "content-range" in r.headers:
-                    self.assertEqual(r.headers["content-range"], "bytes */0")
+                self.assertEqual(r.status, 416)
+                self.assertEqual(r.headers.get("content-range"), "bytes */0")
 
     def test_invalid_range_ignored(self):
         for value in ["bytes=abc", "bytes=9-1", "items=0-9", "bytes=", "0-9", "bytes=1-2-3"]:
@@ -1987,21 +2285,22 @@ class TestRanges(SharedServerTestCase):
         self.assertTrue(m, ctype)
         self.assertEqual(int(r.headers["content-length"]), len(r.body))
         self.assertNotIn("content-range", r.headers)
-        parts = _core_parse_multipart(r.body, m.group(2).encode("latin-1"))
+        parts = parse_byteranges(r.body, m.group(2).encode("latin-1"))
         self.assertEqual(len(parts), 3)
         expected = [(0, 9), (100, 199), (995, 999)]
         for (hdrs, data), (a, b) in zip(parts, expected):
-            self.assertEqual(hdrs.get("content-range"), "bytes %d-%d/1000" % (a, b))
-            self.assertEqual(data, self.DATA[a:b + 1])
-            self.assertEqual(hdrs.get("content-type"), "application/octet-stream")
+            with self.subTest(range=(a, b)):
+                self.assertEqual(hdrs.get("content-range"), "bytes %d-%d/1000" % (a, b))
+                self.assertEqual(data, self.DATA[a:b + 1])
+                self.assertEqual(hdrs.get("content-type"), "application/octet-stream")
 
     def test_range_on_keepalive(self):
-        raw = send_raw(self.port, _core_raw("GET", "/f.bin", headers=[("Range", "bytes=0-1,5-6")]) +
-                       _core_raw("GET", "/f.bin", headers=[("Range", "bytes=0-3")]) +
-                       _core_raw("GET", "/f.bin", headers=[("Range", "bytes=5000-")]) +
-                       _core_raw("HEAD", "/f.bin", headers=[("Range", "bytes=0-3")]) +
-                       _core_raw("GET", "/f.bin", close=True))
-        rs = _core_responses(self, raw, head_flags=[False, False, False, True, False])
+        raw = send_raw(self.port, build_request("GET", "/f.bin", headers=[("Range", "bytes=0-1,5-6")]) +
+                       build_request("GET", "/f.bin", headers=[("Range", "bytes=0-3")]) +
+                       build_request("GET", "/f.bin", headers=[("Range", "bytes=5000-")]) +
+                       build_request("HEAD", "/f.bin", headers=[("Range", "bytes=0-3")]) +
+                       build_request("GET", "/f.bin", close=True))
+        rs = parse_responses(raw, head_flags=[False, False, False, True, False])
         self.assertEqual([r.status for r in rs], [206, 206, 416, 206, 200])
         self.assertEqual(rs[1].body, self.DATA[:4])
         self.assertEqual(rs[3].headers.get("content-length"), "4")
@@ -2028,7 +2327,7 @@ class TestRanges(SharedServerTestCase):
         r = subprocess.run([curl, "-s", "-S", "-f", "--noproxy", "*", "-C", "-", "-o", path,
                             self.srv.url("/big.bin")], stdout=subprocess.PIPE,
                            stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, timeout=30,
-                           universal_newlines=True, env=_core_tool_env())
+                           universal_newlines=True, env=client_env())
         self.assertEqual(r.returncode, 0, r.stderr)
         with open(path, "rb") as f:
             self.assertTrue(f.read() == self.big, "resumed file differs")
@@ -2039,7 +2338,7 @@ class TestRanges(SharedServerTestCase):
         if not wget:
             self.skipTest("wget is not installed")
         d, path = self._partial_copy(100000)
-        env = _core_tool_env()
+        env = client_env()
         env["HOME"] = d
         r = subprocess.run([wget, "-q", "-c", "--no-proxy", "-t", "1", "-T", "20",
                             self.srv.url("/big.bin")], cwd=d, stdout=subprocess.PIPE,
@@ -2064,7 +2363,7 @@ class TestLimits(SharedServerTestCase):
         cls.srv = start_server(fixture, cls.root)
 
     def _expect(self, data, status, port=None):
-        r, closed = _core_exchange(port or self.port, data)
+        r, closed = exchange(port or self.port, data)
         self.assertEqual(r.status, status, r)
         self.assertEqual(r.headers.get("connection", "").lower(), "close")
         self.assertTrue(closed, "connection not closed after %d" % status)
@@ -2124,11 +2423,11 @@ class TestLimits(SharedServerTestCase):
             self.addCleanup(sock.close)
             t0 = time.monotonic()
             sock.sendall(b"GET /a.txt HTTP/1.1\r\nHost: x\r\n")
-            r = _core_read_ok(self, sock)
+            r = read_response(sock)
             self.assertEqual(r.status, 408)
             self.assertGreater(time.monotonic() - t0, 0.3)
             self.assertEqual(r.headers.get("connection", "").lower(), "close")
-            self.assertTrue(_core_is_closed(sock))
+            self.assertTrue(is_closed(sock))
         with self.subTest("slow drip does not reset the deadline"):
             sock = connect(srv.port, 5)
             self.addCleanup(sock.close)
@@ -2146,22 +2445,22 @@ class TestLimits(SharedServerTestCase):
                     break
             self.assertTrue(answered, "no answer to a head dripping in for 4 s")
             self.assertLess(time.monotonic() - t0, 2.5)
-            r = _core_read_ok(self, sock)
+            r = read_response(sock)
             self.assertEqual(r.status, 408)
         self._assert_alive(srv.port)
 
     def test_bad_request_does_not_disturb_others(self):
         good = connect(self.port, 5)
         self.addCleanup(good.close)
-        good.sendall(_core_raw("GET", "/a.txt"))
-        self.assertEqual(_core_read_ok(self, good).body, b"alpha")
+        good.sendall(build_request("GET", "/a.txt"))
+        self.assertEqual(read_response(good).body, b"alpha")
         good.sendall(b"GET /a.txt HTTP/1.1\r\n")             # half a head in flight
         self._expect(b"\x00\x01\x02 garbage\r\n\r\n", 400)
         self._expect(b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 414)
         good.sendall(b"Host: x\r\n\r\n")
-        self.assertEqual(_core_read_ok(self, good).body, b"alpha")
-        good.sendall(_core_raw("GET", "/a.txt"))
-        self.assertEqual(_core_read_ok(self, good).body, b"alpha")
+        self.assertEqual(read_response(good).body, b"alpha")
+        good.sendall(build_request("GET", "/a.txt"))
+        self.assertEqual(read_response(good).body, b"alpha")
 
     def test_garbage_flood(self):
         payloads = [
@@ -2183,7 +2482,7 @@ class TestLimits(SharedServerTestCase):
                 except OSError:
                     pass
                 if i % 2 == 0:
-                    _core_rst_close(s)
+                    rst_close(s)
             t0 = time.monotonic()
             self._assert_alive()
             self.assertLess(time.monotonic() - t0, 3)
@@ -2196,11 +2495,11 @@ class TestLimits(SharedServerTestCase):
     def test_client_leaves_mid_download(self):
         for abortive in (False, True):
             with self.subTest(abortive=abortive):
-                sock = _core_small_rcvbuf_socket(self.port, 5)
-                sock.sendall(_core_raw("GET", "/big.bin"))
+                sock = small_rcvbuf_socket(self.port, 5)
+                sock.sendall(build_request("GET", "/big.bin"))
                 self.assertEqual(len(sock.recv(1)), 1)
                 if abortive:
-                    _core_rst_close(sock)
+                    rst_close(sock)
                 else:
                     sock.close()
                 self._assert_alive()
@@ -2214,13 +2513,13 @@ class TestLimits(SharedServerTestCase):
         self.assertNotIn("Traceback", self.srv.stderr_text())
 
     def test_slow_reader_does_not_delay_others(self):
-        slow = _core_small_rcvbuf_socket(self.port, 5)
+        slow = small_rcvbuf_socket(self.port, 5)
         self.addCleanup(slow.close)
-        slow.sendall(_core_raw("GET", "/big.bin"))
-        _core_read_head(slow)             # then read nothing more: the server's send stalls
+        slow.sendall(build_request("GET", "/big.bin"))
+        read_head(slow)             # then read nothing more: the server's send stalls
         t0 = time.monotonic()
         for _ in range(5):
-            r, _ = _core_exchange(self.port, _core_raw("GET", "/a.txt", close=True), timeout=3)
+            r, _ = exchange(self.port, build_request("GET", "/a.txt", close=True), timeout=3)
             self.assertEqual(r.body, b"alpha")
         self.assertLess(time.monotonic() - t0, 2)
 
@@ -2240,10 +2539,10 @@ class TestLimits(SharedServerTestCase):
         srv = start_server(self, root, "-q", preexec_fn=limit)
         sock = connect(srv.port, 10)
         self.addCleanup(sock.close)
-        sock.sendall(_core_raw("GET", "/huge.bin"))
-        head, body = _core_read_head(sock)
+        sock.sendall(build_request("GET", "/huge.bin"))
+        head, body = read_head(sock)
         self.assertTrue(head.startswith("HTTP/1.1 200"), head)
-        self.assertEqual(int(_core_header(head, "Content-Length")), size)
+        self.assertEqual(int(head_field(head, "Content-Length")), size)
         got = len(body)
         while got < 4 * 1024 * 1024:
             d = sock.recv(1 << 20)
@@ -2255,113 +2554,6 @@ class TestLimits(SharedServerTestCase):
         self.assertIsNone(srv.proc.poll())
 
 
-# ---------------------------------------------------------------------------
-# Small extra helpers for the issue-4 tests (probe endpoints, prefix, gzip)
-# ---------------------------------------------------------------------------
-
-def _ex_status_line(resp):
-    """The status line exactly as received."""
-    return resp.raw_head.split("\r\n", 1)[0]
-
-
-def _ex_location(resp):
-    """Location header reduced to path[?query] (an absolute URL is accepted too)."""
-    loc = resp.headers.get("location")
-    if loc is None:
-        return None
-    parts = urllib.parse.urlsplit(loc)
-    return parts.path + ("?" + parts.query if parts.query else "")
-
-
-def _ex_vary_has_ae(resp):
-    vary = resp.headers.get("vary", "")
-    return "accept-encoding" in [v.strip().lower() for v in vary.split(",")]
-
-
-def _ex_header_count(resp, name):
-    return sum(1 for k, _ in resp.header_list if k.strip().lower() == name.lower())
-
-
-def _ex_req_bytes(method, path, port, headers=(), body=b"", close=False, version="HTTP/1.1"):
-    """Build one request: Host first, then headers (a list of pairs) in order."""
-    lines = ["%s %s %s" % (method, path, version), "Host: 127.0.0.1:%d" % port]
-    for name, value in headers:
-        lines.append("%s: %s" % (name, value))
-    if body:
-        lines.append("Content-Length: %d" % len(body))
-    if close:
-        lines.append("Connection: close")
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8") + body
-
-
-def _ex_read_n(sock, n, head_flags=None):
-    """Read exactly n responses from an open socket (pipelining); return the list."""
-    buf = b""
-    while True:
-        try:
-            out = []
-            rest = buf
-            for i in range(n):
-                flag = bool(head_flags and head_flags[i])
-                resp, rest = parse_one_response(rest, flag)
-                out.append(resp)
-            if rest:
-                raise AssertionError("unexpected bytes after %d responses: %r" % (n, rest[:200]))
-            return out
-        except (ValueError, IndexError):
-            data = sock.recv(65536)
-            if not data:
-                raise AssertionError("connection closed after %r" % buf[:500])
-            buf += data
-
-
-def _ex_assert_closed(tc, sock, timeout=5):
-    """The server must close sock (recv -> b'') within timeout seconds."""
-    sock.settimeout(timeout)
-    try:
-        data = sock.recv(65536)
-    except socket.timeout:
-        tc.fail("server did not close the connection within %ss" % timeout)
-    except ConnectionResetError:
-        return
-    tc.assertEqual(data, b"", "server sent more bytes instead of closing")
-
-
-def _ex_assert_cl_framed(tc, resp):
-    tc.assertIn("content-length", resp.headers, resp)
-    tc.assertNotIn("transfer-encoding", resp.headers, resp)
-    tc.assertEqual(int(resp.headers["content-length"]), len(resp.body))
-
-
-def _ex_gunzip(tc, resp):
-    tc.assertEqual(resp.headers.get("content-encoding", "").lower(), "gzip", resp)
-    tc.assertTrue(resp.body.startswith(b"\x1f\x8b"), "body is not gzip: %r" % resp.body[:40])
-    return gzip.decompress(resp.body)
-
-
-def _ex_text(nbytes, seed="line"):
-    """Compressible, varied text of exactly nbytes bytes."""
-    parts = []
-    total = 0
-    i = 0
-    while total < nbytes:
-        line = ("%s %06d: the quick brown fox jumps over the lazy dog %x\n"
-                % (seed, i, (i * 2654435761) & 0xffffffff)).encode("ascii")
-        parts.append(line)
-        total += len(line)
-        i += 1
-    return b"".join(parts)[:nbytes]
-
-
-def _ex_multipart(boundary, files):
-    """multipart/form-data body for [(field, filename, bytes)]."""
-    out = b""
-    for field, filename, data in files:
-        out += (b"--" + boundary + b"\r\n"
-                + ('Content-Disposition: form-data; name="%s"; filename="%s"\r\n'
-                   % (field, filename)).encode("utf-8")
-                + b"Content-Type: application/octet-stream\r\n\r\n" + data + b"\r\n")
-    return out + b"--" + boundary + b"--\r\n"
 
 
 # ---------------------------------------------------------------------------
@@ -2460,11 +2652,11 @@ class TestEcho(SharedServerTestCase):
 
     def test_echo_abc(self):
         r = get(self.srv.port, "/echo/abc")
-        self.assertEqual(_ex_status_line(r), "HTTP/1.1 200 OK")
+        self.assertEqual(status_line(r), "HTTP/1.1 200 OK")
         self.assertEqual(r.headers["content-type"], "text/plain")
-        self.assertEqual(_ex_header_count(r, "content-type"), 1)
+        self.assertEqual(header_count(r, "content-type"), 1)
         self.assertEqual(r.body, b"abc")
-        _ex_assert_cl_framed(self, r)
+        assert_length_framed(self, r)
         self.assertNotIn("content-encoding", r.headers)
 
     def test_echo_percent_decoded_utf8(self):
@@ -2493,7 +2685,7 @@ class TestEcho(SharedServerTestCase):
 
     def test_echo_head(self):
         g = get(self.srv.port, "/echo/abc")
-        raw = send_raw(self.srv.port, _ex_req_bytes("HEAD", "/echo/abc", self.srv.port, close=True))
+        raw = send_raw(self.srv.port, build_request("HEAD", "/echo/abc", close=True))
         h = parse_response(raw, head_request=True)
         self.assertEqual(h.status, 200)
         self.assertTrue(raw.endswith(b"\r\n\r\n"), "HEAD response has a body: %r" % raw[-50:])
@@ -2504,10 +2696,10 @@ class TestEcho(SharedServerTestCase):
         for ua in ["foobar/1.2.3", "curl/7.64.1", "Mozilla/5.0 (X11; Linux x86_64) Gecko/20100101"]:
             with self.subTest(ua=ua):
                 r = get(self.srv.port, "/user-agent", {"User-Agent": ua})
-                self.assertEqual(_ex_status_line(r), "HTTP/1.1 200 OK")
+                self.assertEqual(status_line(r), "HTTP/1.1 200 OK")
                 self.assertEqual(r.headers["content-type"], "text/plain")
                 self.assertEqual(r.body, ua.encode("latin-1"))
-                _ex_assert_cl_framed(self, r)
+                assert_length_framed(self, r)
 
     def test_user_agent_absent_gives_empty_body(self):
         r = get(self.srv.port, "/user-agent")
@@ -2519,9 +2711,9 @@ class TestEcho(SharedServerTestCase):
     def test_request_as_text(self):
         sock = connect(self.srv.port)
         try:
-            sock.sendall(_ex_req_bytes("GET", "/request?a=b%20c", self.srv.port,
+            sock.sendall(build_request("GET", "/request?a=b%20c",
                                        [("X-Custom-Header", "Some Value"), ("x-MiXeD", "v1")],
-                                       close=True))
+                                       host="127.0.0.1:%d" % self.srv.port, close=True))
             sock.shutdown(socket.SHUT_WR)
             raw = recv_until_closed(sock)
         finally:
@@ -2543,7 +2735,8 @@ class TestEcho(SharedServerTestCase):
             client_port = sock.getsockname()[1]
             hdrs = [("X-Custom-Header", "Some Value"), ("x-MiXeD", "v1"),
                     ("Accept", "application/json")]
-            sock.sendall(_ex_req_bytes("GET", "/request", self.srv.port, hdrs, close=True))
+            sock.sendall(build_request("GET", "/request", hdrs,
+                                       host="127.0.0.1:%d" % self.srv.port, close=True))
             r = read_response(sock)
         finally:
             sock.close()
@@ -2614,7 +2807,7 @@ class TestRoutePrefix(SharedServerTestCase):
     def test_prefix_without_slash_redirects(self):
         r = get(self.port, "/files")
         self.assertEqual(r.status, 301)
-        self.assertEqual(_ex_location(r), "/files/")
+        self.assertEqual(r.headers.get("location"), "/files/")
 
     def test_root_page_links_to_prefix(self):
         r = get(self.port, "/")
@@ -2660,7 +2853,8 @@ class TestRoutePrefix(SharedServerTestCase):
         resolved = set(urllib.parse.urlsplit(urllib.parse.urljoin("/files/", l)).path
                        for l in links)
         for want in ["/files/a.txt", "/files/sub/", "/files/Space%20Dir/"]:
-            self.assertIn(want, resolved)
+            with self.subTest(want=want):
+                self.assertIn(want, resolved)
         # the links actually work
         self.assertEqual(get(self.port, "/files/a.txt").body, self.A)
         self.assertEqual(get(self.port, "/files/Space%20Dir/x%20y.txt").body, b"spaces\n")
@@ -2679,15 +2873,16 @@ class TestRoutePrefix(SharedServerTestCase):
         self.assertIn("/files/sub/b.txt", resolved)
         self.assertIn("/files/sub/deeper/", resolved)
         for path in ["/files/", "/files/sub/b.txt", "/files/sub/deeper/"]:
-            self.assertEqual(get(self.port, path).status, 200, path)
+            with self.subTest(path=path):
+                self.assertEqual(get(self.port, path).status, 200, path)
 
     def test_directory_redirect_includes_prefix(self):
         r = get(self.port, "/files/sub")
         self.assertEqual(r.status, 301)
-        self.assertEqual(_ex_location(r), "/files/sub/")
+        self.assertEqual(r.headers.get("location"), "/files/sub/")
         r = get(self.port, "/files/sub/deeper?a=1")
         self.assertEqual(r.status, 301)
-        self.assertEqual(_ex_location(r), "/files/sub/deeper/?a=1")
+        self.assertEqual(r.headers.get("location"), "/files/sub/deeper/?a=1")
 
     def test_json_listing_path_includes_prefix(self):
         r = get(self.port, "/files/sub/?format=json")
@@ -2712,7 +2907,7 @@ class TestRoutePrefix(SharedServerTestCase):
         body = b"uploaded \x00\x01\xff bytes\r\n" * 10
         r = request(self.port, "POST", "/files/up/new.bin", body=body)
         self.assertEqual(r.status, 201)
-        self.assertEqual(_ex_location(r), "/files/up/new.bin")
+        self.assertEqual(r.headers.get("location"), "/files/up/new.bin")
         with open(os.path.join(self.root, "up", "new.bin"), "rb") as f:
             self.assertEqual(f.read(), body)
         self.assertEqual(get(self.port, "/files/up/new.bin").body, body)
@@ -2729,12 +2924,12 @@ class TestRoutePrefix(SharedServerTestCase):
 
     def test_form_upload_redirects_under_prefix(self):
         boundary = b"----exboundary7MA4YWxkTrZu0gW"
-        body = _ex_multipart(boundary, [("file", "form1.txt", b"form one\r\n--not-a-boundary\r\n"),
+        body = build_multipart(boundary, [("file", "form1.txt", b"form one\r\n--not-a-boundary\r\n"),
                                         ("file", "form2.txt", b"form two")])
         r = request(self.port, "POST", "/files/up/", body=body,
                     headers={"Content-Type": "multipart/form-data; boundary=" + boundary.decode()})
         self.assertEqual(r.status, 303)
-        self.assertEqual(_ex_location(r), "/files/up/")
+        self.assertEqual(r.headers.get("location"), "/files/up/")
         with open(os.path.join(self.root, "up", "form1.txt"), "rb") as f:
             self.assertEqual(f.read(), b"form one\r\n--not-a-boundary\r\n")
         with open(os.path.join(self.root, "up", "form2.txt"), "rb") as f:
@@ -2768,57 +2963,57 @@ class TestExerciseAPI(SharedServerTestCase):
         """One request on a kept-alive connection (no Connection header), like the exercise's tester."""
         sock = connect(self.port)
         try:
-            sock.sendall(_ex_req_bytes(method, path, self.port, headers, body))
+            sock.sendall(build_request(method, path, headers, body))
             return read_response(sock, head_request=(method == "HEAD"))
         finally:
             sock.close()
 
     def test_root_200(self):
         r = self._one("/")
-        self.assertEqual(_ex_status_line(r), "HTTP/1.1 200 OK")
-        _ex_assert_cl_framed(self, r)
+        self.assertEqual(status_line(r), "HTTP/1.1 200 OK")
+        assert_length_framed(self, r)
 
     def test_unknown_path_404(self):
         r = self._one("/abcdefg")
-        self.assertEqual(_ex_status_line(r), "HTTP/1.1 404 Not Found")
-        _ex_assert_cl_framed(self, r)
+        self.assertEqual(status_line(r), "HTTP/1.1 404 Not Found")
+        assert_length_framed(self, r)
 
     def test_echo(self):
         r = self._one("/echo/abc")
-        self.assertEqual(_ex_status_line(r), "HTTP/1.1 200 OK")
+        self.assertEqual(status_line(r), "HTTP/1.1 200 OK")
         self.assertEqual(r.headers["content-type"], "text/plain")
         self.assertIn("Content-Type: text/plain\r\n", r.raw_head + "\r\n")
         self.assertEqual(r.headers["content-length"], "3")
         self.assertEqual(r.body, b"abc")
-        _ex_assert_cl_framed(self, r)
+        assert_length_framed(self, r)
 
     def test_user_agent(self):
         r = self._one("/user-agent", [("User-Agent", "foobar/1.2.3"), ("Accept", "*/*")])
-        self.assertEqual(_ex_status_line(r), "HTTP/1.1 200 OK")
+        self.assertEqual(status_line(r), "HTTP/1.1 200 OK")
         self.assertEqual(r.headers["content-type"], "text/plain")
         self.assertEqual(r.body, b"foobar/1.2.3")
-        _ex_assert_cl_framed(self, r)
+        assert_length_framed(self, r)
 
     def test_get_file(self):
         r = self._one("/files/foo")
-        self.assertEqual(_ex_status_line(r), "HTTP/1.1 200 OK")
+        self.assertEqual(status_line(r), "HTTP/1.1 200 OK")
         self.assertEqual(r.headers["content-type"], "application/octet-stream")
         self.assertEqual(r.body, self.FOO)
-        _ex_assert_cl_framed(self, r)
+        assert_length_framed(self, r)
         r = self._one("/files/apple_banana_42")
         self.assertEqual(r.headers["content-type"], "application/octet-stream")
         self.assertEqual(r.body, b"x" * 100)
 
     def test_get_missing_file_404(self):
         r = self._one("/files/non_existent_file")
-        self.assertEqual(_ex_status_line(r), "HTTP/1.1 404 Not Found")
-        _ex_assert_cl_framed(self, r)
+        self.assertEqual(status_line(r), "HTTP/1.1 404 Not Found")
+        assert_length_framed(self, r)
 
     def test_post_file(self):
         r = self._one("/files/number_12345", [("Content-Type", "application/octet-stream")],
                       method="POST", body=b"12345")
-        self.assertEqual(_ex_status_line(r), "HTTP/1.1 201 Created")
-        _ex_assert_cl_framed(self, r)
+        self.assertEqual(status_line(r), "HTTP/1.1 201 Created")
+        assert_length_framed(self, r)
         with open(os.path.join(self.root, "number_12345"), "rb") as f:
             self.assertEqual(f.read(), b"12345")
         r = self._one("/files/number_12345")
@@ -2826,13 +3021,13 @@ class TestExerciseAPI(SharedServerTestCase):
 
     def test_echo_gzip(self):
         r = self._one("/echo/abc", [("Accept-Encoding", "gzip")])
-        self.assertEqual(_ex_status_line(r), "HTTP/1.1 200 OK")
+        self.assertEqual(status_line(r), "HTTP/1.1 200 OK")
         self.assertEqual(r.headers["content-type"], "text/plain")
-        _ex_assert_cl_framed(self, r)
-        self.assertEqual(_ex_gunzip(self, r), b"abc")
+        assert_length_framed(self, r)
+        self.assertEqual(gunzip_body(self, r), b"abc")
         r = self._one("/echo/abc", [("Accept-Encoding", "invalid-encoding-1, gzip, invalid-encoding-2")])
-        self.assertEqual(_ex_gunzip(self, r), b"abc")
-        _ex_assert_cl_framed(self, r)
+        self.assertEqual(gunzip_body(self, r), b"abc")
+        assert_length_framed(self, r)
         r = self._one("/echo/abc", [("Accept-Encoding", "invalid-encoding")])
         self.assertNotIn("content-encoding", r.headers)
         self.assertEqual(r.body, b"abc")
@@ -2840,55 +3035,57 @@ class TestExerciseAPI(SharedServerTestCase):
     def test_persistent_connection_sequential(self):
         sock = connect(self.port)
         try:
-            sock.sendall(_ex_req_bytes("GET", "/echo/first", self.port))
+            sock.sendall(build_request("GET", "/echo/first"))
             r1 = read_response(sock)
-            sock.sendall(_ex_req_bytes("GET", "/user-agent", self.port, [("User-Agent", "ua/2")]))
+            sock.sendall(build_request("GET", "/user-agent", [("User-Agent", "ua/2")]))
             r2 = read_response(sock)
-            sock.sendall(_ex_req_bytes("GET", "/files/foo", self.port))
+            sock.sendall(build_request("GET", "/files/foo"))
             r3 = read_response(sock)
-            sock.sendall(_ex_req_bytes("GET", "/nope", self.port))
+            sock.sendall(build_request("GET", "/nope"))
             r4 = read_response(sock)
-            sock.sendall(_ex_req_bytes("GET", "/echo/last", self.port))
+            sock.sendall(build_request("GET", "/echo/last"))
             r5 = read_response(sock)
         finally:
             sock.close()
         self.assertEqual([r.status for r in (r1, r2, r3, r4, r5)], [200, 200, 200, 404, 200])
         self.assertEqual([r1.body, r2.body, r3.body, r5.body], [b"first", b"ua/2", self.FOO, b"last"])
         for r in (r1, r2, r3, r4, r5):
-            _ex_assert_cl_framed(self, r)
-            self.assertNotEqual(r.headers.get("connection", "").lower(), "close")
+            with self.subTest(response=r.body):
+                assert_length_framed(self, r)
+                self.assertNotEqual(r.headers.get("connection", "").lower(), "close")
 
     def test_persistent_connection_pipelined(self):
         sock = connect(self.port)
         try:
-            sock.sendall(_ex_req_bytes("GET", "/echo/one", self.port)
-                         + _ex_req_bytes("POST", "/files/pipelined", self.port, body=b"piped")
-                         + _ex_req_bytes("GET", "/files/pipelined", self.port)
-                         + _ex_req_bytes("GET", "/echo/two", self.port))
-            rs = _ex_read_n(sock, 4)
+            sock.sendall(build_request("GET", "/echo/one")
+                         + build_request("POST", "/files/pipelined", body=b"piped")
+                         + build_request("GET", "/files/pipelined")
+                         + build_request("GET", "/echo/two"))
+            rs = read_responses(sock, 4)
         finally:
             sock.close()
-        self.assertEqual([_ex_status_line(r) for r in rs],
+        self.assertEqual([status_line(r) for r in rs],
                          ["HTTP/1.1 200 OK", "HTTP/1.1 201 Created", "HTTP/1.1 200 OK", "HTTP/1.1 200 OK"])
         self.assertEqual(rs[0].body, b"one")
         self.assertEqual(rs[2].body, b"piped")
         self.assertEqual(rs[3].body, b"two")
         for r in rs:
-            _ex_assert_cl_framed(self, r)
+            with self.subTest(response=r.body):
+                assert_length_framed(self, r)
 
     def test_connection_close(self):
         sock = connect(self.port)
         try:
-            sock.sendall(_ex_req_bytes("GET", "/echo/keep", self.port))
+            sock.sendall(build_request("GET", "/echo/keep"))
             r1 = read_response(sock)
             self.assertEqual(r1.body, b"keep")
-            sock.sendall(_ex_req_bytes("GET", "/echo/bye", self.port, close=True))
+            sock.sendall(build_request("GET", "/echo/bye", close=True))
             r2 = read_response(sock)
-            self.assertEqual(_ex_status_line(r2), "HTTP/1.1 200 OK")
+            self.assertEqual(status_line(r2), "HTTP/1.1 200 OK")
             self.assertEqual(r2.body, b"bye")
             self.assertEqual(r2.headers.get("connection", "").lower(), "close")
-            _ex_assert_cl_framed(self, r2)
-            _ex_assert_closed(self, sock)     # we never half-closed: the server closes
+            assert_length_framed(self, r2)
+            self.assertTrue(is_closed(sock), "server did not close the connection")     # we never half-closed: the server closes
         finally:
             sock.close()
 
@@ -2897,11 +3094,11 @@ class TestExerciseAPI(SharedServerTestCase):
             with self.subTest(path=path):
                 sock = connect(self.port)
                 try:
-                    sock.sendall(_ex_req_bytes("GET", path, self.port, close=True))
+                    sock.sendall(build_request("GET", path, close=True))
                     r = read_response(sock)
                     self.assertEqual(r.headers.get("connection", "").lower(), "close")
-                    _ex_assert_cl_framed(self, r)
-                    _ex_assert_closed(self, sock)
+                    assert_length_framed(self, r)
+                    self.assertTrue(is_closed(sock), "server did not close the connection")
                 finally:
                     sock.close()
 
@@ -2918,18 +3115,18 @@ class TestExerciseAPI(SharedServerTestCase):
                     barrier.wait()
                     kind = i % 4
                     if kind == 0:
-                        sock.sendall(_ex_req_bytes("GET", "/echo/client%d" % i, self.port))
+                        sock.sendall(build_request("GET", "/echo/client%d" % i))
                         want = (200, b"client%d" % i)
                     elif kind == 1:
-                        sock.sendall(_ex_req_bytes("GET", "/user-agent", self.port,
+                        sock.sendall(build_request("GET", "/user-agent",
                                                    [("User-Agent", "agent-%d" % i)]))
                         want = (200, b"agent-%d" % i)
                     elif kind == 2:
-                        sock.sendall(_ex_req_bytes("GET", "/files/foo", self.port))
+                        sock.sendall(build_request("GET", "/files/foo"))
                         want = (200, self.FOO)
                     else:
                         body = ("posted by %d" % i).encode()
-                        sock.sendall(_ex_req_bytes("POST", "/files/conc_%d" % i, self.port, body=body))
+                        sock.sendall(build_request("POST", "/files/conc_%d" % i, body=body))
                         want = (201, None)
                     r = read_response(sock)
                     results[i] = (r.status, r.body if want[1] is not None else None, want)
@@ -2947,22 +3144,26 @@ class TestExerciseAPI(SharedServerTestCase):
         self.assertFalse(any(t.is_alive() for t in threads), "clients still running")
         self.assertEqual(errors, [])
         for i, res in enumerate(results):
-            status, body, want = res
-            self.assertEqual((status, body), want, "client %d" % i)
+            with self.subTest(client=i):
+                status, body, want = res
+                self.assertEqual((status, body), want, "client %d" % i)
         for i in range(3, n, 4):
-            with open(os.path.join(self.root, "conc_%d" % i), "rb") as f:
-                self.assertEqual(f.read(), ("posted by %d" % i).encode())
+            with self.subTest(client=i):
+                with open(os.path.join(self.root, "conc_%d" % i), "rb") as f:
+                    self.assertEqual(f.read(), ("posted by %d" % i).encode())
 
     def test_concurrent_connections_answered_in_any_order(self):
         socks = [connect(self.port) for _ in range(8)]
         try:
             for i in reversed(range(len(socks))):
-                socks[i].sendall(_ex_req_bytes("GET", "/echo/conn%d" % i, self.port))
-                r = read_response(socks[i])
-                self.assertEqual(r.body, ("conn%d" % i).encode())
+                with self.subTest(conn=i):
+                    socks[i].sendall(build_request("GET", "/echo/conn%d" % i))
+                    r = read_response(socks[i])
+                    self.assertEqual(r.body, ("conn%d" % i).encode())
             for i in range(len(socks)):
-                socks[i].sendall(_ex_req_bytes("GET", "/files/foo", self.port))
-                self.assertEqual(read_response(socks[i]).body, self.FOO)
+                with self.subTest(conn=i):
+                    socks[i].sendall(build_request("GET", "/files/foo"))
+                    self.assertEqual(read_response(socks[i]).body, self.FOO)
         finally:
             for s in socks:
                 s.close()
@@ -2973,15 +3174,15 @@ class TestExerciseAPI(SharedServerTestCase):
 # ---------------------------------------------------------------------------
 
 class TestGzip(SharedServerTestCase):
-    BIG = _ex_text(8000, "big")
-    SMALL = _ex_text(200, "small")
-    MEDIUM = _ex_text(400 * 1024, "medium")
-    PAGE = b"<!DOCTYPE html><html><body>" + _ex_text(3000, "page") + b"</body></html>\n"
+    BIG = varied_text(8000, "big")
+    SMALL = varied_text(200, "small")
+    MEDIUM = varied_text(400 * 1024, "medium")
+    PAGE = b"<!DOCTYPE html><html><body>" + varied_text(3000, "page") + b"</body></html>\n"
     PAGE_GZ = gzip.compress(b"<!DOCTYPE html><html><body>PRECOMPRESSED VERSION</body></html>\n")
 
     @classmethod
     def set_up_shared(cls, fixture):
-        body = _ex_text(6000, "typed")
+        body = varied_text(6000, "typed")
         files = {
             "big.txt": cls.BIG,
             "small.txt": cls.SMALL,
@@ -3016,10 +3217,10 @@ class TestGzip(SharedServerTestCase):
         r = self._gz("/big.txt")
         self.assertEqual(r.status, 200)
         self.assertTrue(r.headers["content-type"].startswith("text/plain"))
-        self.assertTrue(_ex_vary_has_ae(r), r.headers)
-        self.assertEqual(_ex_gunzip(self, r), self.BIG)
+        self.assertTrue(vary_has_accept_encoding(r), r.headers)
+        self.assertEqual(gunzip_body(self, r), self.BIG)
         self.assertLess(len(r.body), len(self.BIG))
-        self.assertFalse("content-length" in r.headers and "transfer-encoding" in r.headers)
+        assert_length_framed(self, r)        # small enough to be compressed whole
 
     def test_no_accept_encoding_no_gzip(self):
         r = get(self.port, "/big.txt")
@@ -3039,7 +3240,7 @@ class TestGzip(SharedServerTestCase):
                 r = self._gz("/big.txt", ae)
                 self.assertEqual(r.status, 200)
                 if compressed:
-                    self.assertEqual(_ex_gunzip(self, r), self.BIG)
+                    self.assertEqual(gunzip_body(self, r), self.BIG)
                 else:
                     self.assertNotIn("content-encoding", r.headers)
                     self.assertEqual(r.body, self.BIG)
@@ -3051,8 +3252,8 @@ class TestGzip(SharedServerTestCase):
                     data = f.read()
                 r = self._gz("/" + name)
                 self.assertEqual(r.status, 200)
-                self.assertTrue(_ex_vary_has_ae(r), r.headers)
-                self.assertEqual(_ex_gunzip(self, r), data)
+                self.assertTrue(vary_has_accept_encoding(r), r.headers)
+                self.assertEqual(gunzip_body(self, r), data)
 
     def test_already_compressed_and_binary_types_not_gzipped(self):
         for name in ["photo.png", "photo.jpg", "bundle.zip", "archive.gz", "blob.bin"]:
@@ -3074,27 +3275,26 @@ class TestGzip(SharedServerTestCase):
     def test_large_file_gzip_framing_and_roundtrip(self):
         r = self._gz("/medium.txt")
         self.assertEqual(r.status, 200)
-        self.assertTrue(_ex_vary_has_ae(r))
-        self.assertFalse("content-length" in r.headers and "transfer-encoding" in r.headers,
-                         r.headers)
-        self.assertTrue("content-length" in r.headers
-                        or r.headers.get("transfer-encoding", "").lower() == "chunked", r.headers)
-        self.assertEqual(_ex_gunzip(self, r), self.MEDIUM)
+        self.assertTrue(vary_has_accept_encoding(r))
+        # large: compressed as it is sent, so its length is not known up front
+        self.assertEqual(r.headers.get("transfer-encoding"), "chunked", r.headers)
+        self.assertNotIn("content-length", r.headers)
+        self.assertEqual(gunzip_body(self, r), self.MEDIUM)
 
     def test_gzip_then_more_requests_on_same_connection(self):
         sock = connect(self.port)
         try:
-            sock.sendall(_ex_req_bytes("GET", "/medium.txt", self.port, [("Accept-Encoding", "gzip")]))
+            sock.sendall(build_request("GET", "/medium.txt", [("Accept-Encoding", "gzip")]))
             r1 = read_response(sock)
-            sock.sendall(_ex_req_bytes("GET", "/small.txt", self.port, [("Accept-Encoding", "gzip")])
-                         + _ex_req_bytes("GET", "/big.txt", self.port, [("Accept-Encoding", "gzip")])
-                         + _ex_req_bytes("GET", "/small.txt", self.port))
-            r2, r3, r4 = _ex_read_n(sock, 3)
+            sock.sendall(build_request("GET", "/small.txt", [("Accept-Encoding", "gzip")])
+                         + build_request("GET", "/big.txt", [("Accept-Encoding", "gzip")])
+                         + build_request("GET", "/small.txt"))
+            r2, r3, r4 = read_responses(sock, 3)
         finally:
             sock.close()
-        self.assertEqual(_ex_gunzip(self, r1), self.MEDIUM)
+        self.assertEqual(gunzip_body(self, r1), self.MEDIUM)
         self.assertEqual(r2.body, self.SMALL)
-        self.assertEqual(_ex_gunzip(self, r3), self.BIG)
+        self.assertEqual(gunzip_body(self, r3), self.BIG)
         self.assertEqual(r4.body, self.SMALL)
 
     def test_http10_client_gets_no_chunked_gzip(self):
@@ -3102,7 +3302,7 @@ class TestGzip(SharedServerTestCase):
         r = parse_response(raw)
         self.assertEqual(r.status, 200)
         self.assertNotIn("transfer-encoding", r.headers)
-        self.assertEqual(_ex_gunzip(self, r), self.MEDIUM)
+        self.assertEqual(gunzip_body(self, r), self.MEDIUM)
 
     def test_range_never_gzipped(self):
         r = self._gz("/big.txt", extra={"Range": "bytes=10-99"})
@@ -3122,16 +3322,15 @@ class TestGzip(SharedServerTestCase):
 
     def test_head_of_gzip_response(self):
         g = self._gz("/big.txt")
-        raw = send_raw(self.port, _ex_req_bytes("HEAD", "/big.txt", self.port,
+        raw = send_raw(self.port, build_request("HEAD", "/big.txt",
                                                 [("Accept-Encoding", "gzip")], close=True))
         h = parse_response(raw, head_request=True)
         self.assertEqual(h.status, 200)
         self.assertTrue(raw.endswith(b"\r\n\r\n"), "HEAD sent a body: %r" % raw[-60:])
         self.assertEqual(h.headers.get("content-encoding"), "gzip")
-        self.assertTrue(_ex_vary_has_ae(h))
+        self.assertTrue(vary_has_accept_encoding(h))
         self.assertEqual(h.headers["content-type"], g.headers["content-type"])
-        if "content-length" in h.headers:
-            self.assertEqual(h.headers["content-length"], g.headers.get("content-length"))
+        self.assertEqual(h.headers.get("content-length"), g.headers["content-length"])
 
     def test_precompressed_sibling(self):
         r = self._gz("/page.html")
@@ -3139,15 +3338,14 @@ class TestGzip(SharedServerTestCase):
         self.assertEqual(r.headers.get("content-encoding"), "gzip")
         self.assertTrue(r.headers["content-type"].startswith("text/html"), r.headers)
         self.assertEqual(r.body, self.PAGE_GZ)
-        self.assertTrue(_ex_vary_has_ae(r))
+        self.assertTrue(vary_has_accept_encoding(r))
         # HEAD: same headers, no body
-        raw = send_raw(self.port, _ex_req_bytes("HEAD", "/page.html", self.port,
+        raw = send_raw(self.port, build_request("HEAD", "/page.html",
                                                 [("Accept-Encoding", "gzip")], close=True))
         h = parse_response(raw, head_request=True)
         self.assertTrue(raw.endswith(b"\r\n\r\n"))
         self.assertEqual(h.headers.get("content-encoding"), "gzip")
-        if "content-length" in h.headers:
-            self.assertEqual(h.headers["content-length"], str(len(self.PAGE_GZ)))
+        self.assertEqual(h.headers.get("content-length"), str(len(self.PAGE_GZ)))
 
     def test_precompressed_not_used_without_gzip(self):
         for ae in [None, "identity", "gzip;q=0"]:
@@ -3168,12 +3366,12 @@ class TestGzip(SharedServerTestCase):
         r = self._gz("/many/")
         self.assertEqual(r.status, 200)
         self.assertTrue(r.headers["content-type"].startswith("text/html"))
-        html = _ex_gunzip(self, r).decode("utf-8")
+        html = gunzip_body(self, r).decode("utf-8")
         self.assertIn("file-with-a-rather-long-name-number-039.txt", html)
         r = self._gz("/many/?format=json")
-        doc = json.loads(_ex_gunzip(self, r).decode("utf-8"))
+        doc = json.loads(gunzip_body(self, r).decode("utf-8"))
         self.assertEqual(len(doc["entries"]), 40)
-        self.assertTrue(_ex_vary_has_ae(r))
+        self.assertTrue(vary_has_accept_encoding(r))
 
     def test_small_json_listing_not_gzipped(self):
         r = self._gz("/empty/?format=json")
@@ -3185,12 +3383,12 @@ class TestGzip(SharedServerTestCase):
         r = self._gz("/echo/abc")
         self.assertEqual(r.status, 200)
         self.assertEqual(r.headers["content-type"], "text/plain")
-        self.assertTrue(_ex_vary_has_ae(r))
-        self.assertEqual(_ex_gunzip(self, r), b"abc")
+        self.assertTrue(vary_has_accept_encoding(r))
+        self.assertEqual(gunzip_body(self, r), b"abc")
         r = self._gz("/user-agent", extra={"User-Agent": "foobar/1.2.3"})
-        self.assertEqual(_ex_gunzip(self, r), b"foobar/1.2.3")
+        self.assertEqual(gunzip_body(self, r), b"foobar/1.2.3")
         r = self._gz("/request")
-        self.assertIn(b"GET /request HTTP/1.1", _ex_gunzip(self, r))
+        self.assertIn(b"GET /request HTTP/1.1", gunzip_body(self, r))
         r = get(self.port, "/echo/abc")
         self.assertNotIn("content-encoding", r.headers)
         self.assertEqual(r.body, b"abc")
@@ -3212,7 +3410,7 @@ class TestGzip(SharedServerTestCase):
     def test_large_gzip_stream_flat_memory(self):
         size = 64 * 1024 * 1024
         # ~64 MiB of varied text, built from a 1 MiB block with a per-block tag
-        block = _ex_text(1024 * 1024 - 16, "huge")
+        block = varied_text(1024 * 1024 - 16, "huge")
         root = make_tree(self)
         expected = hashlib.sha256()
         with open(os.path.join(root, "huge.txt"), "wb") as f:
@@ -3268,248 +3466,6 @@ class TestGzip(SharedServerTestCase):
         self.assertLess(after, 100 * 1024, "server peak RSS %d KiB" % after)
 
 
-if __name__ == "__main__":
-    unittest.main()
-
-
-try:
-    import resource
-except ImportError:  # not on Windows
-    resource = None
-
-# ---------------------------------------------------------------------------
-# Upload helpers (prefixed _up_ so they cannot clash with the shared ones)
-# ---------------------------------------------------------------------------
-
-_up_timeout_s = 5          # every socket operation in the upload tests
-_up_temp_prefix = ".minihttpd-upload-"
-
-
-def _up_text(value):
-    """bytes or str -> str (header values from the multipart parser)."""
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "replace")
-    return value
-
-
-def _up_pattern(n, seed=0):
-    """n deterministic bytes covering every byte value."""
-    block = bytes((i * 7 + seed) % 256 for i in range(256))
-    return (block * (n // 256 + 1))[:n]
-
-
-def _up_temps(root):
-    """Every .minihttpd-upload-* file or directory anywhere under root."""
-    found = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in dirnames + filenames:
-            if name.startswith(_up_temp_prefix):
-                found.append(os.path.join(dirpath, name))
-    return found
-
-
-def _up_tree(root):
-    """Sorted list of every path (relative, '/'-separated) under root."""
-    out = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in dirnames + filenames:
-            rel = os.path.relpath(os.path.join(dirpath, name), root)
-            out.append(rel.replace(os.sep, "/"))
-    return sorted(out)
-
-
-def _up_read_file(path):
-    with open(path, "rb") as f:
-        return f.read()
-
-
-def _up_head(port, method, path, headers=None, version="HTTP/1.1"):
-    """Bytes of a request head; headers is a dict or a list of pairs."""
-    if isinstance(headers, dict):
-        headers = list(headers.items())
-    lines = ["%s %s %s" % (method, path, version), "Host: 127.0.0.1:%d" % port]
-    for name, value in headers or []:
-        lines.append("%s: %s" % (name, value))
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8")
-
-
-def _up_open(port, method, path, headers=None, timeout=_up_timeout_s):
-    """Connect, send a request head, return the socket (body not sent yet)."""
-    sock = connect(port, timeout)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    sock.sendall(_up_head(port, method, path, headers))
-    return sock
-
-
-def _up_read_one(sock, buf=b""):
-    """Read exactly one response (1xx included) from sock; return (Response, rest)."""
-    while True:
-        if b"\r\n\r\n" in buf:
-            try:
-                return parse_one_response(buf)
-            except (ValueError, IndexError):
-                pass
-        try:
-            data = sock.recv(65536)
-        except (ConnectionResetError, ConnectionAbortedError):
-            data = b""
-        except socket.timeout:
-            raise AssertionError("no (complete) response within %.1f s; got %r"
-                                 % (sock.gettimeout() or 0, buf[:300]))
-        if not data:
-            if b"\r\n\r\n" in buf:
-                return parse_one_response(buf)
-            raise AssertionError("connection closed/reset before a complete response: %r" % buf[:300])
-        buf += data
-
-
-def _up_read_final(sock, buf=b""):
-    """Read responses until a non-1xx one; return (final Response, list of 1xx statuses, rest)."""
-    interim = []
-    while True:
-        resp, buf = _up_read_one(sock, buf)
-        if 100 <= resp.status < 200:
-            interim.append(resp.status)
-            continue
-        return resp, interim, buf
-
-
-def _up_closed(sock, timeout=3.0):
-    """True if the peer closes the connection within timeout (data drained)."""
-    sock.settimeout(timeout)
-    end = time.monotonic() + timeout
-    try:
-        while time.monotonic() < end:
-            data = sock.recv(65536)
-            if not data:
-                return True
-    except socket.timeout:
-        return False
-    except (ConnectionResetError, ConnectionAbortedError):
-        return True
-    return False
-
-
-def _up_send_until_answer(sock, data, piece=16384):
-    """Send data in pieces, stopping early once the server has answered or gone."""
-    sent = 0
-    while sent < len(data):
-        ready, _, _ = select.select([sock], [], [], 0)
-        if ready:
-            break
-        try:
-            sock.sendall(data[sent:sent + piece])
-        except OSError:
-            break
-        sent += piece
-    return min(sent, len(data))
-
-
-def _up_multipart(boundary, parts):
-    """multipart/form-data body. parts: (field, filename or None, content bytes[, content type])."""
-    out = []
-    for part in parts:
-        field, filename, content = part[0], part[1], part[2]
-        ctype = part[3] if len(part) > 3 else ("application/octet-stream" if filename is not None else None)
-        out.append(b"--" + boundary + b"\r\n")
-        disp = 'form-data; name="%s"' % field
-        if filename is not None:
-            disp += '; filename="%s"' % filename
-        out.append(b"Content-Disposition: " + disp.encode("utf-8") + b"\r\n")
-        if ctype:
-            out.append(b"Content-Type: " + ctype.encode("ascii") + b"\r\n")
-        out.append(b"\r\n")
-        out.append(content)
-        out.append(b"\r\n")
-    out.append(b"--" + boundary + b"--\r\n")
-    return b"".join(out)
-
-
-def _up_tricky(boundary, seed=b""):
-    """Content full of CRLF runs and near-boundaries (but never the real delimiter)."""
-    return (seed + b"start\r\n\r\n\r\n\r\nmid\r\r\n\n\r\n--" + boundary[:-1] + b"\r\n"
-            + b"\r\n--" + b"\r\n-" + b"\r\n--" + boundary[:-1] + b"-not\r\n"
-            + b"x--" + boundary + b"x inline\r\n\r\n--\r\n--" + boundary[:3] + b"\r")
-
-
-def _up_post_multipart(port, path, boundary, body, accept_json=False, extra=None):
-    headers = {"Content-Type": "multipart/form-data; boundary=%s" % boundary.decode("ascii")}
-    if accept_json:
-        headers["Accept"] = "application/json"
-    headers.update(extra or {})
-    return request(port, "POST", path, headers=headers, body=body)
-
-
-def _up_location_path(resp):
-    return urllib.parse.urlsplit(resp.headers.get("location", "")).path
-
-
-def _up_json(resp):
-    return json.loads(resp.body.decode("utf-8"))
-
-
-def _up_clean_env():
-    """Environment without proxy settings, for real client programs."""
-    return dict((k, v) for k, v in os.environ.items() if "proxy" not in k.lower())
-
-
-class _up_FormFinder(html.parser.HTMLParser):
-    """Collect <form> elements and the <input> elements inside them."""
-
-    def __init__(self):
-        html.parser.HTMLParser.__init__(self)
-        self.forms = []
-        self._current = None
-
-    def handle_starttag(self, tag, attrs):
-        attrs = dict((k.lower(), (v if v is not None else "")) for k, v in attrs)
-        if tag == "form":
-            self._current = {"attrs": attrs, "inputs": []}
-            self.forms.append(self._current)
-        elif tag == "input" and self._current is not None:
-            self._current["inputs"].append(attrs)
-
-    def handle_endtag(self, tag):
-        if tag == "form":
-            self._current = None
-
-
-def _up_upload_forms(html_bytes):
-    """Forms that are method=post, multipart, with <input type=file name=file multiple>."""
-    finder = _up_FormFinder()
-    finder.feed(html_bytes.decode("utf-8", "replace"))
-    found = []
-    for form in finder.forms:
-        a = form["attrs"]
-        if a.get("method", "").lower() != "post":
-            continue
-        if a.get("enctype", "").lower() != "multipart/form-data":
-            continue
-        for inp in form["inputs"]:
-            if inp.get("type", "").lower() == "file" and inp.get("name") == "file" and "multiple" in inp:
-                found.append(form)
-                break
-    return found
-
-
-def _up_fsize_limiter(limit):
-    def preexec():
-        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-    return preexec
-
-
-def _up_vm_hwm_kib(pid):
-    """Peak resident set size of pid in KiB (Linux), or None."""
-    try:
-        with open("/proc/%d/status" % pid) as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1])
-    except (IOError, OSError, ValueError):
-        return None
-    return None
-
 
 # ---------------------------------------------------------------------------
 # Pure units: MultipartParser, ChunkedDecoder, safe_upload_name, parse_size
@@ -3523,7 +3479,7 @@ class TestMultipartParser(unittest.TestCase):
     def _body(self, boundary=None):
         b = boundary or self.BOUNDARY
         contents = [
-            _up_tricky(b, b"one:"),
+            tricky_content(b, b"one:"),
             b"",                                 # empty file
             b"ends with CRLF\r\n",               # CRLF just before the delimiter
             bytes(range(256)) * 2 + b"\r",       # binary, ends with CR
@@ -3536,7 +3492,7 @@ class TestMultipartParser(unittest.TestCase):
             ("file", "bin.dat", contents[3], "application/octet-stream"),
             ("note", None, contents[4], None),
         ]
-        return _up_multipart(b, parts), contents
+        return build_multipart(b, parts), contents
 
     def _parse(self, pieces, boundary=None):
         parser = minihttpd.MultipartParser(boundary or self.BOUNDARY)
@@ -3551,7 +3507,7 @@ class TestMultipartParser(unittest.TestCase):
         for kind, value in events:
             if kind == "part":
                 self.assertIsNone(current, "a part started before the previous one ended")
-                headers = dict((_up_text(k), _up_text(v)) for k, v in value.items())
+                headers = dict((as_text(k), as_text(v)) for k, v in value.items())
                 for k in headers:
                     self.assertEqual(k, k.lower(), "header keys must be lower-case")
                 current = [headers, []]
@@ -3591,9 +3547,10 @@ class TestMultipartParser(unittest.TestCase):
     def test_every_two_way_split(self):
         body, contents = self._body()
         for i in range(1, len(body)):
-            parser, parts = self._parse([body[:i], body[i:]])
-            self.assertTrue(parser.done, "split at %d" % i)
-            self.assertEqual([p[1] for p in parts], contents, "split at %d" % i)
+            with self.subTest(split=i):
+                parser, parts = self._parse([body[:i], body[i:]])
+                self.assertTrue(parser.done, "split at %d" % i)
+                self.assertEqual([p[1] for p in parts], contents, "split at %d" % i)
 
     def test_three_way_splits_near_every_boundary(self):
         body, contents = self._body()
@@ -3602,21 +3559,23 @@ class TestMultipartParser(unittest.TestCase):
         positions += [m.start() for m in re.finditer(re.escape(b"\r\n--" + self.BOUNDARY[:-1]), body)]
         self.assertGreater(len(positions), 5)
         for p in positions:
-            window = range(max(1, p - 3), min(len(body), p + len(delim) + 4))
-            for i in window:
-                for j in window:
-                    if j <= i:
-                        continue
-                    parser, parts = self._parse([body[:i], body[i:j], body[j:]])
-                    self.assertEqual([q[1] for q in parts], contents, "splits at %d, %d" % (i, j))
-                    self.assertTrue(parser.done)
+            with self.subTest(position=p):
+                window = range(max(1, p - 3), min(len(body), p + len(delim) + 4))
+                for i in window:
+                    for j in window:
+                        if j <= i:
+                            continue
+                        parser, parts = self._parse([body[:i], body[i:j], body[j:]])
+                        self.assertEqual([q[1] for q in parts], contents, "splits at %d, %d" % (i, j))
+                        self.assertTrue(parser.done)
 
     def test_browser_style_boundary(self):
         boundary = b"----WebKitFormBoundary7MA4YWxkTrZu0gW"
         body, contents = self._body(boundary)
         for pieces in ([body], [body[i:i + 7] for i in range(0, len(body), 7)]):
-            parser, parts = self._parse(pieces, boundary)
-            self._check(parser, parts, contents)
+            with self.subTest(pieces=len(pieces)):
+                parser, parts = self._parse(pieces, boundary)
+                self._check(parser, parts, contents)
 
     def test_not_done_before_closing_boundary(self):
         body, contents = self._body()
@@ -3634,7 +3593,7 @@ class TestMultipartParser(unittest.TestCase):
                 b'Content-Disposition: form-data; name="file"; filename="big.bin"\r\n\r\n')
         parser = minihttpd.MultipartParser(self.BOUNDARY)
         events = list(parser.feed(head))
-        piece = _up_pattern(65536, 3)
+        piece = byte_pattern(65536, 3)
         fed = 0
         out = 0
         for _ in range(128):       # 8 MiB
@@ -3659,19 +3618,16 @@ class TestMultipartParser(unittest.TestCase):
         self.assertEqual(ctx.exception.status, 400)
 
     def test_unterminated_part_headers_never_make_a_part(self):
-        # The delimiter line arrives where a header line is expected: an error now, or
-        # at the latest once the header block ends; never a part, never "done".
+        # The delimiter line arrives where a header line is expected: no part, not "done";
+        # the error comes once the header block ends.
         body = b'--BOUNDARY\r\nContent-Disposition: form-data; name="a"\r\n--BOUNDARY--\r\n'
         parser = minihttpd.MultipartParser(b"BOUNDARY")
-        try:
-            events = parser.feed(body)
-            self.assertFalse(parser.done)
-            self.assertEqual(events, [])
-            with self.assertRaises(minihttpd.HTTPError) as ctx:
-                parser.feed(b"\r\n")
-            self.assertEqual(ctx.exception.status, 400)
-        except minihttpd.HTTPError as e:
-            self.assertEqual(e.status, 400)
+        events = parser.feed(body)
+        self.assertFalse(parser.done)
+        self.assertEqual(events, [])
+        with self.assertRaises(minihttpd.HTTPError) as ctx:
+            parser.feed(b"\r\n")
+        self.assertEqual(ctx.exception.status, 400)
 
     def test_endless_part_headers_raise(self):
         # A part header block that never ends must not be buffered forever.
@@ -3686,15 +3642,9 @@ class TestMultipartParser(unittest.TestCase):
 class TestChunkedDecoder(unittest.TestCase):
     """minihttpd.ChunkedDecoder."""
 
-    def _decode(self, pieces):
-        dec = minihttpd.ChunkedDecoder()
-        out = b""
-        for piece in pieces:
-            out += dec.feed(piece)
-        return dec, out
 
     def test_simple_body(self):
-        dec, out = self._decode([b"5\r\nhello\r\n7\r\n, world\r\n0\r\n\r\n"])
+        dec, out = decode_chunked([b"5\r\nhello\r\n7\r\n, world\r\n0\r\n\r\n"])
         self.assertEqual(out, b"hello, world")
         self.assertTrue(dec.done)
         self.assertEqual(dec.unused, b"")
@@ -3704,7 +3654,7 @@ class TestChunkedDecoder(unittest.TestCase):
                b"A;q=\"quoted;thing\"\r\n0123456789\r\n"
                b"a\r\nabcdefghij\r\n"
                b"0;last\r\nX-Checksum: abc\r\nX-Other: 1\r\n\r\n")
-        dec, out = self._decode([raw])
+        dec, out = decode_chunked([raw])
         self.assertEqual(out, b"hello0123456789abcdefghij")
         self.assertTrue(dec.done)
 
@@ -3718,13 +3668,13 @@ class TestChunkedDecoder(unittest.TestCase):
             out += dec.feed(raw[i:i + 1])
         self.assertTrue(dec.done)
         self.assertEqual(out, b"abc" + b"x" * 16)
-        dec2, out2 = self._decode([raw + nxt])
+        dec2, out2 = decode_chunked([raw + nxt])
         self.assertTrue(dec2.done)
         self.assertEqual(out2, b"abc" + b"x" * 16)
         self.assertEqual(dec2.unused, nxt)
 
     def test_not_done_without_last_chunk(self):
-        dec, out = self._decode([b"5\r\nhello\r\n"])
+        dec, out = decode_chunked([b"5\r\nhello\r\n"])
         self.assertFalse(dec.done)
         self.assertEqual(out, b"hello")
 
@@ -3734,10 +3684,11 @@ class TestChunkedDecoder(unittest.TestCase):
                     b"\r\nhello\r\n0\r\n\r\n",         # empty size
                     b"5\r\nhelloXX0\r\n\r\n",          # no CRLF after the data
                     b"0x5\r\nhello\r\n0\r\n\r\n"):     # 0x prefix is not HTTP
-            dec = minihttpd.ChunkedDecoder()
-            with self.assertRaises(minihttpd.HTTPError, msg=repr(raw)) as ctx:
-                dec.feed(raw)
-            self.assertEqual(ctx.exception.status, 400, repr(raw))
+            with self.subTest(raw=raw):
+                dec = minihttpd.ChunkedDecoder()
+                with self.assertRaises(minihttpd.HTTPError) as ctx:
+                    dec.feed(raw)
+                self.assertEqual(ctx.exception.status, 400)
 
 
 class TestUploadNames(unittest.TestCase):
@@ -3756,12 +3707,14 @@ class TestUploadNames(unittest.TestCase):
             ("with space and (parens).tar.gz", "with space and (parens).tar.gz"),
         ]
         for name, expected in cases:
-            self.assertEqual(minihttpd.safe_upload_name(name, False), expected, repr(name))
+            with self.subTest(name=name):
+                self.assertEqual(minihttpd.safe_upload_name(name, False), expected, repr(name))
 
     def test_rejected_names(self):
         for name in ("", ".", "..", "a/..", "dir/", "..\\..", "/", "a\x00b.txt", "a\nb.txt",
                      "a\rb.txt", "a\x1bb.txt", ".hidden", "x/.hidden", "..\\.hidden"):
-            self.assertIsNone(minihttpd.safe_upload_name(name, False), repr(name))
+            with self.subTest(name=name):
+                self.assertIsNone(minihttpd.safe_upload_name(name, False), repr(name))
 
     def test_hidden_allowed_with_flag(self):
         self.assertEqual(minihttpd.safe_upload_name(".hidden", True), ".hidden")
@@ -3782,28 +3735,26 @@ class TestUploadNames(unittest.TestCase):
 class TestUploads(unittest.TestCase):
     """PUT/POST uploads against a running server."""
 
-    def _no_temps(self, root):
-        self.assertTrue(wait_for(lambda: not _up_temps(root), timeout=5),
-                        "temporary files left behind: %r" % _up_temps(root))
 
     def test_uploads_off_every_write_is_405(self):
         root = make_tree(self, {"dir/x.txt": b"x"})
         s = start_server(self, root)
         for method in ("PUT", "POST"):
-            r = request(s.port, method, "/dir/new.txt", body=b"data")
-            self.assertEqual(r.status, 405, method)
-            self.assertNotIn("PUT", r.headers.get("allow", ""))
+            with self.subTest(method=method):
+                r = request(s.port, method, "/dir/new.txt", body=b"data")
+                self.assertEqual(r.status, 405, method)
+                self.assertNotIn("PUT", r.headers.get("allow", ""))
         boundary = b"b0undary"
-        r = _up_post_multipart(s.port, "/dir/", boundary, _up_multipart(boundary, [("file", "m.txt", b"m")]))
+        r = post_multipart(s.port, "/dir/", boundary, build_multipart(boundary, [("file", "m.txt", b"m")]))
         self.assertEqual(r.status, 405)
         # Refused Expect: 100-continue -> the final status, no 100 Continue.
-        sock = _up_open(s.port, "PUT", "/dir/e.txt", {"Content-Length": "4", "Expect": "100-continue"})
+        sock = open_request(s.port, "PUT", "/dir/e.txt", {"Content-Length": "4", "Expect": "100-continue"})
         try:
-            resp, interim, _ = _up_read_final(sock)
+            resp, interim, _ = read_final_response(sock)
         finally:
             sock.close()
         self.assertEqual((resp.status, interim), (405, []))
-        self.assertEqual(_up_tree(root), ["dir", "dir/x.txt"])
+        self.assertEqual(list_tree(root), ["dir", "dir/x.txt"])
 
     def test_options_allow_lists_put_post(self):
         root = make_tree(self, {"a.txt": b"a"})
@@ -3816,36 +3767,37 @@ class TestUploads(unittest.TestCase):
     def test_put_content_length(self):
         root = make_tree(self, {"dir/keep.txt": b"keep"})
         s = start_server(self, root, "-u")
-        body = _up_pattern(12345)
+        body = byte_pattern(12345)
         r = request(s.port, "PUT", "/dir/a.bin", body=body)
         self.assertEqual(r.status, 201, r)
-        self.assertEqual(_up_location_path(r), "/dir/a.bin")
-        self.assertEqual(_up_read_file(os.path.join(root, "dir", "a.bin")), body)
+        self.assertEqual(r.headers.get("location"), "/dir/a.bin")
+        self.assertEqual(read_file(os.path.join(root, "dir", "a.bin")), body)
         self.assertEqual(get(s.port, "/dir/a.bin").body, body)
-        self._no_temps(root)
+        assert_no_temps(self, root)
 
     def test_put_empty_body(self):
         # A keep-alive client (no half-close): the empty body is complete at once.
         root = make_tree(self)
         s = start_server(self, root, "-u")
-        sock = _up_open(s.port, "PUT", "/empty.txt", {"Content-Length": "0"}, timeout=3)
+        sock = open_request(s.port, "PUT", "/empty.txt", {"Content-Length": "0"}, timeout=3)
         try:
-            resp, interim, _ = _up_read_final(sock)
+            resp, interim, _ = read_final_response(sock)
         finally:
             sock.close()
         self.assertEqual(resp.status, 201, resp)
-        self.assertEqual(_up_read_file(os.path.join(root, "empty.txt")), b"")
+        self.assertEqual(read_file(os.path.join(root, "empty.txt")), b"")
 
-    def test_put_without_framing_is_empty_or_411(self):
-        # No Content-Length, no Transfer-Encoding: an empty body (RFC 9112 6.3) or 411; never a wait.
+    def test_put_without_framing_is_empty(self):
+        # No Content-Length, no Transfer-Encoding: an empty body (RFC 9112 6.3); never a wait.
         root = make_tree(self)
         s = start_server(self, root, "-u")
-        sock = _up_open(s.port, "PUT", "/noframing.txt", {}, timeout=3)
+        sock = open_request(s.port, "PUT", "/noframing.txt", {}, timeout=3)
         try:
-            resp, interim, _ = _up_read_final(sock)
+            resp, interim, _ = read_final_response(sock)
         finally:
             sock.close()
-        self.assertIn(resp.status, (201, 411), resp)
+        self.assertEqual(resp.status, 201, resp)
+        self.assertEqual(read_file(os.path.join(root, "noframing.txt")), b"")
 
     def test_post_raw_body_like_curl_data_binary(self):
         root = make_tree(self, {"dir/": None})
@@ -3855,8 +3807,8 @@ class TestUploads(unittest.TestCase):
         r = request(s.port, "POST", "/dir/name.dat", body=body,
                     headers={"Content-Type": "application/x-www-form-urlencoded"})
         self.assertEqual(r.status, 201, r)
-        self.assertEqual(_up_location_path(r), "/dir/name.dat")
-        self.assertEqual(_up_read_file(os.path.join(root, "dir", "name.dat")), body)
+        self.assertEqual(r.headers.get("location"), "/dir/name.dat")
+        self.assertEqual(read_file(os.path.join(root, "dir", "name.dat")), body)
 
     def test_location_is_url_quoted(self):
         root = make_tree(self, {"my dir/": None})
@@ -3864,11 +3816,11 @@ class TestUploads(unittest.TestCase):
         r = request(s.port, "PUT", "/my%20dir/a%20b%23c.txt", body=b"q")
         self.assertEqual(r.status, 201, r)
         self.assertEqual(urllib.parse.urlsplit(r.headers["location"]).path, "/my%20dir/a%20b%23c.txt")
-        self.assertEqual(_up_read_file(os.path.join(root, "my dir", "a b#c.txt")), b"q")
+        self.assertEqual(read_file(os.path.join(root, "my dir", "a b#c.txt")), b"q")
         r = request(s.port, "PUT", "/h%C3%A9llo.txt", body=b"u")
         self.assertEqual(r.status, 201, r)
         self.assertEqual(urllib.parse.urlsplit(r.headers["location"]).path, "/h%C3%A9llo.txt")
-        self.assertEqual(_up_read_file(os.path.join(root, "h\u00e9llo.txt")), b"u")
+        self.assertEqual(read_file(os.path.join(root, "h\u00e9llo.txt")), b"u")
 
     def test_put_chunked_with_extensions_and_trailers(self):
         root = make_tree(self)
@@ -3879,74 +3831,75 @@ class TestUploads(unittest.TestCase):
                    b"0\r\nX-Checksum: 1234\r\n\r\n")
         r = request(s.port, "PUT", "/c.txt", headers={"Transfer-Encoding": "chunked"}, body=chunked)
         self.assertEqual(r.status, 201, r)
-        self.assertEqual(_up_read_file(os.path.join(root, "c.txt")), b"hello, world" + b"z" * 26)
+        self.assertEqual(read_file(os.path.join(root, "c.txt")), b"hello, world" + b"z" * 26)
 
     def test_keep_alive_after_uploads(self):
         # Body framing is consumed exactly: the next request on the connection works.
         root = make_tree(self)
         s = start_server(self, root, "-u")
-        sock = connect(s.port, _up_timeout_s)
+        sock = connect(s.port, SHORT_IO_TIMEOUT_S)
         try:
-            data = (_up_head(s.port, "PUT", "/k1.txt", {"Content-Length": "5"}) + b"first"
-                    + _up_head(s.port, "POST", "/k2.txt", {"Transfer-Encoding": "chunked"})
+            data = (build_request("PUT", "/k1.txt", {"Content-Length": "5"}) + b"first"
+                    + build_request("POST", "/k2.txt", {"Transfer-Encoding": "chunked"})
                     + b"6\r\nsecond\r\n0\r\n\r\n"
-                    + _up_head(s.port, "GET", "/k1.txt", {"Connection": "close"}))
+                    + build_request("GET", "/k1.txt", {"Connection": "close"}))
             sock.sendall(data)
-            r1, rest = _up_read_one(sock)
-            r2, rest = _up_read_one(sock, rest)
-            r3, rest = _up_read_one(sock, rest)
+            r1, rest = read_one_response(sock)
+            r2, rest = read_one_response(sock, rest)
+            r3, rest = read_one_response(sock, rest)
         finally:
             sock.close()
         self.assertEqual((r1.status, r2.status, r3.status), (201, 201, 200))
         self.assertEqual(r3.body, b"first")
-        self.assertEqual(_up_read_file(os.path.join(root, "k2.txt")), b"second")
+        self.assertEqual(read_file(os.path.join(root, "k2.txt")), b"second")
 
     def test_expect_100_continue_accepted(self):
         root = make_tree(self)
         s = start_server(self, root, "-u")
-        body = _up_pattern(50000)
-        sock = _up_open(s.port, "PUT", "/cont.bin",
+        body = byte_pattern(50000)
+        sock = open_request(s.port, "PUT", "/cont.bin",
                         {"Content-Length": str(len(body)), "Expect": "100-continue"})
         try:
-            first, rest = _up_read_one(sock)     # before a single body byte is sent
+            first, rest = read_one_response(sock)     # before a single body byte is sent
             self.assertEqual(first.status, 100, first)
             self.assertTrue(first.raw_head.startswith("HTTP/1.1 100 Continue"), first.raw_head)
             self.assertEqual(rest, b"")
             sock.sendall(body)
-            final, interim, _ = _up_read_final(sock, rest)
+            final, interim, _ = read_final_response(sock, rest)
         finally:
             sock.close()
         self.assertEqual(final.status, 201, final)
-        self.assertEqual(_up_read_file(os.path.join(root, "cont.bin")), body)
+        self.assertEqual(read_file(os.path.join(root, "cont.bin")), body)
 
     def test_expect_100_continue_refused_for_existing_file(self):
         root = make_tree(self, {"exists.txt": b"original"})
         s = start_server(self, root, "-u")
-        sock = _up_open(s.port, "PUT", "/exists.txt", {"Content-Length": "100", "Expect": "100-continue"})
+        sock = open_request(s.port, "PUT", "/exists.txt", {"Content-Length": "100", "Expect": "100-continue"})
         try:
-            resp, interim, _ = _up_read_final(sock)
+            resp, interim, _ = read_final_response(sock)
             self.assertEqual((resp.status, interim), (409, []))
-            self.assertTrue(_up_closed(sock), "connection kept open with an unread body")
+            self.assertTrue(is_closed(sock), "connection kept open with an unread body")
         finally:
             sock.close()
-        self.assertEqual(_up_read_file(os.path.join(root, "exists.txt")), b"original")
+        self.assertEqual(read_file(os.path.join(root, "exists.txt")), b"original")
 
     def test_existing_target_409(self):
         root = make_tree(self, {"dir/exists.txt": b"original"})
         s = start_server(self, root, "-u")
         for method in ("PUT", "POST"):
-            r = request(s.port, method, "/dir/exists.txt", body=b"replacement")
-            self.assertEqual(r.status, 409, method)
-        self.assertEqual(_up_read_file(os.path.join(root, "dir", "exists.txt")), b"original")
-        self._no_temps(root)
+            with self.subTest(method=method):
+                r = request(s.port, method, "/dir/exists.txt", body=b"replacement")
+                self.assertEqual(r.status, 409, method)
+        self.assertEqual(read_file(os.path.join(root, "dir", "exists.txt")), b"original")
+        assert_no_temps(self, root)
 
     def test_overwrite_replaces(self):
         root = make_tree(self, {"exists.txt": b"original"})
         s = start_server(self, root, "-u", "--overwrite")
         r = request(s.port, "PUT", "/exists.txt", body=b"replacement")
-        self.assertIn(r.status, (200, 201, 204), r)
-        self.assertEqual(_up_read_file(os.path.join(root, "exists.txt")), b"replacement")
-        self._no_temps(root)
+        self.assertEqual(r.status, 201, r)
+        self.assertEqual(read_file(os.path.join(root, "exists.txt")), b"replacement")
+        assert_no_temps(self, root)
 
     def test_overwrite_if_match(self):
         root = make_tree(self, {"f.txt": b"version 1"})
@@ -3954,15 +3907,15 @@ class TestUploads(unittest.TestCase):
         etag = get(s.port, "/f.txt").headers["etag"]
         r = request(s.port, "PUT", "/f.txt", headers={"If-Match": '"not-the-etag"'}, body=b"stale")
         self.assertEqual(r.status, 412, r)
-        self.assertEqual(_up_read_file(os.path.join(root, "f.txt")), b"version 1")
+        self.assertEqual(read_file(os.path.join(root, "f.txt")), b"version 1")
         r = request(s.port, "PUT", "/f.txt", headers={"If-Match": etag}, body=b"version 2")
-        self.assertIn(r.status, (200, 201, 204), r)
-        self.assertEqual(_up_read_file(os.path.join(root, "f.txt")), b"version 2")
+        self.assertEqual(r.status, 201, r)
+        self.assertEqual(read_file(os.path.join(root, "f.txt")), b"version 2")
         # The ETag changed with the content: the old one is stale now.
         r = request(s.port, "PUT", "/f.txt", headers={"If-Match": etag}, body=b"version 3")
         self.assertEqual(r.status, 412, r)
-        self.assertEqual(_up_read_file(os.path.join(root, "f.txt")), b"version 2")
-        self._no_temps(root)
+        self.assertEqual(read_file(os.path.join(root, "f.txt")), b"version 2")
+        assert_no_temps(self, root)
 
     def test_overwrite_if_unmodified_since(self):
         root = make_tree(self, {"f.txt": b"current"})
@@ -3970,50 +3923,51 @@ class TestUploads(unittest.TestCase):
         old = email.utils.formatdate(time.time() - 365 * 86400, usegmt=True)
         r = request(s.port, "PUT", "/f.txt", headers={"If-Unmodified-Since": old}, body=b"new")
         self.assertEqual(r.status, 412, r)
-        self.assertEqual(_up_read_file(os.path.join(root, "f.txt")), b"current")
+        self.assertEqual(read_file(os.path.join(root, "f.txt")), b"current")
         future = email.utils.formatdate(time.time() + 86400, usegmt=True)
         r = request(s.port, "PUT", "/f.txt", headers={"If-Unmodified-Since": future}, body=b"new")
-        self.assertIn(r.status, (200, 201, 204), r)
-        self.assertEqual(_up_read_file(os.path.join(root, "f.txt")), b"new")
+        self.assertEqual(r.status, 201, r)
+        self.assertEqual(read_file(os.path.join(root, "f.txt")), b"new")
 
     def test_if_none_match_star(self):
         for extra in ((), ("--overwrite",)):
-            root = make_tree(self, {"f.txt": b"current"})
-            s = start_server(self, root, "-u", *extra)
-            r = request(s.port, "PUT", "/f.txt", headers={"If-None-Match": "*"}, body=b"new")
-            self.assertEqual(r.status, 412, (extra, r))
-            self.assertEqual(_up_read_file(os.path.join(root, "f.txt")), b"current")
-            r = request(s.port, "PUT", "/g.txt", headers={"If-None-Match": "*"}, body=b"new")
-            self.assertEqual(r.status, 201, (extra, r))
-            self.assertEqual(_up_read_file(os.path.join(root, "g.txt")), b"new")
+            with self.subTest(extra=extra):
+                root = make_tree(self, {"f.txt": b"current"})
+                s = start_server(self, root, "-u", *extra)
+                r = request(s.port, "PUT", "/f.txt", headers={"If-None-Match": "*"}, body=b"new")
+                self.assertEqual(r.status, 412, (extra, r))
+                self.assertEqual(read_file(os.path.join(root, "f.txt")), b"current")
+                r = request(s.port, "PUT", "/g.txt", headers={"If-None-Match": "*"}, body=b"new")
+                self.assertEqual(r.status, 201, (extra, r))
+                self.assertEqual(read_file(os.path.join(root, "g.txt")), b"new")
 
     def test_missing_parents_created(self):
         root = make_tree(self)
         s = start_server(self, root, "-u")
         r = request(s.port, "PUT", "/new/sub/file.txt", body=b"deep")
         self.assertEqual(r.status, 201, r)
-        self.assertEqual(_up_location_path(r), "/new/sub/file.txt")
-        self.assertEqual(_up_read_file(os.path.join(root, "new", "sub", "file.txt")), b"deep")
-        self._no_temps(root)
+        self.assertEqual(r.headers.get("location"), "/new/sub/file.txt")
+        self.assertEqual(read_file(os.path.join(root, "new", "sub", "file.txt")), b"deep")
+        assert_no_temps(self, root)
 
     def test_multipart_several_files_303(self):
         root = make_tree(self, {"up/": None})
         s = start_server(self, root, "-u")
         boundary = b"----WebKitFormBoundaryQmX7d9sLk2"
-        one = _up_tricky(boundary, b"one\r\n")
-        two = _up_pattern(70000) + b"\r\n--" + boundary[:-2] + b"\r\n"
-        body = _up_multipart(boundary, [
+        one = tricky_content(boundary, b"one\r\n")
+        two = byte_pattern(70000) + b"\r\n--" + boundary[:-2] + b"\r\n"
+        body = build_multipart(boundary, [
             ("file", "one.txt", one, "text/plain"),
             ("comment", None, b"a plain form field"),
             ("file", "two.bin", two),
             ("file", "empty.txt", b""),
         ])
-        r = _up_post_multipart(s.port, "/up/", boundary, body)
+        r = post_multipart(s.port, "/up/", boundary, body)
         self.assertEqual(r.status, 303, r)
-        self.assertEqual(_up_location_path(r), "/up/")
-        self.assertEqual(_up_read_file(os.path.join(root, "up", "one.txt")), one)
-        self.assertEqual(_up_read_file(os.path.join(root, "up", "two.bin")), two)
-        self.assertEqual(_up_read_file(os.path.join(root, "up", "empty.txt")), b"")
+        self.assertEqual(r.headers.get("location"), "/up/")
+        self.assertEqual(read_file(os.path.join(root, "up", "one.txt")), one)
+        self.assertEqual(read_file(os.path.join(root, "up", "two.bin")), two)
+        self.assertEqual(read_file(os.path.join(root, "up", "empty.txt")), b"")
         self.assertEqual(sorted(os.listdir(os.path.join(root, "up"))), ["empty.txt", "one.txt", "two.bin"])
 
     def test_uploaded_file_mode_follows_umask(self):
@@ -4024,30 +3978,31 @@ class TestUploads(unittest.TestCase):
         s = start_server(self, root, "-u", preexec_fn=lambda: os.umask(0o022))
         self.assertEqual(request(s.port, "PUT", "/up/raw.txt", body=b"r").status, 201)
         boundary = b"perm"
-        r = _up_post_multipart(s.port, "/up/", boundary, _up_multipart(boundary, [("file", "form.txt", b"f")]))
+        r = post_multipart(s.port, "/up/", boundary, build_multipart(boundary, [("file", "form.txt", b"f")]))
         self.assertEqual(r.status, 303)
         for name in ("raw.txt", "form.txt"):
-            mode = os.stat(os.path.join(root, "up", name)).st_mode & 0o777
-            self.assertEqual(oct(mode), oct(0o644), name)
+            with self.subTest(name=name):
+                mode = os.stat(os.path.join(root, "up", name)).st_mode & 0o777
+                self.assertEqual(oct(mode), oct(0o644), name)
 
     def test_multipart_json_answer(self):
         root = make_tree(self, {"up/": None})
         s = start_server(self, root, "-u")
         boundary = b"xYzBoundary"
-        body = _up_multipart(boundary, [
+        body = build_multipart(boundary, [
             ("file", "a b.txt", b"abc"),
             ("other", None, b"ignored"),
             ("file", "c.bin", b"\r\n\r\n--xYzBoundar"),
         ])
-        r = _up_post_multipart(s.port, "/up/", boundary, body, accept_json=True)
+        r = post_multipart(s.port, "/up/", boundary, body, accept_json=True)
         self.assertEqual(r.status, 201, r)
         self.assertTrue(r.headers.get("content-type", "").startswith("application/json"), r.headers)
-        saved = _up_json(r)["saved"]
+        saved = json_body(r)["saved"]
         self.assertEqual([(e["name"], e["size"]) for e in saved],
                          [("a b.txt", 3), ("c.bin", len(b"\r\n\r\n--xYzBoundar"))])
         self.assertEqual(urllib.parse.urlsplit(saved[0]["url"]).path, "/up/a%20b.txt")
         self.assertEqual(urllib.parse.urlsplit(saved[1]["url"]).path, "/up/c.bin")
-        self.assertEqual(_up_read_file(os.path.join(root, "up", "c.bin")), b"\r\n\r\n--xYzBoundar")
+        self.assertEqual(read_file(os.path.join(root, "up", "c.bin")), b"\r\n\r\n--xYzBoundar")
         self.assertFalse(os.path.exists(os.path.join(root, "up", "other")))
 
     def test_multipart_utf8_file_name(self):
@@ -4055,18 +4010,18 @@ class TestUploads(unittest.TestCase):
         s = start_server(self, root, "-u")
         boundary = b"utf8boundary"
         name = "h\u00e9llo w\u00f6rld.txt"
-        r = _up_post_multipart(s.port, "/up/", boundary,
-                               _up_multipart(boundary, [("file", name, b"unicode")]), accept_json=True)
+        r = post_multipart(s.port, "/up/", boundary,
+                               build_multipart(boundary, [("file", name, b"unicode")]), accept_json=True)
         self.assertEqual(r.status, 201, r)
-        self.assertEqual(_up_json(r)["saved"][0]["name"], name)
-        self.assertEqual(_up_read_file(os.path.join(root, "up", name)), b"unicode")
+        self.assertEqual(json_body(r)["saved"][0]["name"], name)
+        self.assertEqual(read_file(os.path.join(root, "up", name)), b"unicode")
 
     def test_multipart_boundary_split_across_segments(self):
         root = make_tree(self, {"up/": None})
         s = start_server(self, root, "-u")
         boundary = b"----SplitBoundary0123456789"
-        contents = [_up_tricky(boundary, b"%d:" % i) + _up_pattern(3000, i) for i in range(3)]
-        body = _up_multipart(boundary, [("file", "s%d.bin" % i, c) for i, c in enumerate(contents)])
+        contents = [tricky_content(boundary, b"%d:" % i) + byte_pattern(3000, i) for i in range(3)]
+        body = build_multipart(boundary, [("file", "s%d.bin" % i, c) for i, c in enumerate(contents)])
         delim = b"\r\n--" + boundary
         cuts = set()
         for m in re.finditer(re.escape(b"\r\n--" + boundary[:-1]), body):
@@ -4077,71 +4032,74 @@ class TestUploads(unittest.TestCase):
         self.assertGreater(len(cuts), 10)
         headers = {"Content-Type": "multipart/form-data; boundary=%s" % boundary.decode("ascii"),
                    "Content-Length": str(len(body)), "Accept": "application/json"}
-        sock = _up_open(s.port, "POST", "/up/", headers)
+        sock = open_request(s.port, "POST", "/up/", headers)
         try:
             last = 0
             for cut in cuts + [len(body)]:
                 sock.sendall(body[last:cut])
                 last = cut
                 time.sleep(0.005)   # pacing only, so that pieces travel as separate segments
-            resp, _, _ = _up_read_final(sock)
+            resp, _, _ = read_final_response(sock)
         finally:
             sock.close()
         self.assertEqual(resp.status, 201, resp)
         for i, c in enumerate(contents):
-            self.assertEqual(_up_read_file(os.path.join(root, "up", "s%d.bin" % i)), c)
+            with self.subTest(part=i):
+                self.assertEqual(read_file(os.path.join(root, "up", "s%d.bin" % i)), c)
 
     def test_multipart_conflict_409(self):
         root = make_tree(self, {"up/a.txt": b"original"})
         s = start_server(self, root, "-u")
         boundary = b"confl1ct"
-        body = _up_multipart(boundary, [("file", "a.txt", b"new content")])
-        r = _up_post_multipart(s.port, "/up/", boundary, body)
+        body = build_multipart(boundary, [("file", "a.txt", b"new content")])
+        r = post_multipart(s.port, "/up/", boundary, body)
         self.assertEqual(r.status, 409, r)
-        self.assertEqual(_up_read_file(os.path.join(root, "up", "a.txt")), b"original")
-        self._no_temps(root)
+        self.assertEqual(read_file(os.path.join(root, "up", "a.txt")), b"original")
+        assert_no_temps(self, root)
 
     def test_multipart_malformed_400(self):
         root = make_tree(self, {"up/": None})
         s = start_server(self, root, "-u")
         # No boundary parameter.
         r = request(s.port, "POST", "/up/", headers={"Content-Type": "multipart/form-data"},
-                    body=_up_multipart(b"b", [("file", "x.txt", b"x")]))
+                    body=build_multipart(b"b", [("file", "x.txt", b"x")]))
         self.assertEqual(r.status, 400, r)
         # A part header line without a colon.
-        r = _up_post_multipart(s.port, "/up/", b"bnd",
+        r = post_multipart(s.port, "/up/", b"bnd",
                                b"--bnd\r\nnot a header\r\n\r\nx\r\n--bnd--\r\n")
         self.assertEqual(r.status, 400, r)
-        # The body ends inside the second part: the first may be kept, the second never.
-        good = _up_multipart(b"bnd", [("file", "first.txt", b"first")])
+        # The body ends inside the second part: neither part is kept.
+        good = build_multipart(b"bnd", [("file", "first.txt", b"first")])
         truncated = good[:-len(b"--bnd--\r\n")] + (
             b'--bnd\r\nContent-Disposition: form-data; name="file"; filename="second.txt"\r\n\r\npartial')
-        r = _up_post_multipart(s.port, "/up/", b"bnd", truncated)
+        r = post_multipart(s.port, "/up/", b"bnd", truncated)
         self.assertEqual(r.status, 400, r)
+        # issue 7: a form is all or nothing (was: the complete first part was kept)
+        self.assertFalse(os.path.exists(os.path.join(root, "up", "first.txt")))
         self.assertFalse(os.path.exists(os.path.join(root, "up", "second.txt")))
         self.assertFalse(os.path.exists(os.path.join(root, "up", "x.txt")))
-        self._no_temps(root)
+        assert_no_temps(self, root)
 
     def test_listing_form_works_without_javascript(self):
         root = make_tree(self, {"up/old.txt": b"old"})
         s = start_server(self, root)
-        self.assertEqual(_up_upload_forms(get(s.port, "/up/").body), [], "upload form shown without --upload")
+        self.assertEqual(upload_forms(get(s.port, "/up/").body), [], "upload form shown without --upload")
         s = start_server(self, root, "-u")
         page = get(s.port, "/up/")
         self.assertEqual(page.status, 200)
-        forms = _up_upload_forms(page.body)
+        forms = upload_forms(page.body)
         self.assertTrue(forms, "no <form method=post enctype=multipart/form-data> with "
                                "<input type=file name=file multiple> in the listing")
         action = forms[0]["attrs"].get("action", "")
         target = urllib.parse.urlsplit(urllib.parse.urljoin("/up/", action))
         target = target.path + ("?" + target.query if target.query else "")
         boundary = b"----formboundary42"
-        body = _up_multipart(boundary, [("file", "via-form.txt", b"form data", "text/plain")])
-        r = _up_post_multipart(s.port, target, boundary, body,
+        body = build_multipart(boundary, [("file", "via-form.txt", b"form data", "text/plain")])
+        r = post_multipart(s.port, target, boundary, body,
                                extra={"Accept": "text/html,application/xhtml+xml,*/*;q=0.8"})
         self.assertEqual(r.status, 303, r)
-        self.assertEqual(_up_location_path(r), "/up/")
-        self.assertEqual(_up_read_file(os.path.join(root, "up", "via-form.txt")), b"form data")
+        self.assertEqual(r.headers.get("location"), "/up/")
+        self.assertEqual(read_file(os.path.join(root, "up", "via-form.txt")), b"form data")
         self.assertIn(b"via-form.txt", get(s.port, "/up/").body)
 
     def test_listing_script_offers_drop_and_progress(self):
@@ -4156,34 +4114,35 @@ class TestUploads(unittest.TestCase):
         root = make_tree(self)
         s = start_server(self, root, "-u", "--max-upload", "1K")
         for expect in (False, True):
-            headers = {"Content-Length": "1025"}
-            if expect:
-                headers["Expect"] = "100-continue"
-            sock = _up_open(s.port, "PUT", "/big%d.bin" % expect, headers)
-            try:
-                resp, interim, _ = _up_read_final(sock)   # no body byte sent at all
-                self.assertEqual((resp.status, interim), (413, []), expect)
-                self.assertTrue(_up_closed(sock), "connection kept open after 413")
-            finally:
-                sock.close()
+            with self.subTest(expect=expect):
+                headers = {"Content-Length": "1025"}
+                if expect:
+                    headers["Expect"] = "100-continue"
+                sock = open_request(s.port, "PUT", "/big%d.bin" % expect, headers)
+                try:
+                    resp, interim, _ = read_final_response(sock)   # no body byte sent at all
+                    self.assertEqual((resp.status, interim), (413, []), expect)
+                    self.assertTrue(is_closed(sock), "connection kept open after 413")
+                finally:
+                    sock.close()
         r = request(s.port, "PUT", "/ok.bin", body=b"k" * 1024)
         self.assertEqual(r.status, 201, r)
-        self.assertEqual(_up_tree(root), ["ok.bin"])
+        self.assertEqual(list_tree(root), ["ok.bin"])
 
     def test_max_upload_chunked_413_as_soon_as_passed(self):
         root = make_tree(self)
         s = start_server(self, root, "-u", "--max-upload", "10K")
-        sock = _up_open(s.port, "PUT", "/chunked.bin", {"Transfer-Encoding": "chunked"})
+        sock = open_request(s.port, "PUT", "/chunked.bin", {"Transfer-Encoding": "chunked"})
         try:
             for _ in range(3):     # 12 KiB > 10 KiB; the body is never finished
                 sock.sendall(b"1000\r\n" + b"c" * 4096 + b"\r\n")
-            resp, interim, _ = _up_read_final(sock)
+            resp, interim, _ = read_final_response(sock)
             self.assertEqual(resp.status, 413, resp)
-            self.assertTrue(_up_closed(sock), "connection kept open after 413")
+            self.assertTrue(is_closed(sock), "connection kept open after 413")
         finally:
             sock.close()
         self.assertFalse(os.path.exists(os.path.join(root, "chunked.bin")))
-        self._no_temps(root)
+        assert_no_temps(self, root)
         self.assertEqual(get(s.port, "/").status, 200)
 
     def test_bad_framing_400_and_close(self):
@@ -4198,31 +4157,32 @@ class TestUploads(unittest.TestCase):
             ({"Transfer-Encoding": "chunked"}, b"5\r\nhelloXX"),
         ]
         for i, (headers, data) in enumerate(cases):
-            sock = _up_open(s.port, "PUT", "/bad%d.bin" % i, headers)
-            try:
-                if data:
-                    sock.sendall(data)
-                resp, _, _ = _up_read_final(sock)
-                self.assertEqual(resp.status, 400, (headers, data, resp))
-                self.assertTrue(_up_closed(sock), "connection not closed after 400: %r" % (headers,))
-            finally:
-                sock.close()
-        self.assertEqual(_up_tree(root), [])
-        self._no_temps(root)
+            with self.subTest(case=i):
+                sock = open_request(s.port, "PUT", "/bad%d.bin" % i, headers)
+                try:
+                    if data:
+                        sock.sendall(data)
+                    resp, _, _ = read_final_response(sock)
+                    self.assertEqual(resp.status, 400, (headers, data, resp))
+                    self.assertTrue(is_closed(sock), "connection not closed after 400: %r" % (headers,))
+                finally:
+                    sock.close()
+        self.assertEqual(list_tree(root), [])
+        assert_no_temps(self, root)
 
     def test_content_length_digit_lookalike_400(self):
         # Latin-1 superscript two (0xB2): str.isdigit() says yes, int() says no. Still just a 400.
         root = make_tree(self)
         s = start_server(self, root, "-u")
-        sock = connect(s.port, _up_timeout_s)
+        sock = connect(s.port, SHORT_IO_TIMEOUT_S)
         try:
             sock.sendall(b"PUT /sup.bin HTTP/1.1\r\nHost: x\r\nContent-Length: \xb2\r\n\r\n")
-            resp, _, _ = _up_read_final(sock)
+            resp, _, _ = read_final_response(sock)
             self.assertEqual(resp.status, 400, resp)
-            self.assertTrue(_up_closed(sock))
+            self.assertTrue(is_closed(sock))
         finally:
             sock.close()
-        self.assertEqual(_up_tree(root), [])
+        self.assertEqual(list_tree(root), [])
 
     def test_access_log_carries_upload_size(self):
         root = make_tree(self)
@@ -4243,11 +4203,11 @@ class TestUploads(unittest.TestCase):
         root = make_tree(self, {"up/old.txt": b"old", "pub.txt": b"public"})
         s = start_server(self, root, "-u", "--hidden")
         size = 4 * 1024 * 1024
-        body = _up_pattern(size, 9)
-        sock = _up_open(s.port, "PUT", "/up/big.bin", {"Content-Length": str(size)})
+        body = byte_pattern(size, 9)
+        sock = open_request(s.port, "PUT", "/up/big.bin", {"Content-Length": str(size)})
         try:
             sock.sendall(body[:size // 2])
-            temps = wait_for(lambda: _up_temps(root), timeout=5)
+            temps = wait_for(lambda: upload_temps(root), timeout=5)
             self.assertTrue(temps, "no .minihttpd-upload-* file while the upload runs")
             self.assertEqual(os.path.dirname(temps[0]), os.path.join(root, "up"))
             self.assertFalse(os.path.exists(os.path.join(root, "up", "big.bin")))
@@ -4258,52 +4218,52 @@ class TestUploads(unittest.TestCase):
             listing = get(s.port, "/up/")
             self.assertNotIn(b".minihttpd-upload-", listing.body)
             self.assertNotIn(b"big.bin", listing.body)
-            names = [e["name"] for e in _up_json(get(s.port, "/up/?format=json"))["entries"]]
+            names = [e["name"] for e in json_body(get(s.port, "/up/?format=json"))["entries"]]
             self.assertEqual(names, ["old.txt"])
             temp_url = "/up/" + urllib.parse.quote(os.path.basename(temps[0]))
             self.assertEqual(get(s.port, temp_url).status, 404)
             self.assertEqual(request(s.port, "HEAD", temp_url).status, 404)
             sock.sendall(body[size // 2:])
-            resp, _, _ = _up_read_final(sock)
+            resp, _, _ = read_final_response(sock)
         finally:
             sock.close()
         self.assertEqual(resp.status, 201, resp)
-        self.assertEqual(_up_read_file(os.path.join(root, "up", "big.bin")), body)
-        self._no_temps(root)
+        self.assertEqual(read_file(os.path.join(root, "up", "big.bin")), body)
+        assert_no_temps(self, root)
 
     def test_overwrite_is_atomic_for_readers(self):
         size = 2 * 1024 * 1024
         root = make_tree(self, {"f.bin": b"A" * size})
         s = start_server(self, root, "-u", "--overwrite")
-        sock = _up_open(s.port, "PUT", "/f.bin", {"Content-Length": str(size)})
+        sock = open_request(s.port, "PUT", "/f.bin", {"Content-Length": str(size)})
         try:
             sock.sendall(b"B" * (size // 2))
-            self.assertTrue(wait_for(lambda: _up_temps(root), timeout=5))
+            self.assertTrue(wait_for(lambda: upload_temps(root), timeout=5))
             r = get(s.port, "/f.bin")
             self.assertEqual(r.status, 200)
             self.assertTrue(r.body == b"A" * size, "reader saw a mix during the replacement")
             sock.sendall(b"B" * (size - size // 2))
-            resp, _, _ = _up_read_final(sock)
+            resp, _, _ = read_final_response(sock)
         finally:
             sock.close()
-        self.assertIn(resp.status, (200, 201, 204), resp)
+        self.assertEqual(resp.status, 201, resp)
         self.assertTrue(get(s.port, "/f.bin").body == b"B" * size)
 
     def test_memory_stays_flat(self):
-        if _up_vm_hwm_kib(os.getpid()) is None:
+        if vm_hwm_kib(os.getpid()) is None:
             self.skipTest("no /proc/PID/status VmHWM on this platform")
         root = make_tree(self, {"up/": None})
         s = start_server(self, root, "-u")
         get(s.port, "/")
-        before = _up_vm_hwm_kib(s.proc.pid)
-        piece = _up_pattern(1 << 20, 5)
+        before = vm_hwm_kib(s.proc.pid)
+        piece = byte_pattern(1 << 20, 5)
         mib = 24
         # Raw PUT.
-        sock = _up_open(s.port, "PUT", "/up/raw.bin", {"Content-Length": str(mib << 20)})
+        sock = open_request(s.port, "PUT", "/up/raw.bin", {"Content-Length": str(mib << 20)})
         try:
             for _ in range(mib):
                 sock.sendall(piece)
-            resp, _, _ = _up_read_final(sock)
+            resp, _, _ = read_final_response(sock)
         finally:
             sock.close()
         self.assertEqual(resp.status, 201)
@@ -4315,22 +4275,23 @@ class TestUploads(unittest.TestCase):
         headers = {"Content-Type": "multipart/form-data; boundary=" + boundary.decode(),
                    "Content-Length": str(len(head) + (mib << 20) + len(tail)),
                    "Accept": "application/json"}
-        sock = _up_open(s.port, "POST", "/up/", headers)
+        sock = open_request(s.port, "POST", "/up/", headers)
         try:
             sock.sendall(head)
             for _ in range(mib):
                 sock.sendall(piece)
             sock.sendall(tail)
-            resp, _, _ = _up_read_final(sock)
+            resp, _, _ = read_final_response(sock)
         finally:
             sock.close()
         self.assertEqual(resp.status, 201)
-        after = _up_vm_hwm_kib(s.proc.pid)
+        after = vm_hwm_kib(s.proc.pid)
         for name in ("raw.bin", "mp.bin"):
-            path = os.path.join(root, "up", name)
-            self.assertEqual(os.path.getsize(path), mib << 20)
-            with open(path, "rb") as f:
-                self.assertEqual(f.read(1 << 20), piece)
+            with self.subTest(name=name):
+                path = os.path.join(root, "up", name)
+                self.assertEqual(os.path.getsize(path), mib << 20)
+                with open(path, "rb") as f:
+                    self.assertEqual(f.read(1 << 20), piece)
         self.assertLess(after - before, 12 * 1024,
                         "server peak memory grew by %d KiB for %d MiB uploads" % (after - before, mib))
 
@@ -4348,7 +4309,7 @@ class TestUploads(unittest.TestCase):
         self.addCleanup(shutil.rmtree, work, True)
         big = os.path.join(work, "big-file.bin")      # > 1 MiB: curl sends Expect: 100-continue
         with open(big, "wb") as f:
-            f.write(_up_pattern(1536 * 1024, 2))
+            f.write(byte_pattern(1536 * 1024, 2))
         small = os.path.join(work, "small.txt")
         with open(small, "wb") as f:
             f.write(b"small\r\n--x\r\n")
@@ -4356,17 +4317,17 @@ class TestUploads(unittest.TestCase):
 
         def run(args):
             p = subprocess.run(base + args, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               stdin=subprocess.DEVNULL, timeout=30, env=_up_clean_env(),
+                               stdin=subprocess.DEVNULL, timeout=30, env=client_env(),
                                universal_newlines=True)
             return p.stdout.strip(), p.stderr
         self.assertEqual(run(["-T", big, s.url("/dir/")]), ("201", ""))
-        self.assertEqual(_up_read_file(os.path.join(root, "dir", "big-file.bin")), _up_read_file(big))
+        self.assertEqual(read_file(os.path.join(root, "dir", "big-file.bin")), read_file(big))
         self.assertEqual(run(["--data-binary", "@" + small, s.url("/dir/posted.txt")]), ("201", ""))
-        self.assertEqual(_up_read_file(os.path.join(root, "dir", "posted.txt")), _up_read_file(small))
+        self.assertEqual(read_file(os.path.join(root, "dir", "posted.txt")), read_file(small))
         self.assertEqual(run(["-F", "file=@" + small, "-F", "file=@" + big, "-F", "note=hello",
                               "-H", "Accept: application/json", s.url("/form/")]), ("201", ""))
-        self.assertEqual(_up_read_file(os.path.join(root, "form", "small.txt")), _up_read_file(small))
-        self.assertEqual(_up_read_file(os.path.join(root, "form", "big-file.bin")), _up_read_file(big))
+        self.assertEqual(read_file(os.path.join(root, "form", "small.txt")), read_file(small))
+        self.assertEqual(read_file(os.path.join(root, "form", "big-file.bin")), read_file(big))
         self.assertEqual(sorted(os.listdir(os.path.join(root, "form"))), ["big-file.bin", "small.txt"])
         # Without Accept: application/json curl gets the browser answer.
         os.rename(small, os.path.join(work, "third.txt"))
@@ -4380,13 +4341,13 @@ class TestUploads(unittest.TestCase):
         self.addCleanup(shutil.rmtree, work, True)
         src = os.path.join(work, "w.bin")
         with open(src, "wb") as f:
-            f.write(_up_pattern(40000, 4))
+            f.write(byte_pattern(40000, 4))
         p = subprocess.run([wget, "-q", "-O", os.devnull, "--tries=1", "--timeout=10", "--no-proxy",
                             "--method=PUT", "--body-file=" + src, s.url("/dir/w.bin")],
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
-                           timeout=30, env=_up_clean_env(), universal_newlines=True)
+                           timeout=30, env=client_env(), universal_newlines=True)
         self.assertEqual(p.returncode, 0, p.stderr)
-        self.assertEqual(_up_read_file(os.path.join(root, "dir", "w.bin")), _up_read_file(src))
+        self.assertEqual(read_file(os.path.join(root, "dir", "w.bin")), read_file(src))
 
 
 # ---------------------------------------------------------------------------
@@ -4395,9 +4356,6 @@ class TestUploads(unittest.TestCase):
 
 class TestUploadSafety(unittest.TestCase):
 
-    def _no_temps(self, root):
-        self.assertTrue(wait_for(lambda: not _up_temps(root), timeout=5),
-                        "temporary files left behind: %r" % _up_temps(root))
 
     def _outside(self):
         """A tree with an outside dir next to the served root; returns (base, root)."""
@@ -4408,20 +4366,22 @@ class TestUploadSafety(unittest.TestCase):
     def test_put_path_tricks_404_nothing_written(self):
         base, root = self._outside()
         s = start_server(self, root, "-u", "--overwrite")
-        before = _up_tree(base)
+        before = list_tree(base)
         targets = ["/../evil.txt", "/%2e%2e/evil.txt", "/sub/../../evil.txt",
                    "/sub/%2e%2e/%2e%2e/evil.txt", "/..%2fevil.txt", "/sub/..%2F..%2Fevil.txt",
                    "/..%5cevil.txt", "/sub/..\\..\\evil.txt", "/../outside/secret.txt",
                    "/%2e%2e/outside/secret.txt", "/sub/..%2f..%2foutside/new/evil.txt"]
         for target in targets:
-            r = request(s.port, "PUT", target, body=b"evil")
-            self.assertEqual(r.status, 404, (target, r))
+            with self.subTest(target=target):
+                r = request(s.port, "PUT", target, body=b"evil")
+                self.assertEqual(r.status, 404, (target, r))
         for target in ("/../", "/%2e%2e/", "/sub/..%2f..%2foutside/"):
-            boundary = b"trick"
-            r = _up_post_multipart(s.port, target, boundary, _up_multipart(boundary, [("file", "evil.txt", b"e")]))
-            self.assertEqual(r.status, 404, (target, r))
-        self.assertEqual(_up_tree(base), before)
-        self.assertEqual(_up_read_file(os.path.join(base, "outside", "secret.txt")), b"secret")
+            with self.subTest(form_target=target):
+                boundary = b"trick"
+                r = post_multipart(s.port, target, boundary, build_multipart(boundary, [("file", "evil.txt", b"e")]))
+                self.assertEqual(r.status, 404, (target, r))
+        self.assertEqual(list_tree(base), before)
+        self.assertEqual(read_file(os.path.join(base, "outside", "secret.txt")), b"secret")
 
     def test_put_through_symlink_out_404(self):
         base, root = self._outside()
@@ -4431,7 +4391,7 @@ class TestUploadSafety(unittest.TestCase):
         except (OSError, NotImplementedError, AttributeError) as e:
             self.skipTest("symlinks not available: %s" % e)
         s = start_server(self, root, "-u", "--overwrite")
-        before = _up_tree(base)
+        before = list_tree(base)
         r = request(s.port, "PUT", "/link/evil.txt", body=b"evil")
         self.assertEqual(r.status, 404, r)
         r = request(s.port, "PUT", "/link/new/evil.txt", body=b"evil")
@@ -4439,23 +4399,24 @@ class TestUploadSafety(unittest.TestCase):
         r = request(s.port, "PUT", "/secret-link", body=b"overwritten")
         self.assertEqual(r.status, 404, r)
         boundary = b"lnk"
-        r = _up_post_multipart(s.port, "/link/", boundary, _up_multipart(boundary, [("file", "evil.txt", b"e")]))
+        r = post_multipart(s.port, "/link/", boundary, build_multipart(boundary, [("file", "evil.txt", b"e")]))
         self.assertEqual(r.status, 404, r)
-        self.assertEqual(_up_tree(base), before)
-        self.assertEqual(_up_read_file(os.path.join(base, "outside", "secret.txt")), b"secret")
+        self.assertEqual(list_tree(base), before)
+        self.assertEqual(read_file(os.path.join(base, "outside", "secret.txt")), b"secret")
 
     def test_dotfile_targets(self):
         root = make_tree(self, {".git/config": b"cfg"})
         s = start_server(self, root, "-u", "--overwrite")
         for target in ("/.env", "/.git/config", "/.ssh/authorized_keys", "/sub/.hidden"):
-            r = request(s.port, "PUT", target, body=b"x")
-            self.assertEqual(r.status, 404, (target, r))
-        self.assertEqual(_up_tree(root), [".git", ".git/config"])
-        self.assertEqual(_up_read_file(os.path.join(root, ".git", "config")), b"cfg")
+            with self.subTest(target=target):
+                r = request(s.port, "PUT", target, body=b"x")
+                self.assertEqual(r.status, 404, (target, r))
+        self.assertEqual(list_tree(root), [".git", ".git/config"])
+        self.assertEqual(read_file(os.path.join(root, ".git", "config")), b"cfg")
         s2 = start_server(self, root, "-u", "--hidden")
         r = request(s2.port, "PUT", "/.env", body=b"dot")
         self.assertEqual(r.status, 201, r)
-        self.assertEqual(_up_read_file(os.path.join(root, ".env")), b"dot")
+        self.assertEqual(read_file(os.path.join(root, ".env")), b"dot")
 
     def test_temp_name_never_served_or_written(self):
         root = make_tree(self, {".minihttpd-upload-fake": b"temp", ".visible-dotfile": b"v"})
@@ -4463,11 +4424,11 @@ class TestUploadSafety(unittest.TestCase):
         listing = get(s.port, "/")
         self.assertIn(b".visible-dotfile", listing.body)      # --hidden does list dotfiles
         self.assertNotIn(b".minihttpd-upload-", listing.body)
-        names = [e["name"] for e in _up_json(get(s.port, "/?format=json"))["entries"]]
+        names = [e["name"] for e in json_body(get(s.port, "/?format=json"))["entries"]]
         self.assertNotIn(".minihttpd-upload-fake", names)
         self.assertEqual(get(s.port, "/.minihttpd-upload-fake").status, 404)
         r = request(s.port, "PUT", "/.minihttpd-upload-mine", body=b"sneaky")
-        self.assertTrue(400 <= r.status < 500, r)
+        self.assertEqual(r.status, 404, r)
         self.assertFalse(os.path.exists(os.path.join(root, ".minihttpd-upload-mine")))
 
     def test_form_file_names_reduced_or_rejected(self):
@@ -4479,37 +4440,35 @@ class TestUploadSafety(unittest.TestCase):
                                               ("..\\..\\outside\\w.txt", "w.txt")]):
             if "%d" in name:
                 name, basename = name % i, basename % i
-            boundary = b"names%d" % i
-            before_root = _up_tree(base)
-            r = _up_post_multipart(s.port, "/up/", boundary,
-                                   _up_multipart(boundary, [("file", name, b"payload")]), accept_json=True)
-            self.assertIn(r.status, (201, 400), (name, r))
-            after = _up_tree(base)
-            added = sorted(set(after) - set(before_root))
-            if r.status == 201:
+            with self.subTest(reduced=name):
+                boundary = b"names%d" % i
+                before_root = list_tree(base)
+                r = post_multipart(s.port, "/up/", boundary,
+                                   build_multipart(boundary, [("file", name, b"payload")]), accept_json=True)
+                self.assertEqual(r.status, 201, (name, r))
+                added = sorted(set(list_tree(base)) - set(before_root))
                 self.assertEqual(added, ["root/up/" + basename], name)
-                self.assertEqual([e["name"] for e in _up_json(r)["saved"]], [basename])
-            else:
-                self.assertEqual(added, [], name)
+                self.assertEqual([e["name"] for e in json_body(r)["saved"]], [basename])
         for name in (".hidden", "..", ".", "../.bashrc", "a/"):
-            boundary = b"nosafe"
-            before_root = _up_tree(base)
-            r = _up_post_multipart(s.port, "/up/", boundary,
-                                   _up_multipart(boundary, [("file", name, b"payload")]), accept_json=True)
-            self.assertEqual(r.status, 400, (name, r))
-            self.assertEqual(_up_tree(base), before_root, name)
-        self.assertEqual(_up_read_file(os.path.join(base, "outside", "secret.txt")), b"secret")
+            with self.subTest(rejected=name):
+                boundary = b"nosafe"
+                before_root = list_tree(base)
+                r = post_multipart(s.port, "/up/", boundary,
+                                   build_multipart(boundary, [("file", name, b"payload")]), accept_json=True)
+                self.assertEqual(r.status, 400, (name, r))
+                self.assertEqual(list_tree(base), before_root, name)
+        self.assertEqual(read_file(os.path.join(base, "outside", "secret.txt")), b"secret")
         self.assertFalse(os.path.exists(os.path.join(base, "evil.txt")))
-        self._no_temps(up)
+        assert_no_temps(self, up)
 
     def test_form_dot_name_allowed_with_hidden(self):
         root = make_tree(self, {"up/": None})
         s = start_server(self, root, "-u", "--hidden")
         boundary = b"hid"
-        r = _up_post_multipart(s.port, "/up/", boundary,
-                               _up_multipart(boundary, [("file", ".hidden", b"h")]), accept_json=True)
+        r = post_multipart(s.port, "/up/", boundary,
+                               build_multipart(boundary, [("file", ".hidden", b"h")]), accept_json=True)
         self.assertEqual(r.status, 201, r)
-        self.assertEqual(_up_read_file(os.path.join(root, "up", ".hidden")), b"h")
+        self.assertEqual(read_file(os.path.join(root, "up", ".hidden")), b"h")
 
     def test_same_name_race(self):
         root = make_tree(self, {"up/": None})
@@ -4519,64 +4478,69 @@ class TestUploadSafety(unittest.TestCase):
         socks = []
         try:
             for _ in bodies:
-                socks.append(_up_open(s.port, "PUT", "/up/race.bin", {"Content-Length": str(size)}))
+                socks.append(open_request(s.port, "PUT", "/up/race.bin", {"Content-Length": str(size)}))
             for sock, body in zip(socks, bodies):
                 sock.sendall(body[:-10])
-            wait_for(lambda: len(_up_temps(root)) >= 2, timeout=5)
+            self.assertTrue(wait_for(lambda: len(upload_temps(root)) >= 2, timeout=5),
+                            "two uploads should be in progress: %r" % upload_temps(root))
             self.assertFalse(os.path.exists(os.path.join(root, "up", "race.bin")))
             for sock, body in zip(socks, bodies):
                 sock.sendall(body[-10:])
-            statuses = sorted(_up_read_final(sock)[0].status for sock in socks)
+            statuses = [read_final_response(sock)[0].status for sock in socks]
         finally:
             for sock in socks:
                 sock.close()
-        self.assertEqual(statuses, [201, 409])
-        self.assertIn(_up_read_file(os.path.join(root, "up", "race.bin")), bodies)
-        self._no_temps(root)
+        self.assertEqual(sorted(statuses), [201, 409])
+        self.assertTrue(read_file(os.path.join(root, "up", "race.bin")) == bodies[statuses.index(201)],
+                        "race.bin does not hold the upload that got 201")
+        assert_no_temps(self, root)
 
     def test_concurrent_uploads_into_one_directory(self):
         # Cleaning leftovers must never remove the temporary file of a running upload.
         root = make_tree(self, {"up/": None})
         s = start_server(self, root, "-u")
         size = 500000
-        first = _up_pattern(size, 1)
-        sock = _up_open(s.port, "PUT", "/up/first.bin", {"Content-Length": str(size)})
+        first = byte_pattern(size, 1)
+        sock = open_request(s.port, "PUT", "/up/first.bin", {"Content-Length": str(size)})
         try:
             sock.sendall(first[:size // 2])
-            self.assertTrue(wait_for(lambda: _up_temps(root), timeout=5), "no temp file appeared")
+            self.assertTrue(wait_for(lambda: upload_temps(root), timeout=5), "no temp file appeared")
             r = request(s.port, "PUT", "/up/second.bin", body=b"second")
             self.assertEqual(r.status, 201, r)
             boundary = b"conc"
-            r = _up_post_multipart(s.port, "/up/", boundary, _up_multipart(boundary, [("file", "third.txt", b"3")]))
+            r = post_multipart(s.port, "/up/", boundary, build_multipart(boundary, [("file", "third.txt", b"3")]))
             self.assertEqual(r.status, 303, r)
             sock.sendall(first[size // 2:])
-            resp, _, _ = _up_read_final(sock)
+            resp, _, _ = read_final_response(sock)
         finally:
             sock.close()
         self.assertEqual(resp.status, 201, resp)
-        self.assertEqual(_up_read_file(os.path.join(root, "up", "first.bin")), first)
+        self.assertEqual(read_file(os.path.join(root, "up", "first.bin")), first)
         self.assertEqual(sorted(os.listdir(os.path.join(root, "up"))), ["first.bin", "second.bin", "third.txt"])
 
     def test_client_disconnect_mid_body(self):
         root = make_tree(self, {"up/": None, "alive.txt": b"alive"})
         s = start_server(self, root, "-u")
-        sock = _up_open(s.port, "PUT", "/up/gone.bin", {"Content-Length": "400000"})
+        sock = open_request(s.port, "PUT", "/up/gone.bin", {"Content-Length": "400000"})
         sock.sendall(b"g" * 200000)
-        self.assertTrue(wait_for(lambda: _up_temps(root), timeout=5), "no temp file appeared")
+        self.assertTrue(wait_for(lambda: upload_temps(root), timeout=5), "no temp file appeared")
         sock.close()
-        self._no_temps(root)
+        assert_no_temps(self, root)
         self.assertFalse(os.path.exists(os.path.join(root, "up", "gone.bin")))
-        # Multipart: the part being received when the client vanished never appears.
+        # Multipart: no part appears, neither the one being received when the client
+        # vanished nor the complete one before it.
         boundary = b"gone"
-        body = _up_multipart(boundary, [("file", "done.txt", b"complete"),
+        body = build_multipart(boundary, [("file", "done.txt", b"complete"),
                                         ("file", "half.bin", b"h" * 400000)])
         headers = {"Content-Type": "multipart/form-data; boundary=gone", "Content-Length": str(len(body))}
-        sock = _up_open(s.port, "POST", "/up/", headers)
+        sock = open_request(s.port, "POST", "/up/", headers)
         sock.sendall(body[:len(body) - 200000])
-        self.assertTrue(wait_for(lambda: _up_temps(root), timeout=5), "no temp file appeared")
+        self.assertTrue(wait_for(lambda: upload_temps(root), timeout=5), "no temp file appeared")
         sock.close()
-        self._no_temps(root)
+        assert_no_temps(self, root)
         self.assertFalse(os.path.exists(os.path.join(root, "up", "half.bin")))
+        # issue 7: a form is all or nothing (was: the complete first part was kept)
+        self.assertFalse(os.path.exists(os.path.join(root, "up", "done.txt")))
         self.assertEqual(get(s.port, "/alive.txt").body, b"alive")
 
     def test_failed_upload_leaves_no_new_folders(self):
@@ -4584,7 +4548,7 @@ class TestUploadSafety(unittest.TestCase):
         # fails they go again, so a failed upload changes nothing on disk.
         root = make_tree(self, {"keep/": None, "alive.txt": b"alive"})
         s = start_server(self, root, "-u")
-        sock = _up_open(s.port, "PUT", "/new/sub/gone.bin", {"Content-Length": "400000"})
+        sock = open_request(s.port, "PUT", "/new/sub/gone.bin", {"Content-Length": "400000"})
         sock.sendall(b"g" * 1000)
         self.assertTrue(wait_for(lambda: os.path.isdir(os.path.join(root, "new", "sub"))),
                         "the folders for the upload were not created")
@@ -4592,80 +4556,81 @@ class TestUploadSafety(unittest.TestCase):
         self.assertTrue(wait_for(lambda: not os.path.exists(os.path.join(root, "new"))),
                         "new/ left behind by a failed upload: %r" % os.listdir(root))
         # A folder that existed before the upload stays.
-        sock = _up_open(s.port, "PUT", "/keep/gone.bin", {"Content-Length": "400000"})
+        sock = open_request(s.port, "PUT", "/keep/gone.bin", {"Content-Length": "400000"})
         sock.sendall(b"g" * 1000)
-        self.assertTrue(wait_for(lambda: _up_temps(root), timeout=5), "no temp file appeared")
+        self.assertTrue(wait_for(lambda: upload_temps(root), timeout=5), "no temp file appeared")
         sock.close()
-        self._no_temps(root)
+        assert_no_temps(self, root)
         self.assertTrue(os.path.isdir(os.path.join(root, "keep")))
         self.assertEqual(get(s.port, "/alive.txt").body, b"alive")
 
     def test_body_stall_times_out(self):
         root = make_tree(self, {"up/": None, "alive.txt": b"alive"})
         s = start_server(self, root, "-u", "--request-timeout", "0.5")
-        sock = _up_open(s.port, "PUT", "/up/stall.bin", {"Content-Length": "100000"})
+        sock = open_request(s.port, "PUT", "/up/stall.bin", {"Content-Length": "100000"})
         try:
             sock.sendall(b"s" * 1000)
-            resp, _, _ = _up_read_final(sock)     # the server must give up on its own
+            resp, _, _ = read_final_response(sock)     # the server must give up on its own
             self.assertEqual(resp.status, 408, resp)
-            self.assertTrue(_up_closed(sock))
+            self.assertTrue(is_closed(sock))
         finally:
             sock.close()
-        self._no_temps(root)
+        assert_no_temps(self, root)
         self.assertFalse(os.path.exists(os.path.join(root, "up", "stall.bin")))
         self.assertEqual(get(s.port, "/alive.txt").body, b"alive")
 
     def test_sigkill_mid_upload_then_cleanup(self):
         root = make_tree(self, {"up/": None})
         s = start_server(self, root, "-u")
-        sock = _up_open(s.port, "PUT", "/up/killed.bin", {"Content-Length": str(1 << 20)})
+        sock = open_request(s.port, "PUT", "/up/killed.bin", {"Content-Length": str(1 << 20)})
         try:
             sock.sendall(b"k" * (1 << 19))
-            self.assertTrue(wait_for(lambda: _up_temps(root), timeout=5), "no temp file appeared")
+            self.assertTrue(wait_for(lambda: upload_temps(root), timeout=5), "no temp file appeared")
             s.proc.kill()
-            s.proc.wait(timeout=10)
+            self.assertEqual(s.proc.wait(timeout=10), -signal.SIGKILL)
         finally:
             sock.close()
         self.assertFalse(os.path.exists(os.path.join(root, "up", "killed.bin")))
-        leftovers = _up_temps(root)
+        leftovers = upload_temps(root)
         s2 = start_server(self, root, "-u", "--hidden")
         for path in leftovers:
-            self.assertEqual(get(s2.port, "/up/" + urllib.parse.quote(os.path.basename(path))).status, 404)
+            with self.subTest(leftover=path):
+                self.assertEqual(get(s2.port, "/up/" + urllib.parse.quote(os.path.basename(path))).status, 404)
         self.assertNotIn(b".minihttpd-upload-", get(s2.port, "/up/").body)
         r = request(s2.port, "PUT", "/up/other.txt", body=b"other")
         self.assertEqual(r.status, 201, r)
-        self._no_temps(root)
+        assert_no_temps(self, root)
         self.assertEqual(sorted(os.listdir(os.path.join(root, "up"))), ["other.txt"])
 
     def test_disk_full_507(self):
         if resource is None or not hasattr(resource, "RLIMIT_FSIZE") or not hasattr(signal, "SIGXFSZ"):
             self.skipTest("no resource.RLIMIT_FSIZE / SIGXFSZ on this platform")
         root = make_tree(self, {"up/": None, "alive.txt": b"alive"})
-        s = start_server(self, root, "-u", preexec_fn=_up_fsize_limiter(64 * 1024))
+        s = start_server(self, root, "-u", preexec_fn=fsize_limiter(64 * 1024))
         size = 256 * 1024
-        sock = _up_open(s.port, "PUT", "/up/full.bin", {"Content-Length": str(size)})
+        sock = open_request(s.port, "PUT", "/up/full.bin", {"Content-Length": str(size)})
         try:
-            _up_send_until_answer(sock, _up_pattern(size), piece=8192)
-            resp, _, _ = _up_read_final(sock)
+            send_until_answer(sock, byte_pattern(size), piece=8192)
+            resp, _, _ = read_final_response(sock)
         finally:
             sock.close()
         self.assertEqual(resp.status, 507, resp)
         self.assertFalse(os.path.exists(os.path.join(root, "up", "full.bin")))
-        self._no_temps(root)
+        assert_no_temps(self, root)
         self.assertEqual(get(s.port, "/alive.txt").body, b"alive")
         # Multipart upload hits the same wall.
         boundary = b"full"
-        body = _up_multipart(boundary, [("file", "mp.bin", _up_pattern(size))])
+        body = build_multipart(boundary, [("file", "mp.bin", byte_pattern(size))])
         headers = {"Content-Type": "multipart/form-data; boundary=full", "Content-Length": str(len(body))}
-        sock = _up_open(s.port, "POST", "/up/", headers)
+        sock = open_request(s.port, "POST", "/up/", headers)
         try:
-            _up_send_until_answer(sock, body, piece=8192)
-            resp, _, _ = _up_read_final(sock)
+            send_until_answer(sock, body, piece=8192)
+            resp, _, _ = read_final_response(sock)
         finally:
             sock.close()
         self.assertEqual(resp.status, 507, resp)
         self.assertFalse(os.path.exists(os.path.join(root, "up", "mp.bin")))
-        self._no_temps(root)
+        assert_no_temps(self, root)
         r = request(s.port, "PUT", "/up/small.txt", body=b"fits")
         self.assertEqual(r.status, 201, r)
 
@@ -4679,9 +4644,33 @@ class TestUploadSafety(unittest.TestCase):
 
         def fds():
             return sorted(int(n) for n in os.listdir("/proc/%d/fd" % pid))
-        initial = fds()
+
+        def connection_fds():
+            """The server's descriptors for TCP connections (not its listener)."""
+            inodes = set()
+            for name in ("tcp", "tcp6"):
+                try:
+                    with open("/proc/%d/net/%s" % (pid, name)) as f:
+                        for line in f.readlines()[1:]:
+                            fields = line.split()
+                            if fields[3] != "0A":            # 0A: LISTEN
+                                inodes.add(fields[9])
+                except (IOError, OSError):
+                    pass
+            out = []
+            for n in fds():
+                try:
+                    target = os.readlink("/proc/%d/fd/%d" % (pid, n))
+                except OSError:
+                    continue
+                if target.startswith("socket:[") and target[8:-1] in inodes:
+                    out.append(n)
+            return out
+        # The first line is printed before the loop is set up: the server holds all its own
+        # descriptors once it has answered a request and closed that connection.
         self.assertEqual(get(s.port, "/alive.txt").status, 200)
-        wait_for(lambda: fds() == initial, timeout=5)
+        self.assertTrue(wait_for(lambda: not connection_fds(), timeout=5),
+                        "the connection's descriptor stays open: %r" % connection_fds())
         used = fds()
         # The lowest limit that leaves exactly one free descriptor: the accepted connection.
         limit = next(n for n in range(1, 1 << 16) if n - len([f for f in used if f < n]) == 1)
@@ -4704,7 +4693,7 @@ class TestUploadSafety(unittest.TestCase):
         self.addCleanup(os.chmod, os.path.join(root, "ro"), 0o755)
         s = start_server(self, root, "-u")
         r = request(s.port, "PUT", "/ro/x.txt", body=b"x" * 1000)
-        self.assertIn(r.status, (500, 403), r)
+        self.assertEqual(r.status, 500, r)
         self.assertEqual(os.listdir(os.path.join(root, "ro")), [])
         self.assertEqual(get(s.port, "/alive.txt").body, b"alive")
 
@@ -4713,7 +4702,7 @@ class TestUploadSafety(unittest.TestCase):
 # A real browser uploading through the listing page
 # ---------------------------------------------------------------------------
 
-_up_form_page = """<!DOCTYPE html>
+BROWSER_FORM_PAGE = """<!DOCTYPE html>
 <html><head><meta charset="utf-8"><title>autotest</title></head><body>
 <div id="status">STARTED</div>
 <iframe id="f" src="/up/"></iframe>
@@ -4743,7 +4732,7 @@ frame.addEventListener("load", function () {
 </script></body></html>
 """
 
-_up_script_page = """<!DOCTYPE html>
+BROWSER_SCRIPT_PAGE = """<!DOCTYPE html>
 <html><head><meta charset="utf-8"><title>autotest</title></head><body>
 <div id="status">STARTED</div>
 <iframe id="f" src="/up/"></iframe>
@@ -4779,7 +4768,7 @@ frame.addEventListener("load", function () {
 """
 
 # Submit with scripts on: requestSubmit() fires the submit event the page's script may take over.
-_up_action_submit = """
+BROWSER_ACTION_SUBMIT = """
     var input = doc.querySelector('form input[type=file][name=file]');
     input.files = dt.files;
     input.dispatchEvent(new W.Event("change", {bubbles: true}));
@@ -4787,7 +4776,7 @@ _up_action_submit = """
 """
 
 # Drag and drop: offer the drop to every node (non-bubbling), wherever the page listens.
-_up_action_drop = """
+BROWSER_ACTION_DROP = """
     var targets = [W, doc].concat(Array.prototype.slice.call(doc.querySelectorAll("*")));
     ["dragenter", "dragover", "drop"].forEach(function (type) {
       targets.forEach(function (t) {
@@ -4818,7 +4807,7 @@ class TestUploadBrowser(unittest.TestCase):
                "--virtual-time-budget=10000", "--dump-dom", url]
         try:
             p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               stdin=subprocess.DEVNULL, timeout=60, env=_up_clean_env())
+                               stdin=subprocess.DEVNULL, timeout=60, env=client_env())
         except subprocess.TimeoutExpired:
             self.fail("chromium did not finish within 60 s")
         dom = p.stdout.decode("utf-8", "replace")
@@ -4833,36 +4822,38 @@ class TestUploadBrowser(unittest.TestCase):
         return chromium, root, s
 
     def test_form_upload_in_headless_chromium(self):
-        chromium, root, s = self._setup(_up_form_page)
+        chromium, root, s = self._setup(BROWSER_FORM_PAGE)
         status, dom, err = self._run(chromium, s.url("/autotest.html"))
         self.assertTrue(status and status.startswith("UPLOAD-DONE"),
                         "status %r; chromium stderr: %s" % (status, err))
         self.assertIn("path=/up/", status)
         self.assertIn("listed=true", status)
-        self.assertEqual(_up_read_file(os.path.join(root, "up", "from-browser.txt")), b"hello")
-        self.assertEqual(_up_read_file(os.path.join(root, "up", "second file.txt")), b"second\r\nfile")
+        self.assertEqual(read_file(os.path.join(root, "up", "from-browser.txt")), b"hello")
+        self.assertEqual(read_file(os.path.join(root, "up", "second file.txt")), b"second\r\nfile")
         listing = get(s.port, "/up/").body
         self.assertIn(b"from-browser.txt", listing)
         self.assertIn(b"second%20file.txt", listing)
-        self.assertEqual(_up_temps(root), [])
+        self.assertEqual(upload_temps(root), [])
 
     def _check_scripted_upload(self, want, action, what):
         """Run the listing page's script with action; each name in want must be saved."""
-        page = _up_script_page % {"want": json.dumps(want), "action": action}
+        page = BROWSER_SCRIPT_PAGE % {"want": json.dumps(want), "action": action}
         chromium, root, s = self._setup(page)
         status, dom, err = self._run(chromium, s.url("/autotest.html"))
         self.assertTrue(status and status.startswith("UPLOAD-DONE"),
                         "%s did not upload: status %r; chromium stderr: %s" % (what, status, err))
         for n in want:
-            self.assertEqual(_up_read_file(os.path.join(root, "up", n)), ("content of " + n).encode())
+            with self.subTest(name=n):
+                self.assertEqual(read_file(os.path.join(root, "up", n)), ("content of " + n).encode())
 
     def test_scripted_submit_in_headless_chromium(self):
         self._check_scripted_upload(["from-script-1.txt", "from-script-2.txt"],
-                                    _up_action_submit, "the scripted submit")
+                                    BROWSER_ACTION_SUBMIT, "the scripted submit")
 
     def test_drag_and_drop_in_headless_chromium(self):
         self._check_scripted_upload(["dropped-1.txt", "dropped-2.txt"],
-                                    _up_action_drop, "drag and drop")
+                                    BROWSER_ACTION_DROP, "drag and drop")
+
 
 
 if __name__ == "__main__":
