@@ -83,7 +83,7 @@ MAX_NAME_BYTES = 255                   # NAME_MAX on Linux, macOS and Windows
 MAX_LISTING_ENTRIES = 20000            # a listing shows this many; it says how many more
 LISTING_STEP_ENTRIES = 256             # entries stat()ed or rendered per body piece
 MAX_FORM_PARTS = 1000                  # parts in one form post; more get 413
-FORM_PARTS_PER_TURN = 16               # file parts opened or closed (fsync) per turn
+FORM_PARTS_PER_TURN = 4                # part starts and ends (each end an fsync) per turn
 MAX_CHUNK_LINE_BYTES = 4096            # a chunk-size line with its extensions
 MAX_TRAILER_BYTES = 16 * 1024
 MAX_PART_HEADER_BYTES = 16 * 1024      # one multipart part's header block
@@ -111,6 +111,7 @@ GZIP_MIN_BYTES = 1024                  # below this gzip's header outweighs the 
 GZIP_IN_MEMORY_BYTES = 256 * 1024      # larger bodies are compressed as they are sent
 GZIP_LEVEL = 6
 UPLOAD_TMP_PREFIX = ".minihttpd-upload-"
+WRITEBACK_BYTES = 16 * 1024 * 1024     # an upload asks the kernel to write back this often
 STALE_UPLOAD_S = 24 * 3600             # a temporary this old is stale whoever made it
 STALE_SWEEP_S = 600                    # a folder is swept for stale temporaries this often
 
@@ -148,6 +149,8 @@ IS_WINDOWS = os.name == "nt"
 PROCESS_UMASK = os.umask(0o022)        # read once (the only way to read it) ...
 os.umask(PROCESS_UMASK)                # ... and put back at once
 HAS_SENDFILE = hasattr(os, "sendfile")
+FADVISE_DONTNEED = getattr(os, "POSIX_FADV_DONTNEED", None) if hasattr(os, "posix_fadvise") \
+    else None
 
 
 # ---------------------------------------------------------------------------
@@ -1848,15 +1851,30 @@ class TempFile(object):
         ctx.active_temps.add(self.path)
         self.file = os.fdopen(fd, "wb")
         self.size = 0
+        self.started_writeback = 0
         self.mode = 0o666 & ~PROCESS_UMASK      # mkstemp's 0600 is for the temporary only
 
     def write(self, data):
         """Append data; raises HTTPError 507/500 when the disk refuses."""
         try:
             self.file.write(data)
+            self.size += len(data)
+            if self.size - self.started_writeback >= WRITEBACK_BYTES:
+                self.start_writeback()
         except OSError as exc:
             raise write_error(exc, self.path)
-        self.size += len(data)
+
+    def start_writeback(self):
+        """Let the kernel write what we have so far, without waiting for it.
+
+        POSIX_FADV_DONTNEED starts the write-back of dirty pages on Linux,
+        so the fsync at the end (which the loop waits for) has at most
+        WRITEBACK_BYTES left to flush instead of a whole upload.
+        """
+        self.started_writeback = self.size
+        if FADVISE_DONTNEED is not None:
+            self.file.flush()
+            os.posix_fadvise(self.file.fileno(), 0, 0, FADVISE_DONTNEED)
 
     def complete(self):
         """Flush the content to disk and close it (safe to call again)."""
