@@ -1365,16 +1365,14 @@ Config = collections.namedtuple("Config", [
 class Context(object):
     """What every handler gets besides the request: settings and caches.
 
-    One per server process.  The caches live here, not in module globals,
-    so two servers in one process (the tests' in-process units) share
-    nothing.
+    One per server.  Caches live here rather than in module globals, so
+    the module keeps no state that changes and two servers share nothing.
     """
 
     def __init__(self, config):
         self.config = config
         self.swept_folders = {}         # folder -> when stale temporaries were last removed
         self.active_temps = set()       # this process's upload temporaries in progress
-        self.log_error = lambda line: None   # the server replaces it with its error log
 
 
 Route = collections.namedtuple("Route", [
@@ -2804,7 +2802,6 @@ class Server(object):
     def __init__(self, config, listener, log_stream=None):
         self.config = config
         self.ctx = Context(config)
-        self.ctx.log_error = self.log_error
         self.listener = listener
         self.selector = selectors.DefaultSelector()
         self.connections = set()

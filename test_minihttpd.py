@@ -15,6 +15,7 @@ and is_closed() says whether the server closed the connection.
 """
 
 import email.utils
+import errno
 import gzip
 import hashlib
 import html
@@ -27,6 +28,7 @@ import select
 import shutil
 import signal
 import socket
+import stat
 import struct
 import subprocess
 import sys
@@ -60,6 +62,8 @@ IMF_DATE_RE = re.compile(
 CLF_LINE_TEMPLATE = (
     r'^127\.0\.0\.1 - - \[\d{2}/[A-Z][a-z]{2}/\d{4}:\d{2}:\d{2}:\d{2} [+-]\d{4}\] '
     r'"%s" %s %s(\s.*)?$')
+SERVER_500_RE = re.compile(r'" 500 ')   # the status field of an access-log line
+IS_LINUX = sys.platform.startswith("linux")
 
 
 # ---------------------------------------------------------------------------
@@ -323,20 +327,35 @@ def rst_close(sock):
     sock.close()
 
 
-def is_closed(sock, timeout=5):
-    """True when the peer closes (EOF or reset) within timeout without sending more.
+def is_closed(sock, timeout=5, drain=False):
+    """True when the peer closes (EOF or reset) within timeout: the one "is it closed" check.
 
-    False when timeout passes first or bytes arrive instead: the one
-    "is the connection closed" check every test uses.
+    False when timeout passes first or, unless drain, when bytes arrive
+    instead.  drain=True reads and drops bytes that arrive first (the rest
+    of a response nobody reads) and only asks whether the end comes in time.
     """
-    sock.settimeout(timeout)
-    try:
-        data = sock.recv(65536)
-    except socket.timeout:
-        return False
-    except (ConnectionResetError, ConnectionAbortedError):
-        return True
-    return data == b""
+    end = time.monotonic() + timeout
+    while True:
+        left = end - time.monotonic()
+        if left <= 0:
+            return False
+        sock.settimeout(left)
+        try:
+            data = sock.recv(65536)
+        except socket.timeout:
+            return False
+        except (ConnectionResetError, ConnectionAbortedError):
+            return True
+        if not data:
+            return True
+        if not drain:
+            return False
+
+
+def is_readable(sock, timeout):
+    """True when the socket has bytes (or end-of-stream) within timeout; nothing is read."""
+    ready, _, _ = select.select([sock], [], [], timeout)
+    return bool(ready)
 
 
 def recv_until_closed(sock, limit=64 * 1024 * 1024):
@@ -570,6 +589,11 @@ def head_field(head_text, name):
     return None
 
 
+def head_status(head_text):
+    """The status code of a head read by read_head."""
+    return int(head_text.split(" ", 2)[1])
+
+
 def request(port, method, path, headers=None, body=b"", version="HTTP/1.1"):
     """Send one request with Connection: close and return the parsed Response."""
     data = build_request(method, path, headers, body, version,
@@ -698,10 +722,36 @@ def varied_text(nbytes, seed="line"):
     return b"".join(parts)[:nbytes]
 
 
+def make_sparse(path, size):
+    """Create a sparse file of size bytes (reads as zeros, costs no disk)."""
+    with open(path, "wb") as f:
+        f.truncate(size)
+
+
 def byte_pattern(n, seed=0):
     """n deterministic bytes covering every byte value."""
     block = bytes((i * 7 + seed) % 256 for i in range(256))
     return (block * (n // 256 + 1))[:n]
+
+
+# Chunked bodies shared by the live test (TestHardenedInputs) and the decoder units (TestCoreUnits).
+BAD_CHUNKED_BODIES = [
+    ("LF after size", b"5\nhello\r\n0\r\n\r\n"),
+    ("LF after data", b"5\r\nhello\n0\r\n\r\n"),
+    ("LF after last chunk", b"5\r\nhello\r\n0\n\r\n"),
+    ("LF ends trailer section", b"5\r\nhello\r\n0\r\n\n"),
+    ("LF after trailer field", b"5\r\nhello\r\n0\r\nX-T: 1\n\r\n"),
+    ("CR in size line", b"5\r\r\nhello\r\n0\r\n\r\n"),
+    ("VT after size", b"5\x0b\r\nhello\r\n0\r\n\r\n"),
+    ("FF after size", b"5\x0c\r\nhello\r\n0\r\n\r\n"),
+    ("SOH after size", b"5\x01\r\nhello\r\n0\r\n\r\n"),
+]
+GOOD_CHUNKED_BODIES = [
+    ("plain", b"5\r\nhello\r\n0\r\n\r\n"),
+    ("space before ext", b"5 ;x=y\r\nhello\r\n0\r\n\r\n"),
+    ("tab before ext", b"5\t;x=y\r\nhello\r\n0\r\n\r\n"),
+    ("two chunks and a trailer", b"3\r\nhel\r\n2;a\r\nlo\r\n0\r\nX-T: 1\r\n\r\n"),
+]
 
 
 def decode_chunked(pieces):
@@ -896,6 +946,38 @@ class SharedServerTestCase(unittest.TestCase):
     def port(self):
         """The port of the class's main server (cls.srv)."""
         return self.srv.port
+
+
+def log_excerpt(text, lines=20, width=300):
+    """The last lines of a server log, each cut to width characters, for messages."""
+    tail = text.splitlines()[-lines:]
+    return "\n".join(line if len(line) <= width else line[:width] + "..." for line in tail)
+
+
+class ServerTestCase(unittest.TestCase):
+    """Starts servers through serve() and checks their stderr after each test.
+
+    After every test no server's stderr may hold a traceback, nor a 500
+    unless the test set expect_500_in_log.
+    """
+
+    def setUp(self):
+        self.servers = []
+        self.expect_500_in_log = False
+
+    def serve(self, root, *args, **kwargs):
+        """start_server, remembered for the stderr check in tearDown."""
+        server = start_server(self, root, *args, **kwargs)
+        self.servers.append(server)
+        return server
+
+    def tearDown(self):
+        for server in self.servers:
+            text = server.stderr_text()
+            self.assertNotIn("Traceback", text, "server stderr:\n" + log_excerpt(text))
+            if not self.expect_500_in_log:
+                self.assertIsNone(SERVER_500_RE.search(text),
+                                  "a 500 for client input; server stderr:\n" + log_excerpt(text))
 
 
 # ---------------------------------------------------------------------------
@@ -1238,6 +1320,234 @@ class TestRequestParsing(unittest.TestCase):
                 with self.assertRaises(minihttpd.HTTPError) as cm:
                     decode_chunked([raw])
                 self.assertEqual(cm.exception.status, 400)
+
+
+# ---------------------------------------------------------------------------
+# Core units: header parameters, ranges, the close decision, names and paths
+# ---------------------------------------------------------------------------
+
+ADVERSARIAL_LIMIT_S = 2.0      # spec: 1 MB of header parameters parse "within a second or two"
+ADVERSARIAL_CHILD_S = 4.0      # a child still parsing after this (start-up included) is killed
+
+# A child that parses one adversarial value; argv: module folder, value name, unescape (1/0).
+ADVERSARIAL_CHILD = r"""
+import json, sys, time
+sys.path.insert(0, sys.argv[1])
+import minihttpd
+values = {
+    "a": "a" * 10 ** 6,
+    "empty params": "; a=" * 200000,
+    "backslashes": 'a="' + "\\\\" * 500000,
+    "unterminated": "x; " + "a" * 10 ** 6,
+    "quotes": "x; a=" + '"' * 10 ** 6,
+    "equals": "x; " + "=" * 10 ** 6,
+}
+value = values[sys.argv[2]]
+start = time.monotonic()
+try:
+    minihttpd.parse_header_params(value, unescape=sys.argv[3] == "1")
+    outcome = "returned"
+except minihttpd.HTTPError as exc:
+    outcome = "HTTPError %d" % exc.status
+except Exception as exc:
+    outcome = "raised %r" % (exc,)
+print(json.dumps({"outcome": outcome, "elapsed": time.monotonic() - start}))
+"""
+
+
+def request_from(head):
+    """A Request parsed from a head given as bytes."""
+    return minihttpd.parse_request_head(head)[0]
+
+
+def fed_two_ways(data):
+    """[(how, pieces)]: data whole, and one byte at a time, for decode_chunked."""
+    return [("whole", [data]), ("bytewise", [data[i:i + 1] for i in range(len(data))])]
+
+
+class TestCoreUnits(unittest.TestCase):
+    """parse_header_params, parse_range, decide_close, is_visible, is_confined, ChunkedDecoder."""
+
+    def test_parse_header_params(self):
+        cases = [
+            ("text/html", ("text/html", {})),
+            ("Text/Plain;", ("text/plain", {})),
+            ("multipart/form-data; boundary=abc", ("multipart/form-data", {"boundary": "abc"})),
+            ('Form-Data; Name="x"; FileName="a b.txt"', ("form-data", {"name": "x", "filename": "a b.txt"})),
+            ("text/plain ; charset = utf-8", ("text/plain", {"charset": "utf-8"})),
+            ('a; b="x;y"; c=1', ("a", {"b": "x;y", "c": "1"})),
+            ('form-data; filename="a\\"b.txt"', ("form-data", {"filename": 'a"b.txt'})),
+            ('form-data; filename="x\\\\y"', ("form-data", {"filename": "x\\y"})),
+        ]
+        for value, expected in cases:
+            with self.subTest(value=value):
+                main, params = minihttpd.parse_header_params(value)
+                self.assertEqual((main, dict(params)), expected)
+
+    def test_parse_header_params_without_unescape(self):
+        cases = [
+            ('form-data; filename="C:\\dir\\a.txt"', {"filename": "C:\\dir\\a.txt"}),
+            ('form-data; name="f"; filename="a\\"b.txt"', {"name": "f", "filename": 'a\\"b.txt'}),
+        ]
+        for value, expected in cases:
+            with self.subTest(value=value):
+                main, params = minihttpd.parse_header_params(value, unescape=False)
+                self.assertEqual(main, "form-data")
+                self.assertEqual(dict(params), expected)
+
+    def test_parse_header_params_limits_the_count(self):
+        value = "form-data; " + "; ".join("p%d=v" % i for i in range(64))
+        _, params = minihttpd.parse_header_params(value)
+        self.assertEqual(len(params), 64)
+        with self.assertRaises(minihttpd.HTTPError) as caught:
+            minihttpd.parse_header_params(value + "; p64=v")
+        self.assertEqual(caught.exception.status, 400)
+
+    def test_parse_header_params_is_linear(self):
+        module_dir = os.path.dirname(os.path.abspath(minihttpd.__file__))
+        cases = [("a", True), ("empty params", True), ("backslashes", True),
+                 ("backslashes", False), ("unterminated", True), ("unterminated", False),
+                 ("quotes", True), ("equals", True)]
+        for name, unescape in cases:
+            with self.subTest(value=name, unescape=unescape):
+                # A child process: a quadratic parser cannot be stopped inside this one.
+                try:
+                    done = subprocess.run(
+                        [sys.executable, "-c", ADVERSARIAL_CHILD, module_dir, name,
+                         "1" if unescape else "0"],
+                        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                        timeout=ADVERSARIAL_CHILD_S)
+                except subprocess.TimeoutExpired:
+                    done = None
+                self.assertIsNotNone(done, "still parsing after %.0f s" % ADVERSARIAL_CHILD_S)
+                self.assertEqual(done.returncode, 0, done.stderr.decode("utf-8", "replace"))
+                result = json.loads(done.stdout.decode("utf-8"))
+                self.assertLess(result["elapsed"], ADVERSARIAL_LIMIT_S)
+                # The spec allows either answer for adversarial text.
+                self.assertIn(result["outcome"], ("returned", "HTTPError 400"))
+
+    def test_parse_range(self):
+        huge = "9" * 5000
+        cases = [
+            ("bytes=0-9", [(0, 9)]),
+            ("bytes=0-9,5-19", [(0, 19)]),
+            ("bytes=0-9,10-19", [(0, 19)]),
+            ("bytes=10-19,0-9", [(0, 19)]),
+            ("bytes=50-59,0-9", [(0, 9), (50, 59)]),
+            ("bytes=0-9,20-29,5-12", [(0, 12), (20, 29)]),
+            ("bytes=0-,0-", [(0, 99)]),
+            ("bytes=-10,90-", [(90, 99)]),
+            ("bytes=0-,0-,0-", None),
+            ("bytes=" + ",".join(["0-"] * 100), None),
+            ("bytes=0-" + huge, [(0, 99)]),
+            ("bytes=-" + huge, [(0, 99)]),
+            ("items=0-9", None),
+        ]
+        for value, expected in cases:
+            with self.subTest(value=value[:40]):
+                result = minihttpd.parse_range(value, 100)
+                if expected is None:
+                    self.assertIsNone(result)
+                else:
+                    self.assertEqual([tuple(r) for r in result], expected)
+
+    def test_parse_range_unsatisfiable(self):
+        huge = "9" * 5000
+        for value in ("bytes=" + huge + "-", "bytes=" + huge + "-" + huge, "bytes=100-200"):
+            with self.subTest(value=value[:40]):
+                with self.assertRaises(minihttpd.HTTPError) as caught:
+                    minihttpd.parse_range(value, 100)
+                self.assertEqual(caught.exception.status, 416)
+
+    def test_decide_close(self):
+        h11 = request_from(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        h11_close = request_from(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        h11_close_mixed = request_from(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: Keep-Alive, Close\r\n\r\n")
+        h10 = request_from(b"GET / HTTP/1.0\r\n\r\n")
+        h10_keep = request_from(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+        # (label, request, status, length_known, body_unread, stopping, peer_done, expected)
+        cases = [
+            ("unparsed head", None, 400, True, False, False, False, True),
+            ("plain 1.1", h11, 200, True, False, False, False, False),
+            ("1.1 chunked", h11, 200, False, False, False, False, False),
+            ("1.1 404", h11, 404, True, False, False, False, False),
+            ("1.1 304", h11, 304, True, False, False, False, False),
+            ("1.1 416", h11, 416, True, False, False, False, False),
+            ("stopping", h11, 200, True, False, True, False, True),
+            ("peer done", h11, 200, True, False, False, True, True),
+            ("body unread", h11, 200, True, True, False, False, True),
+            ("Connection: close", h11_close, 200, True, False, False, False, True),
+            ("Connection: Keep-Alive, Close", h11_close_mixed, 200, True, False, False, False, True),
+            ("1.0 default", h10, 200, True, False, False, False, True),
+            ("1.0 keep-alive", h10_keep, 200, True, False, False, False, False),
+            ("1.0 keep-alive, unknown length", h10_keep, 200, False, False, False, False, True),
+        ]
+        for status in (400, 408, 413, 414, 431, 501, 505):
+            cases.append(("status %d" % status, h11, status, True, False, False, False, True))
+        for label, req, status, length_known, body_unread, stopping, peer_done, expected in cases:
+            with self.subTest(case=label):
+                self.assertIs(minihttpd.decide_close(req, status, length_known, body_unread,
+                                                     stopping, peer_done), expected)
+
+    def test_is_visible(self):
+        temp = UPLOAD_TEMP_PREFIX + "123-abc"
+        cases = [
+            ("a.txt", False, True), ("a..b", False, True), ("", True, False),
+            (".", True, False), ("..", True, False), ("a/b", True, False),
+            ("a\\b", True, False), ("a\x00b", True, False), (".env", False, False),
+            (".env", True, True), (temp, False, False), (temp, True, False),
+        ]
+        for name, hidden, expected in cases:
+            with self.subTest(name=name, hidden=hidden):
+                self.assertIs(minihttpd.is_visible(name, hidden), expected)
+
+    def test_is_confined(self):
+        base = os.path.realpath(tempfile.mkdtemp(prefix="minihttpd-confined-"))
+        self.addCleanup(shutil.rmtree, base, True)
+        root = os.path.join(base, "root")
+        outside = os.path.join(base, "outside")
+        os.makedirs(os.path.join(root, "sub"))
+        os.makedirs(outside)
+        cases = [
+            (root, False, True),
+            (os.path.join(root, "sub"), False, True),
+            (os.path.join(root, "sub", "missing.txt"), False, True),
+            (outside, False, False),
+            (base + os.sep + "rootx", False, False),        # a sibling sharing the prefix
+            (os.path.join(root, "..", "outside"), False, False),
+        ]
+        try:
+            os.symlink(outside, os.path.join(root, "out"))
+            os.symlink(os.path.join(root, "sub"), os.path.join(root, "in"))
+        except (OSError, NotImplementedError):
+            pass                                            # no symlinks here: skip those cases
+        else:
+            cases += [
+                (os.path.join(root, "out"), False, False),
+                (os.path.join(root, "out", "f.txt"), False, False),
+                (os.path.join(root, "out"), True, True),
+                (os.path.join(root, "in"), False, True),
+            ]
+        for path, follow, expected in cases:
+            with self.subTest(path=os.path.relpath(path, base), follow_symlinks=follow):
+                self.assertIs(minihttpd.is_confined(path, root, follow), expected)
+
+    def test_chunked_decoder_rejects_bare_lf_and_controls(self):
+        for label, body in BAD_CHUNKED_BODIES:
+            for how, pieces in fed_two_ways(body):
+                with self.subTest(case=label, fed=how):
+                    with self.assertRaises(minihttpd.HTTPError) as caught:
+                        decode_chunked(pieces)
+                    self.assertEqual(caught.exception.status, 400)
+
+    def test_chunked_decoder_accepts_crlf(self):
+        for label, body in GOOD_CHUNKED_BODIES:
+            for how, pieces in fed_two_ways(body + b"NEXT"):
+                with self.subTest(case=label, fed=how):
+                    decoder, payload = decode_chunked(pieces)
+                    self.assertEqual(payload, b"hello")
+                    self.assertTrue(decoder.done)
+                    self.assertEqual(decoder.unused, b"NEXT")
 
 
 # ---------------------------------------------------------------------------
@@ -2554,8 +2864,6 @@ class TestLimits(SharedServerTestCase):
         self.assertIsNone(srv.proc.poll())
 
 
-
-
 # ---------------------------------------------------------------------------
 # Accept-Encoding parsing (pure)
 # ---------------------------------------------------------------------------
@@ -3419,19 +3727,10 @@ class TestGzip(SharedServerTestCase):
                 f.write(piece)
                 expected.update(piece)
         srv = start_server(self, root)
-        status_path = "/proc/%d/status" % srv.proc.pid
-        if not os.path.exists(status_path):
-            self.skipTest("no %s" % status_path)
-
-        def hwm_kib():
-            with open(status_path) as f:
-                for line in f:
-                    if line.startswith("VmHWM:"):
-                        return int(line.split()[1])
-            self.skipTest("no VmHWM in %s" % status_path)
-
+        if vm_hwm_kib(srv.proc.pid) is None:
+            self.skipTest("no VmHWM in /proc/%d/status" % srv.proc.pid)
         self.assertEqual(get(srv.port, "/").status, 200)   # warm up
-        before = hwm_kib()
+        before = vm_hwm_kib(srv.proc.pid)
         conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=IO_TIMEOUT_S)
         try:
             conn.request("GET", "/huge.txt", headers={"Accept-Encoding": "gzip"})
@@ -3456,7 +3755,7 @@ class TestGzip(SharedServerTestCase):
             self.assertTrue(dec.eof, "gzip stream not terminated")
         finally:
             conn.close()
-        after = hwm_kib()
+        after = vm_hwm_kib(srv.proc.pid)
         self.assertEqual(total, size)
         self.assertEqual(got.hexdigest(), expected.hexdigest())
         self.assertLess(wire, size // 2, "response not actually compressed")
@@ -3464,7 +3763,6 @@ class TestGzip(SharedServerTestCase):
                         "server peak RSS grew by %d KiB serving a 64 MiB file (before %d, after %d)"
                         % (after - before, before, after))
         self.assertLess(after, 100 * 1024, "server peak RSS %d KiB" % after)
-
 
 
 # ---------------------------------------------------------------------------
@@ -4699,6 +4997,1185 @@ class TestUploadSafety(unittest.TestCase):
 
 
 # ---------------------------------------------------------------------------
+# Inputs: clear answers, never a 500 or a traceback
+# ---------------------------------------------------------------------------
+
+CLOSE_WAIT_S = 3               # how long a server may take to close after an error
+MEMORY_LIMIT_KIB = 100 * 1024  # spec: peak RSS stays under ~100 MB while 404.html streams
+
+
+def drop_dac_capabilities():
+    """preexec_fn for root on Linux: lose CAP_DAC_OVERRIDE/READ_SEARCH so modes apply.
+
+    Dropping them from the bounding set survives execve, where root would
+    otherwise get every capability back.
+    """
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    for cap in (1, 2):                          # CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH
+        if libc.prctl(24, cap, 0, 0, 0) != 0:   # PR_CAPBSET_DROP
+            os._exit(97)
+
+
+def unwritable_folder_preexec():
+    """The preexec_fn under which a root-owned 0o555 folder refuses writes, or None."""
+    if IS_LINUX and hasattr(os, "geteuid") and os.geteuid() == 0:
+        return drop_dac_capabilities
+    return None
+
+
+def can_write_into(folder, preexec_fn):
+    """Whether a child started like the server can create a file in folder."""
+    code = ("import os, sys\n"
+            "try:\n"
+            "    open(os.path.join(sys.argv[1], 'probe'), 'wb').close()\n"
+            "except OSError:\n"
+            "    sys.exit(1)\n")
+    kwargs = {"preexec_fn": preexec_fn} if preexec_fn is not None else {}
+    done = subprocess.run([sys.executable, "-c", code, folder], stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL, timeout=20, **kwargs)
+    if os.path.exists(os.path.join(folder, "probe")):
+        os.unlink(os.path.join(folder, "probe"))
+    return done.returncode == 0
+
+
+class TestHardenedInputs(ServerTestCase):
+    """Every "Inputs" bullet of issue 7 against a live server."""
+
+    def test_range_with_huge_numbers(self):
+        data = bytes(range(256)) * 4
+        srv = self.serve(make_tree(self, {"data.bin": data}))
+        r = get(srv.port, "/data.bin", {"Range": "bytes=" + "9" * 5000 + "-"})
+        self.assertEqual(r.status, 416)
+        self.assertEqual(r.headers.get("content-range"), "bytes */%d" % len(data))
+        r = get(srv.port, "/data.bin", {"Range": "bytes=0-" + "9" * 5000})
+        self.assertEqual(r.status, 206)
+        self.assertEqual(r.headers.get("content-range"), "bytes 0-%d/%d" % (len(data) - 1, len(data)))
+        self.assertEqual(r.body, data)
+
+    def test_overlapping_and_adjacent_ranges_are_merged(self):
+        data = bytes(range(256)) * 4
+        size = len(data)
+        srv = self.serve(make_tree(self, {"data.bin": data}))
+        cases = [
+            ("bytes=0-9,5-19", 0, 19),
+            ("bytes=0-9,10-19", 0, 19),
+            ("bytes=10-19,0-9", 0, 19),
+            ("bytes=0-,0-", 0, size - 1),
+            ("bytes=-10,%d-" % (size - 5), size - 10, size - 1),
+        ]
+        for header, start, end in cases:
+            with self.subTest(range=header):
+                r = get(srv.port, "/data.bin", {"Range": header})
+                self.assertEqual(r.status, 206)
+                self.assertEqual(r.headers.get("content-range"), "bytes %d-%d/%d" % (start, end, size))
+                self.assertEqual(r.body, data[start:end + 1])
+                self.assertLessEqual(len(r.body), size)
+
+    def test_many_overlapping_ranges_give_the_whole_file(self):
+        data = bytes(range(256)) * 4
+        srv = self.serve(make_tree(self, {"data.bin": data}))
+        for header in ("bytes=0-,0-,0-", "bytes=" + ",".join(["0-"] * 100),
+                       "bytes=0-99,0-99,0-99,0-99"):
+            with self.subTest(range=header[:40]):
+                r = get(srv.port, "/data.bin", {"Range": header})
+                self.assertEqual(r.status, 200)
+                self.assertNotIn("content-range", r.headers)
+                self.assertLessEqual(len(r.body), len(data))
+                self.assertEqual(r.body, data)
+
+    def test_malformed_absolute_uri(self):
+        srv = self.serve(make_tree(self, {"a.txt": b"A"}))
+        r = parse_response(send_raw(srv.port, b"GET http://[::1/ HTTP/1.1\r\nHost: x\r\n\r\n"))
+        self.assertEqual(r.status, 400)
+
+    def test_too_deep_paths_get_414(self):
+        root = make_tree(self)
+        srv = self.serve(root, "-u")
+        deep = "/a" * 2000 + "/f.txt"
+        r = request(srv.port, "PUT", deep, body=b"x")
+        self.assertEqual(r.status, 414)
+        self.assertEqual(os.listdir(root), [], "a refused PUT created folders")
+        over = "/a" * 64 + "/f.txt"                     # 65 segments
+        for method in ("GET", "HEAD", "PUT", "POST", "OPTIONS", "DELETE"):
+            with self.subTest(method=method, segments=65):
+                r = request(srv.port, method, over, body=b"x" if method in ("PUT", "POST") else b"")
+                self.assertEqual(r.status, 414)
+        self.assertEqual(os.listdir(root), [], "a refused request created folders")
+
+    def test_sixty_four_segments_are_allowed(self):
+        root = make_tree(self)
+        srv = self.serve(root, "-u")
+        path = "/d" * 63 + "/f.txt"                     # 64 segments: the limit itself
+        self.assertEqual(get(srv.port, path).status, 404)
+        self.assertEqual(request(srv.port, "PUT", path, body=b"deep").status, 201)
+        r = get(srv.port, path)
+        self.assertEqual(r.status, 200)
+        self.assertEqual(r.body, b"deep")
+
+    def test_long_segment_gets_400(self):
+        root = make_tree(self)
+        srv = self.serve(root, "-u")
+        long_ascii = "/" + "a" * 300
+        for method in ("GET", "HEAD", "PUT", "POST", "OPTIONS", "DELETE"):
+            with self.subTest(method=method):
+                r = request(srv.port, method, long_ascii,
+                            body=b"x" if method in ("PUT", "POST") else b"")
+                self.assertEqual(r.status, 400)
+        cases = [
+            ("/dir/" + "a" * 300 + "/f.txt", 400),
+            ("/" + urllib.parse.quote("\u00e9" * 128), 400),   # 256 bytes of UTF-8
+            ("/" + urllib.parse.quote("\u00e9" * 127), 404),   # 254 bytes
+            ("/" + "a" * 255, 404),
+        ]
+        for target, status in cases:
+            with self.subTest(target=target[:30], length=len(target)):
+                self.assertEqual(get(srv.port, target).status, status)
+        self.assertEqual(os.listdir(root), [])
+
+    def test_long_form_file_name_is_shortened(self):
+        root = make_tree(self)
+        srv = self.serve(root, "-u")
+        boundary = b"----b7long"
+        cases = [("x" * 296 + ".txt", "x"), ("\u00e9" * 150 + ".txt", "\u00e9")]
+        for i, (name, first) in enumerate(cases):
+            with self.subTest(name_bytes=len(name.encode("utf-8"))):
+                before = set(os.listdir(root.encode()))
+                content = b"content %d" % i
+                body = build_multipart(boundary, [("file", name, content)])
+                r = post_multipart(srv.port, "/", boundary, body, accept_json=True)
+                self.assertEqual(r.status, 201)
+                new = sorted(set(os.listdir(root.encode())) - before)
+                self.assertEqual(len(new), 1, new)
+                saved = new[0]
+                self.assertLessEqual(len(saved), 255)
+                self.assertTrue(saved.endswith(b".txt"), saved)
+                self.assertTrue(saved.decode("utf-8").startswith(first))   # whole characters
+                self.assertEqual(read_file(os.path.join(root.encode(), saved)), content)
+
+    def test_asterisk_target(self):
+        root = make_tree(self, {"a.txt": b"A"})
+        srv = self.serve(root, "-u")
+        for method in ("GET", "HEAD", "PUT", "POST", "DELETE"):
+            with self.subTest(method=method):
+                r = request(srv.port, method, "*", body=b"star" if method in ("PUT", "POST") else b"")
+                self.assertEqual(r.status, 400)
+        self.assertEqual(request(srv.port, "OPTIONS", "*").status, 204)
+        self.assertEqual(sorted(os.listdir(root)), ["a.txt"])
+
+    def test_transfer_codings_other_than_chunked(self):
+        root = make_tree(self)
+        srv = self.serve(root, "-u")
+        body = b"5\r\nhello\r\n0\r\n\r\n"
+        for coding in ("chunked, identity", "gzip, chunked", "identity", "foo", "chunked, chunked"):
+            with self.subTest(coding=coding):
+                data = build_request("PUT", "/te.txt", [("Transfer-Encoding", coding)], body)
+                resp, closed = exchange(srv.port, data)
+                self.assertEqual(resp.status, 400)
+                self.assertTrue(closed, "connection stayed open after a 400 for framing")
+        self.assertEqual(os.listdir(root), [])
+
+    def test_chunked_body_needs_crlf(self):
+        root = make_tree(self)
+        srv = self.serve(root, "-u")
+        for i, (label, body) in enumerate(BAD_CHUNKED_BODIES):
+            with self.subTest(case=label):
+                r = request(srv.port, "PUT", "/bad%d.txt" % i,
+                            headers={"Transfer-Encoding": "chunked"}, body=body)
+                self.assertEqual(r.status, 400)
+        self.assertEqual(os.listdir(root), [])
+        for i, (label, body) in enumerate(GOOD_CHUNKED_BODIES):
+            with self.subTest(case=label):
+                r = request(srv.port, "PUT", "/good%d.txt" % i,
+                            headers={"Transfer-Encoding": "chunked"}, body=body)
+                self.assertEqual(r.status, 201)
+                self.assertEqual(read_file(os.path.join(root, "good%d.txt" % i)), b"hello")
+
+    def test_double_slash_redirect_stays_on_origin(self):
+        srv = self.serve(make_tree(self, {"evil.com/index.txt": b"x"}))
+        for target in ("//evil.com", "///evil.com"):
+            with self.subTest(target=target):
+                r = get(srv.port, target)
+                self.assertEqual(r.status, 301)
+                self.assertEqual(r.headers.get("location"), "/evil.com/")
+
+    @unittest.skipUnless(IS_LINUX, "file names that are not UTF-8 need Linux")
+    def test_file_name_not_utf8(self):
+        root = make_tree(self, {"ok.txt": b"ok"})
+        fd = os.open(os.path.join(root.encode(), b"caf\xe9.txt"), os.O_WRONLY | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, b"latin-1 name")
+        finally:
+            os.close(fd)
+        srv = self.serve(root)
+        shown = "caf\ufffd.txt"
+        r = get(srv.port, "/")
+        self.assertEqual(r.status, 200)
+        self.assertIn(b"caf%E9.txt", r.body)
+        self.assertIn(shown.encode("utf-8"), r.body)
+        self.assertIn(b"ok.txt", r.body)
+        r = get(srv.port, "/?format=json")
+        self.assertEqual(r.status, 200)
+        names = [e["name"] for e in json.loads(r.body.decode("utf-8"))["entries"]]
+        self.assertEqual(sorted(names), sorted([shown, "ok.txt"]))
+        r = get(srv.port, "/caf%E9.txt")
+        self.assertEqual(r.status, 200)
+        self.assertEqual(r.body, b"latin-1 name")
+
+    @unittest.skipIf(os.name == "nt", "folder modes do not stop writes on Windows")
+    def test_500_log_line_names_os_error_and_path(self):
+        root = make_tree(self, {"ro/": None})
+        ro = os.path.join(root, "ro")
+        os.chmod(root, 0o755)
+        os.chmod(ro, 0o555)
+        self.addCleanup(os.chmod, ro, 0o755)
+        preexec = unwritable_folder_preexec()
+        if can_write_into(ro, preexec):
+            self.skipTest("cannot make a folder unwritable for the server here")
+        srv = self.serve(root, "-u", preexec_fn=preexec)
+        self.expect_500_in_log = True
+        r = request(srv.port, "PUT", "/ro/f.txt", body=b"data")
+        self.assertEqual(r.status, 500)
+        self.assertFalse(os.path.exists(os.path.join(ro, "f.txt")))
+        error_words = (os.strerror(errno.EACCES), "EACCES", "Errno %d" % errno.EACCES)
+
+        def error_line():
+            for line in srv.stderr_text().splitlines():
+                if any(w in line for w in error_words) and (ro in line or "/ro/f.txt" in line):
+                    return line
+            return None
+        self.assertIsNotNone(wait_for(error_line, timeout=CLOSE_WAIT_S),
+                             "no line with the OS error and the path:\n"
+                             + log_excerpt(srv.stderr_text()))
+
+    @unittest.skipUnless(vm_hwm_kib(os.getpid()) is not None, "no /proc/PID/status VmHWM")
+    def test_404_page_is_streamed(self):
+        root = make_tree(self, {"a.txt": b"A"})
+        make_sparse(os.path.join(root, "404.html"), 200 * 1024 * 1024)
+        srv = self.serve(root, "-q")
+        self.assertEqual(get(srv.port, "/a.txt").status, 200)
+        clients = []
+        self.addCleanup(lambda: [c.close() for c in clients])
+        peak = vm_hwm_kib(srv.proc.pid)
+        for i in range(10):
+            sock = small_rcvbuf_socket(srv.port, rcvbuf=4096)
+            clients.append(sock)
+            sock.sendall(build_request("GET", "/missing-%d" % i))
+            self.assertTrue(is_readable(sock, IO_TIMEOUT_S), "no answer to client %d" % i)
+            peak = vm_hwm_kib(srv.proc.pid)
+            if peak >= MEMORY_LIMIT_KIB:
+                break                                   # stop before the machine suffers
+        self.assertLess(peak, MEMORY_LIMIT_KIB, "peak RSS %d KiB" % peak)
+        self.assertTrue(clients[0].recv(64).startswith(b"HTTP/1.1 404 "))
+
+    @unittest.skipIf(os.name == "nt", "symlinks need privileges on Windows")
+    def test_404_page_outside_root_is_not_used(self):
+        outside = make_tree(self, {"page.html": b"<p>SECRET-OUTSIDE</p>"})
+        root = make_tree(self, {"a.txt": b"A"})
+        os.symlink(os.path.join(outside, "page.html"), os.path.join(root, "404.html"))
+        srv = self.serve(root)
+        r = get(srv.port, "/missing")
+        self.assertEqual(r.status, 404)
+        self.assertNotIn(b"SECRET-OUTSIDE", r.body)
+        self.assertIn(b"404", r.body)
+
+    @unittest.skipUnless(hasattr(os, "mkfifo"), "no FIFOs here")
+    def test_404_page_that_is_not_a_regular_file_is_not_used(self):
+        root = make_tree(self, {"a.txt": b"A"})
+        fifo = os.path.join(root, "404.html")
+        os.mkfifo(fifo)
+        srv = self.serve(root)
+
+        def unblock():
+            """A server stuck opening the FIFO gets EOF (today's code would hang)."""
+            try:
+                os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+            except OSError:
+                pass                                    # nobody is reading it: good
+        self.addCleanup(unblock)
+        sock = connect(srv.port, timeout=CLOSE_WAIT_S)
+        try:
+            sock.sendall(build_request("GET", "/missing", close=True))
+            try:
+                r = read_response(sock)
+            except socket.timeout:
+                r = None
+            self.assertIsNotNone(r, "no answer within %d s: the server is blocked on the FIFO"
+                                 % CLOSE_WAIT_S)
+        finally:
+            sock.close()
+        self.assertEqual(r.status, 404)
+        self.assertIn(b"404", r.body)
+
+
+# ---------------------------------------------------------------------------
+# All or nothing: uploads
+# ---------------------------------------------------------------------------
+
+class TestAllOrNothing(ServerTestCase):
+    """Every "All or nothing" bullet of issue 7 against a live -u server."""
+
+    boundary = b"----b7allornothing"
+
+    def post_form(self, body, declared=None):
+        """The bytes of a form POST to / with Content-Length declared (default len(body))."""
+        length = len(body) if declared is None else declared
+        return build_request("POST", "/", [
+            ("Content-Type", "multipart/form-data; boundary=" + self.boundary.decode("ascii")),
+            ("Accept", "application/json"), ("Content-Length", str(length))], body)
+
+    def send_cut(self, port, data):
+        """Send data and half-close, as a client that stops mid-body; True when the server closes."""
+        sock = connect(port)
+        try:
+            sock.sendall(data)
+            sock.shutdown(socket.SHUT_WR)
+            return is_closed(sock, IO_TIMEOUT_S, drain=True)
+        finally:
+            sock.close()
+
+    def test_cut_after_a_file_part_keeps_nothing(self):
+        whole = build_multipart(self.boundary, [("file", "a.txt", b"NEW CONTENT")])
+        cut = whole[:whole.index(b"--" + self.boundary + b"--")]   # part done, no close
+        cut_further = cut + b"--" + self.boundary                    # a delimiter, then silence
+        for overwrite in (False, True):
+            for label, partial in (("before delimiter", cut), ("after delimiter", cut_further)):
+                with self.subTest(overwrite=overwrite, cut=label):
+                    root = make_tree(self, {"a.txt": b"OLD"} if overwrite else {})
+                    args = ("-u", "--overwrite") if overwrite else ("-u",)
+                    srv = self.serve(root, *args)
+                    self.assertTrue(self.send_cut(srv.port, self.post_form(partial, len(whole))),
+                                    "server kept a cut upload open")
+                    if overwrite:
+                        self.assertEqual(read_file(os.path.join(root, "a.txt")), b"OLD")
+                    else:
+                        self.assertFalse(os.path.exists(os.path.join(root, "a.txt")))
+                    self.assertEqual(upload_temps(root), [])
+
+    def test_body_complete_but_unterminated_keeps_nothing(self):
+        whole = build_multipart(self.boundary, [("file", "a.txt", b"NEW")])
+        cut = whole[:whole.index(b"--" + self.boundary + b"--")] + b"--" + self.boundary
+        root = make_tree(self)
+        srv = self.serve(root, "-u")
+        r = parse_response(send_raw(srv.port, self.post_form(cut)))
+        self.assertEqual(r.status, 400)
+        self.assertEqual(os.listdir(root), [])
+
+    def test_conflict_in_a_later_part_keeps_none(self):
+        root = make_tree(self, {"b.txt": b"EXISTING"})
+        srv = self.serve(root, "-u")
+        body = build_multipart(self.boundary, [("file", "a.txt", b"first"), ("file", "b.txt", b"second")])
+        r = parse_response(send_raw(srv.port, self.post_form(body)))
+        self.assertEqual(r.status, 409)
+        self.assertIn(b"b.txt", r.body)
+        self.assertFalse(os.path.exists(os.path.join(root, "a.txt")), "the first part was kept")
+        self.assertEqual(read_file(os.path.join(root, "b.txt")), b"EXISTING")
+        self.assertEqual(upload_temps(root), [])
+
+    def test_cut_in_a_later_part_keeps_none(self):
+        root = make_tree(self)
+        srv = self.serve(root, "-u")
+        whole = build_multipart(self.boundary, [("file", "a.txt", b"first"),
+                                                ("file", "c.txt", b"second " * 100)])
+        cut = whole[:whole.index(b"second") + 50]
+        self.assertTrue(self.send_cut(srv.port, self.post_form(cut, len(whole))),
+                        "server kept a cut upload open")
+        self.assertEqual(os.listdir(root), [])
+
+    def test_gz_upload_does_not_change_what_report_txt_serves(self):
+        text = b"".join(b"line %04d of the quarterly report\n" % i for i in range(200))
+        root = make_tree(self, {"report.txt": text})
+        srv = self.serve(root, "-u")
+        accept = {"Accept-Encoding": "gzip"}
+        before = get(srv.port, "/report.txt", accept)
+        self.assertEqual(before.status, 200)
+        self.assertEqual(gunzip_body(self, before), text)
+        r = request(srv.port, "PUT", "/report.txt.gz", body=gzip.compress(b"FORGED REPORT"))
+        self.assertEqual(r.status, 201)
+        after = get(srv.port, "/report.txt", accept)
+        self.assertEqual(after.status, 200)
+        self.assertEqual(gunzip_body(self, after), text)
+
+    def test_precompressed_option_honours_gz_with_uploads(self):
+        text = b"".join(b"line %04d of the quarterly report\n" % i for i in range(200))
+        root = make_tree(self, {"report.txt": text})
+        srv = self.serve(root, "-u", "--precompressed")
+        r = request(srv.port, "PUT", "/report.txt.gz", body=gzip.compress(b"PRECOMPRESSED"))
+        self.assertEqual(r.status, 201)
+        after = get(srv.port, "/report.txt", {"Accept-Encoding": "gzip"})
+        self.assertEqual(after.status, 200)
+        self.assertEqual(after.headers.get("content-encoding"), "gzip")
+        self.assertEqual(gzip.decompress(after.body), b"PRECOMPRESSED")
+
+    @unittest.skipIf(os.name == "nt", "no setuid bits on Windows")
+    def test_overwrite_drops_setuid_and_setgid(self):
+        cases = [(0o6755, 0o755), (0o4700, 0o700), (0o2750, 0o750), (0o640, 0o640)]
+        root = make_tree(self, dict(("f%d.bin" % i, b"old") for i in range(len(cases))))
+        srv = self.serve(root, "-u", "--overwrite")
+        for i, (before, after) in enumerate(cases):
+            with self.subTest(mode=oct(before)):
+                path = os.path.join(root, "f%d.bin" % i)
+                os.chmod(path, before)
+                if stat.S_IMODE(os.stat(path).st_mode) != before:
+                    self.skipTest("this file system or user cannot set %o" % before)
+                r = request(srv.port, "PUT", "/f%d.bin" % i, body=b"new")
+                self.assertEqual(r.status, 201)
+                self.assertEqual(read_file(path), b"new")
+                self.assertEqual(oct(stat.S_IMODE(os.stat(path).st_mode)), oct(after))
+
+    def test_stale_temporaries_are_removed(self):
+        root = make_tree(self, {"up/": None})
+        folder = os.path.join(root, "up")
+        srv = self.serve(root, "-u")
+        child = subprocess.Popen([sys.executable, "-c", "pass"])
+        child.wait(timeout=20)
+        dead_pid = child.pid
+        two_days_ago = time.time() - 2 * 86400
+        names = {
+            "own": "%s%d-xyz" % (UPLOAD_TEMP_PREFIX, srv.proc.pid),
+            "dead": "%s%d-xyz" % (UPLOAD_TEMP_PREFIX, dead_pid),
+            "old": "%s%d-old" % (UPLOAD_TEMP_PREFIX, os.getpid()),
+            "fresh": "%s%d-new" % (UPLOAD_TEMP_PREFIX, os.getpid()),
+        }
+        for key, name in names.items():
+            with open(os.path.join(folder, name), "wb") as f:
+                f.write(b"stale " + key.encode())
+        os.utime(os.path.join(folder, names["old"]), (two_days_ago, two_days_ago))
+        r = request(srv.port, "PUT", "/up/new.txt", body=b"new")
+        self.assertEqual(r.status, 201)
+        left = set(os.listdir(folder))
+        for key in ("own", "dead", "old"):
+            with self.subTest(temporary=key):
+                self.assertNotIn(names[key], left)
+        self.assertIn(names["fresh"], left)
+        self.assertIn("new.txt", left)
+
+
+# ---------------------------------------------------------------------------
+# Fairness: one adversary must not stall a probe client's small GETs
+# ---------------------------------------------------------------------------
+
+SMALL_BODY = b"small file for the probe client\n" * 3      # ~100 bytes, for every class below
+FAIRNESS_P99_S = 0.05          # the promise of issue 7: a small GET beside any one adversary
+PROBE_REQUESTS = 150           # sequential GETs on one fresh keep-alive connection
+PROBE_REQUEST_TIMEOUT_S = 2.0  # one probe answer slower than this ends the probe (a failure)
+PROBE_BUDGET_S = 10.0          # the whole probe never runs longer than this
+ADVERSARY_START_S = 10.0       # the adversary must be under way within this
+ADVERSARY_MAX_S = 30.0         # an adversary stops by itself after this, whatever happens
+ADVERSARY_MAX_ROUNDS = 5000    # ... or after this many requests (or batches) of its kind
+ADVERSARY_POLL_S = 0.25        # its socket waits this long before checking for "stop"
+ADVERSARY_JOIN_S = 5.0         # after "stop", its thread ends within this
+
+HUGE_FILE_BYTES = 512 * 1024 * 1024      # sparse: the fast downloader's file
+ZEROS_FILE_BYTES = 256 * 1024 * 1024     # sparse zeros: the gzip adversary's file
+BIG_FOLDER_ENTRIES = 50000               # empty files: the listing adversary's folder
+PIPELINED_HEADS = 20
+LONG_PARAM_BYTES = 60000                 # fits in the 64 KiB head limit
+HUGE_PARAM_BYTES = 1000 * 1000           # far over it: 431
+FORM_PARTS = 3000                        # above MAX_FORM_PARTS (1000): 413
+
+
+def percentile(samples, pct):
+    """The pct-th percentile (nearest rank) of a non-empty list of numbers."""
+    ordered = sorted(samples)
+    rank = max(1, -(-len(ordered) * pct // 100))      # ceil without floats
+    return ordered[int(rank) - 1]
+
+
+def run_probe(port, count=PROBE_REQUESTS):
+    """GET /small.txt count times on one fresh keep-alive connection.
+
+    Returns (latencies in seconds, None) or, when the probe had to stop
+    early (an error, a wrong answer, an answer slower than
+    PROBE_REQUEST_TIMEOUT_S, the budget spent), (latencies, why).
+    """
+    latencies = []
+    sock = connect(port, timeout=PROBE_REQUEST_TIMEOUT_S)
+    end = time.monotonic() + PROBE_BUDGET_S
+    try:
+        for _ in range(count):
+            if time.monotonic() >= end:
+                return latencies, "probe budget of %.0f s spent" % PROBE_BUDGET_S
+            start = time.monotonic()
+            try:
+                sock.sendall(build_request("GET", "/small.txt"))
+                resp = read_response(sock)
+            except (OSError, ValueError) as exc:
+                latencies.append(time.monotonic() - start)
+                return latencies, "probe request failed: %r" % (exc,)
+            latencies.append(time.monotonic() - start)
+            if resp.status != 200 or resp.body != SMALL_BODY:
+                return latencies, "probe got %r" % (resp,)
+    finally:
+        sock.close()
+    return latencies, None
+
+
+def format_latencies(latencies):
+    """'p50 X ms, p99 Y ms, max Z ms over N requests' for failure messages."""
+    if not latencies:
+        return "no probe answer at all"
+    return "p50 %.1f ms, p99 %.1f ms, max %.1f ms over %d requests" % (
+        percentile(latencies, 50) * 1000, percentile(latencies, 99) * 1000,
+        max(latencies) * 1000, len(latencies))
+
+
+class Adversary(object):
+    """One hostile client running body(adversary) in a thread, bounded in time.
+
+    body loops while next_round(), calls mark_started() once the server is
+    busy with it, and appends what the server answered to .answers.
+    """
+
+    def __init__(self, name, body):
+        self.name = name
+        self.answers = []
+        self.error = None
+        self.rounds = 0
+        self.started = threading.Event()
+        self._stop = threading.Event()
+        self._deadline = time.monotonic() + ADVERSARY_MAX_S
+        self._thread = threading.Thread(target=self._run, args=(body,), name=name)
+        self._thread.daemon = True
+
+    def _run(self, body):
+        try:
+            body(self)
+        except Exception as exc:            # reported by the test, never lost
+            self.error = exc
+
+    def start(self):
+        """Start the thread."""
+        self._thread.start()
+
+    def mark_started(self):
+        """Called by body once the server has work from this adversary."""
+        self.started.set()
+
+    def should_stop(self):
+        """True once the test said stop or ADVERSARY_MAX_S passed."""
+        return self._stop.is_set() or time.monotonic() >= self._deadline
+
+    def next_round(self):
+        """True when body may start another request: not stopped, rounds left."""
+        if self.should_stop() or self.rounds >= ADVERSARY_MAX_ROUNDS:
+            return False
+        self.rounds += 1
+        return True
+
+    def is_running(self):
+        """The thread is alive and has not failed."""
+        return self._thread.is_alive() and self.error is None
+
+    def finish(self):
+        """Tell body to stop and wait for it; True when the thread ended."""
+        self._stop.set()
+        if self._thread.ident is not None:
+            self._thread.join(ADVERSARY_JOIN_S)
+        return not self._thread.is_alive()
+
+    # -- socket helpers for bodies: each wait checks should_stop() ----------
+
+    def open(self, port):
+        """A new connection whose waits are short so stop is noticed."""
+        return connect(port, timeout=ADVERSARY_POLL_S)
+
+    def recv_into(self, sock, buf):
+        """recv_into that retries timeouts; None when told to stop."""
+        while True:
+            try:
+                return sock.recv_into(buf)
+            except socket.timeout:
+                if self.should_stop():
+                    return None
+
+    def send_all(self, sock, data, on_progress=None):
+        """sendall that retries timeouts; False when told to stop first."""
+        view = memoryview(data)
+        while view:
+            try:
+                sent = sock.send(view[:256 * 1024])
+            except socket.timeout:
+                if self.should_stop():
+                    return False
+                continue
+            view = view[sent:]
+            if on_progress is not None:
+                on_progress()
+        return True
+
+    def read_head(self, sock, buf, data=b""):
+        """The shared read_head, noticing stop: (head_text, bytes after it), or None when stopped.
+
+        data: bytes already received (what followed the previous head).
+        buf: a bytearray to receive into.
+        """
+        while b"\r\n\r\n" not in data:
+            n = self.recv_into(sock, buf)
+            if n is None:
+                return None
+            if n == 0:
+                raise ValueError("connection closed before a response head: %r" % data[:200])
+            data += bytes(buf[:n])
+        head, _, rest = data.partition(b"\r\n\r\n")
+        return head.decode("latin-1"), rest
+
+
+def fast_downloader(port, path):
+    """Adversary: download path again and again, reading as fast as it can."""
+    def body(adv):
+        buf = bytearray(1024 * 1024)
+        while adv.next_round():
+            sock = adv.open(port)
+            try:
+                sock.sendall(build_request("GET", path))
+                got = adv.read_head(sock, buf)
+                if got is None:
+                    return
+                head, rest = got
+                length = int(head_field(head, "Content-Length") or "-1")
+                received = len(rest)
+                answer = {"status": head_status(head), "length": length, "received": received}
+                adv.answers.append(answer)
+                while received < length and not adv.should_stop():
+                    n = adv.recv_into(sock, buf)
+                    if not n:                 # told to stop (None) or closed (0)
+                        return
+                    received += n
+                    answer["received"] = received
+                    adv.mark_started()
+            finally:
+                sock.close()
+    return body
+
+
+def gzip_streamer(port, path):
+    """Adversary: GET path gzip-encoded again and again, reading to the end."""
+    def body(adv):
+        buf = bytearray(1024 * 1024)
+        while adv.next_round():
+            sock = adv.open(port)
+            try:
+                sock.sendall(build_request("GET", path, [("Accept-Encoding", "gzip")],
+                                           close=True))
+                got = adv.read_head(sock, buf)
+                if got is None:
+                    return
+                head, rest = got
+                answer = {"status": head_status(head),
+                          "encoding": head_field(head, "Content-Encoding") or "",
+                          "received": len(rest), "complete": False}
+                adv.answers.append(answer)
+                while not adv.should_stop():
+                    n = adv.recv_into(sock, buf)
+                    if n is None:
+                        return
+                    if n == 0:
+                        answer["complete"] = True
+                        break
+                    answer["received"] += n
+                    adv.mark_started()
+            finally:
+                sock.close()
+    return body
+
+
+def pipelined_heads(port, path, count):
+    """Adversary: count pipelined HEAD requests for path, batch after batch."""
+    def body(adv):
+        buf = bytearray(65536)
+        batch = build_request("HEAD", path) * count
+        while adv.next_round():
+            sock = adv.open(port)
+            try:
+                sock.sendall(batch)
+                # Started once the whole batch is queued at the server: on a
+                # server that handles every buffered request in one turn the
+                # first answer comes only after all of them.
+                adv.mark_started()
+                leftover = b""
+                for _ in range(count):
+                    got = adv.read_head(sock, buf, leftover)
+                    if got is None:
+                        return
+                    head, leftover = got
+                    adv.answers.append(head_status(head))
+            finally:
+                sock.close()
+    return body
+
+
+def repeated_request(port, make_request):
+    """Adversary: send make_request(i) on a new connection, read the answer, repeat."""
+    def body(adv):
+        buf = bytearray(65536)
+        i = 0
+        while adv.next_round():
+            data = make_request(i)
+            i += 1
+            sock = adv.open(port)
+            try:
+                # Started once the head and the first piece of the body are out.
+                try:
+                    if not adv.send_all(sock, data, adv.mark_started):
+                        return
+                except (BrokenPipeError, ConnectionResetError):
+                    pass                      # answered early; the answer is still readable
+                try:
+                    got = adv.read_head(sock, buf)
+                except ConnectionResetError:
+                    adv.answers.append("reset before an answer")
+                    continue
+                if got is None:
+                    return
+                adv.answers.append(head_status(got[0]))
+            finally:
+                sock.close()
+    return body
+
+
+def make_empty_files(folder, count):
+    """Create folder holding count empty files, quickly.
+
+    Hard links to one empty file cost about a quarter of creating as many
+    inodes (1.5 s rather than 6 s for 50,000 on ext4).  The file they all
+    link to sits beside folder, not in it.
+    """
+    os.mkdir(folder)
+    template = folder + ".empty"
+    open(template, "wb").close()
+    names = [os.path.join(folder, "entry-%05d.txt" % i) for i in range(count)]
+    try:
+        for name in names:
+            os.link(template, name)
+    except OSError:                            # no hard links here: real files
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+        for name in names:
+            if not os.path.exists(name):
+                os.close(os.open(name, flags, 0o644))
+
+
+class TestFairness(SharedServerTestCase):
+    """While one hostile client runs, a probe's GET /small.txt stays under 50 ms at p99.
+
+    The tree (two big sparse files, a 50,000-entry folder) is built once
+    for the class; each test starts its own server on it.
+    """
+
+    @classmethod
+    def set_up_shared(cls, fixture):
+        """Build the class's tree: small.txt, huge.bin, big.txt and big/."""
+        cls.root = make_tree(fixture, {"small.txt": SMALL_BODY})
+        make_sparse(os.path.join(cls.root, "huge.bin"), HUGE_FILE_BYTES)
+        make_sparse(os.path.join(cls.root, "big.txt"), ZEROS_FILE_BYTES)
+        make_empty_files(os.path.join(cls.root, "big"), BIG_FOLDER_ENTRIES)
+
+    def measure(self, server, adversary):
+        """Start adversary, run the probe beside it, stop it; return the latencies."""
+        self.addCleanup(adversary.finish)
+        adversary.start()
+        self.assertTrue(adversary.started.wait(ADVERSARY_START_S),
+                        "%s never got under way (error %r, answers %r)"
+                        % (adversary.name, adversary.error, adversary.answers[:5]))
+        latencies, why = run_probe(server.port)
+        was_running = adversary.is_running()
+        summary = "beside %s: %s" % (adversary.name, format_latencies(latencies))
+        self.assertIsNone(why, summary)
+        self.assertEqual(len(latencies), PROBE_REQUESTS, summary)
+        self.assertTrue(was_running, "%s ended before the probe did (error %r); %s"
+                        % (adversary.name, adversary.error, summary))
+        self.assertLess(percentile(latencies, 99), FAIRNESS_P99_S, summary)
+        # A fair server may take longer than the probe to answer the
+        # adversary (a 1000-part form in small steps): give it a bounded wait.
+        answered = wait_for(lambda: adversary.answers or not adversary.is_running())
+        self.assertTrue(adversary.finish(), "%s did not stop" % adversary.name)
+        self.assertIsNone(adversary.error, summary)
+        self.assertTrue(answered, "%s got no answer within %d s" % (adversary.name, IO_TIMEOUT_S))
+        return latencies
+
+    def test_fast_downloader(self):
+        server = start_server(self, self.root)
+        adv = Adversary("a fast downloader of a 512 MiB file",
+                        fast_downloader(server.port, "/huge.bin"))
+        self.measure(server, adv)
+        self.assertTrue(adv.answers, "the downloader got no answer")
+        for answer in adv.answers:
+            self.assertEqual((answer["status"], answer["length"]), (200, HUGE_FILE_BYTES))
+        self.assertGreater(sum(a["received"] for a in adv.answers), 0)
+
+    def test_gzip_stream(self):
+        server = start_server(self, self.root)
+        adv = Adversary("a gzip stream of 256 MiB of zeros",
+                        gzip_streamer(server.port, "/big.txt"))
+        self.measure(server, adv)
+        self.assertTrue(adv.answers, "the gzip reader got no answer")
+        for answer in adv.answers:
+            self.assertEqual((answer["status"], answer["encoding"]), (200, "gzip"))
+        self.assertGreater(adv.answers[0]["received"], 0)
+
+    def test_pipelined_heads_of_huge_folder(self):
+        server = start_server(self, self.root)
+        adv = Adversary("%d pipelined HEAD /big/ (%d entries)"
+                        % (PIPELINED_HEADS, BIG_FOLDER_ENTRIES),
+                        pipelined_heads(server.port, "/big/", PIPELINED_HEADS))
+        self.measure(server, adv)
+        self.assertTrue(adv.answers, "the pipelining client got no answer")
+        self.assertEqual(set(adv.answers), {200})
+
+    def test_long_multipart_content_type(self):
+        cases = [
+            # (bytes of adversarial parameter text, the answer)
+            (LONG_PARAM_BYTES, 400),            # fits in the head: no boundary parameter
+            (HUGE_PARAM_BYTES, 431),            # the head is over 64 KiB
+        ]
+        for size, status in cases:
+            with self.subTest(size=size):
+                root = make_tree(self, {"small.txt": SMALL_BODY})
+                server = start_server(self, root, "-u")
+                content_type = "multipart/form-data; " + "a" * size
+
+                def make_request(i, content_type=content_type):
+                    return build_request("POST", "/", [("Content-Type", content_type)],
+                                         b"hello", close=True)
+
+                adv = Adversary("a %d-byte multipart Content-Type" % len(content_type),
+                                repeated_request(server.port, make_request))
+                self.measure(server, adv)
+                self.assertTrue(adv.answers, "the long Content-Type got no answer")
+                self.assertEqual(set(adv.answers), {status})
+                self.assertEqual(sorted(os.listdir(root)), ["small.txt"])
+
+    def test_form_with_too_many_parts(self):
+        root = make_tree(self, {"small.txt": SMALL_BODY, "up": None})
+        server = start_server(self, root, "-u")
+        boundary = b"fairness-boundary-0123456789"
+
+        def make_request(i):
+            # one-byte file parts named f, without a Content-Type: as small as a part gets
+            parts = [("f", "f-%d-%d.txt" % (i, n), b"x", None) for n in range(FORM_PARTS)]
+            return build_request("POST", "/up/", [
+                ("Content-Type", "multipart/form-data; boundary=" + boundary.decode("ascii"))],
+                build_multipart(boundary, parts), close=True)
+
+        adv = Adversary("a form of %d one-byte file parts" % FORM_PARTS,
+                        repeated_request(server.port, make_request))
+        self.measure(server, adv)
+        self.assertTrue(adv.answers, "the form got no answer")
+        self.assertEqual(set(adv.answers), {413})
+        # The form cut short when the adversary stopped is cleaned up on a
+        # later turn: wait (bounded) for its temporaries to go.
+        up = os.path.join(root, "up")
+        self.assertTrue(wait_for(lambda: not os.listdir(up)),
+                        "left in up/: %r" % sorted(os.listdir(up))[:5])
+
+
+# ---------------------------------------------------------------------------
+# Accepting under pressure: descriptor limits and --max-connections
+# ---------------------------------------------------------------------------
+
+FLOOD_CONNECTIONS = 150
+SERVER_NOFILE = 64                       # the server's RLIMIT_NOFILE in the accept tests
+FLOOD_CPU_WINDOW_S = 1.0
+FLOOD_CPU_MAX_S = 0.3
+MAX_CANNOT_ACCEPT_LINES = 5
+
+
+def cpu_seconds(pid):
+    """utime + stime of a process from /proc/PID/stat, in seconds (Linux)."""
+    with open("/proc/%d/stat" % pid, "rb") as f:
+        data = f.read()
+    fields = data.rsplit(b")", 1)[1].split()      # fields[0] is field 3, "state"
+    return (int(fields[11]) + int(fields[12])) / float(os.sysconf("SC_CLK_TCK"))
+
+
+def count_fds(pid):
+    """Number of descriptors a process holds (Linux)."""
+    return len(os.listdir("/proc/%d/fd" % pid))
+
+
+def server_unread_bytes(server_port, client_port):
+    """Bytes the server has not yet read on the connection from client_port.
+
+    From /proc/net/tcp (rx_queue of the server's side); None when that
+    socket is not there.  Linux only.
+    """
+    local = "0100007F:%04X" % server_port
+    remote = "0100007F:%04X" % client_port
+    with open("/proc/net/tcp") as f:
+        next(f)
+        for line in f:
+            fields = line.split()
+            if fields[1] == local and fields[2] == remote:
+                return int(fields[4].split(":")[1], 16)
+    return None
+
+
+def cannot_accept_lines(server):
+    """The server's "cannot accept" log lines."""
+    return [line for line in server.stderr_text().splitlines() if "cannot accept" in line]
+
+
+def try_get(port, path):
+    """GET path with Connection: close; the Response, or None on a socket error."""
+    try:
+        return get(port, path)
+    except (OSError, ValueError):
+        return None
+
+
+def open_flood(port, count):
+    """Open count connections without waiting for the server to accept them."""
+    socks = []
+    try:
+        for _ in range(count):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            socks.append(sock)
+            sock.setblocking(False)
+            err = sock.connect_ex(("127.0.0.1", port))
+            if err not in (0, errno.EINPROGRESS):
+                raise OSError(err, os.strerror(err))
+    except BaseException:
+        close_all(socks)
+        raise
+    return socks
+
+
+def close_all(socks):
+    """Close every socket in the list (idempotent)."""
+    for sock in socks:
+        sock.close()
+
+
+def limit_server_nofile():
+    """preexec_fn: give the server a tiny descriptor limit."""
+    resource.setrlimit(resource.RLIMIT_NOFILE, (SERVER_NOFILE, SERVER_NOFILE))
+
+
+@unittest.skipUnless(sys.platform.startswith("linux") and resource is not None,
+                     "needs Linux (/proc) and the resource module")
+class TestAcceptPressure(unittest.TestCase):
+    """Out of descriptors or at --max-connections, the server waits calmly and recovers."""
+
+    def setUp(self):
+        self.root = make_tree(self, {"small.txt": SMALL_BODY})
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        wanted = FLOOD_CONNECTIONS + 200
+        if soft != resource.RLIM_INFINITY and soft < wanted:
+            if hard != resource.RLIM_INFINITY and hard < wanted:
+                self.skipTest("descriptor hard limit %d is below %d" % (hard, wanted))
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+            self.addCleanup(resource.setrlimit, resource.RLIMIT_NOFILE, (soft, hard))
+
+    def flood(self, server, count=FLOOD_CONNECTIONS):
+        """Open count idle connections, closed at cleanup at the latest."""
+        socks = open_flood(server.port, count)
+        self.addCleanup(close_all, socks)
+        return socks
+
+    def assert_recovers(self, server):
+        """After the flood, a normal GET succeeds within a bounded wait."""
+        resp = wait_for(lambda: try_get(server.port, "/small.txt"), timeout=IO_TIMEOUT_S,
+                        interval=0.1)
+        self.assertIsNotNone(resp, "no answer after the flood closed")
+        self.assertEqual((resp.status, resp.body), (200, SMALL_BODY))
+
+    def test_emfile_does_not_spin(self):
+        server = start_server(self, self.root, "--max-connections", "1000",
+                              preexec_fn=limit_server_nofile)
+        socks = self.flood(server)
+        lines = wait_for(lambda: cannot_accept_lines(server), timeout=IO_TIMEOUT_S)
+        self.assertTrue(lines, "accept() never hit EMFILE under RLIMIT_NOFILE %d" % SERVER_NOFILE)
+        before = cpu_seconds(server.proc.pid)
+        time.sleep(FLOOD_CPU_WINDOW_S)          # the test is about CPU over this window
+        used = cpu_seconds(server.proc.pid) - before
+        self.assertLess(used, FLOOD_CPU_MAX_S,
+                        "server used %.2f s of CPU in %.1f s while flooded"
+                        % (used, FLOOD_CPU_WINDOW_S))
+        close_all(socks)
+        self.assert_recovers(server)
+        count = len(cannot_accept_lines(server))
+        self.assertLessEqual(count, MAX_CANNOT_ACCEPT_LINES,
+                             "%d 'cannot accept' lines in all" % count)
+        self.assertNotIn("Traceback", server.stderr_text())
+
+    def test_default_limit_comes_from_descriptor_limit(self):
+        server = start_server(self, self.root, preexec_fn=limit_server_nofile)
+        pid = server.proc.pid
+        baseline = count_fds(pid)
+        socks = self.flood(server)
+        # The derived default is at least 8 connections: wait until it holds them.
+        self.assertTrue(wait_for(lambda: count_fds(pid) >= baseline + 8, timeout=IO_TIMEOUT_S),
+                        "the server never accepted 8 of the flood")
+        before = cpu_seconds(pid)
+        time.sleep(FLOOD_CPU_WINDOW_S)          # the test is about CPU over this window
+        used = cpu_seconds(pid) - before
+        self.assertLess(used, FLOOD_CPU_MAX_S,
+                        "server used %.2f s of CPU in %.1f s while flooded"
+                        % (used, FLOOD_CPU_WINDOW_S))
+        self.assertEqual(cannot_accept_lines(server)[:3], [])
+        close_all(socks)
+        self.assert_recovers(server)
+        self.assertEqual(cannot_accept_lines(server)[:3], [])
+        self.assertNotIn("Traceback", server.stderr_text())
+
+    def test_oldest_idle_connection_makes_room(self):
+        server = start_server(self, self.root, "--max-connections", "4")
+        idle = []
+        for _ in range(4):
+            sock = connect(server.port)
+            self.addCleanup(sock.close)
+            sock.sendall(build_request("GET", "/small.txt"))
+            self.assertEqual(read_response(sock).status, 200)
+            idle.append(sock)
+        fifth = connect(server.port, timeout=5)
+        self.addCleanup(fifth.close)
+        fifth.sendall(build_request("GET", "/small.txt"))
+        self.assertEqual(read_response(fifth).body, SMALL_BODY)
+        self.assertTrue(is_closed(idle[0], 5), "the oldest idle connection stayed open")
+        idle[3].sendall(build_request("GET", "/small.txt"))
+        self.assertEqual(read_response(idle[3]).body, SMALL_BODY)
+
+    def test_busy_connections_make_new_ones_wait(self):
+        server = start_server(self, self.root, "--max-connections", "2")
+        busy = []
+        for _ in range(2):
+            sock = connect(server.port)
+            self.addCleanup(sock.close)
+            sock.sendall(build_request("GET", "/small.txt")[:-2])     # a head without its end
+            busy.append(sock)
+        for sock in busy:
+            client_port = sock.getsockname()[1]
+            unread = wait_for(lambda: server_unread_bytes(server.port, client_port) == 0)
+            self.assertTrue(unread, "the server never read the partial head (unread bytes %r;"
+                            " None: connection gone)"
+                            % server_unread_bytes(server.port, client_port))
+        third = connect(server.port, timeout=5)
+        self.addCleanup(third.close)
+        third.sendall(build_request("GET", "/small.txt"))
+        self.assertFalse(is_readable(third, 0.5), "answered past --max-connections 2")
+        busy[0].close()
+        self.assertEqual(read_response(third).body, SMALL_BODY)
+
+
+# ---------------------------------------------------------------------------
+# Deadlines: one per phase, all scaled by --timeout
+# ---------------------------------------------------------------------------
+
+CUT_FILE_BYTES = 64 * 1024 * 1024        # sparse: far more than the socket buffers hold
+TRICKLE_HEAD = build_request("GET", "/small.txt", [("X-Trickle", "a" * 200)])[:-4]   # never ends
+
+
+def trickle_until_answer(sock, data, interval_s, limit_s):
+    """Send data one byte every interval_s until the server answers.
+
+    Returns the seconds from the first byte until the socket turned
+    readable, or None when nothing came within limit_s.
+    """
+    start = time.monotonic()
+    for i in range(len(data)):
+        if time.monotonic() - start > limit_s:
+            return None
+        try:
+            sock.send(data[i:i + 1])
+        except OSError:
+            break                              # closed on us: the answer is waiting
+        if is_readable(sock, interval_s):
+            return time.monotonic() - start
+    if is_readable(sock, max(0.0, limit_s - (time.monotonic() - start))):
+        return time.monotonic() - start
+    return None
+
+
+class TestDeadlines(unittest.TestCase):
+    """Head, body, idle and stalled-reader deadlines fire when the spec says."""
+
+    def setUp(self):
+        self.root = make_tree(self, {"small.txt": SMALL_BODY})
+
+    def test_head_deadline_counts_from_first_byte(self):
+        cases = [
+            # (options, earliest 408, latest 408)
+            (("--timeout", "1"), 0.8, 3.0),
+            (("--request-timeout", "0.5", "--timeout", "5"), 0.4, 2.0),
+        ]
+        for options, low, high in cases:
+            with self.subTest(options=options):
+                server = start_server(self, self.root, *options)
+                sock = connect(server.port)
+                self.addCleanup(sock.close)
+                elapsed = trickle_until_answer(sock, TRICKLE_HEAD, 0.1, high + 1)
+                self.assertIsNotNone(elapsed, "no answer to a trickled head")
+                self.assertEqual(read_response(sock).status, 408)
+                self.assertGreaterEqual(elapsed, low)
+                self.assertLessEqual(elapsed, high, "the trickle extended the head deadline")
+
+    def test_idle_keep_alive_closed_silently(self):
+        cases = [
+            # (options, still open at, closed by)
+            (("--timeout", "1"), 0.8, 4.0),
+            (("--idle-timeout", "0.5", "--timeout", "5"), 0.3, 2.5),
+        ]
+        for options, open_at, closed_by in cases:
+            with self.subTest(options=options):
+                server = start_server(self, self.root, *options)
+                sock = connect(server.port)
+                self.addCleanup(sock.close)
+                sock.sendall(build_request("GET", "/small.txt"))
+                self.assertEqual(read_response(sock).status, 200)
+                start = time.monotonic()
+                self.assertFalse(is_readable(sock, open_at), "closed before %.1f s" % open_at)
+                self.assertTrue(is_closed(sock, closed_by - (time.monotonic() - start)),
+                                "not closed silently by %.1f s" % closed_by)
+
+    def test_body_pause_gets_408(self):
+        cases = [
+            # (options, earliest 408, latest 408), counted from the pause
+            (("--timeout", "1"), 0.8, 3.0),
+            (("--request-timeout", "0.5", "--timeout", "5"), 0.4, 2.0),
+        ]
+        for options, low, high in cases:
+            with self.subTest(options=options):
+                root = make_tree(self, {"small.txt": SMALL_BODY})
+                server = start_server(self, root, "-u", *options)
+                sock = connect(server.port)
+                self.addCleanup(sock.close)
+                sock.sendall(build_request("PUT", "/paused.txt", [("Content-Length", "100")])
+                             + b"0123456789")
+                start = time.monotonic()
+                self.assertTrue(is_readable(sock, high + 1), "no answer to a paused body")
+                elapsed = time.monotonic() - start
+                self.assertEqual(read_response(sock).status, 408)
+                self.assertGreaterEqual(elapsed, low)
+                self.assertLessEqual(elapsed, high)
+                self.assertFalse(os.path.exists(os.path.join(root, "paused.txt")))
+
+    def test_reader_that_stops_reading_is_cut(self):
+        make_sparse(os.path.join(self.root, "huge.bin"), CUT_FILE_BYTES)
+        server = start_server(self, self.root, "--timeout", "1")
+        sock = small_rcvbuf_socket(server.port, rcvbuf=4096)
+        self.addCleanup(sock.close)
+        sock.sendall(build_request("GET", "/huge.bin"))
+        start = time.monotonic()
+
+        def cut_line():
+            lines = [line for line in server.stderr_text().splitlines()
+                     if "GET /huge.bin" in line]
+            return lines[0] if lines else None
+
+        line = wait_for(cut_line, timeout=12)
+        elapsed = time.monotonic() - start
+        self.assertIsNotNone(line, "no log line for a reader that stopped reading")
+        self.assertIn("cut", line)
+        self.assertGreaterEqual(elapsed, 4.0, "cut long before 6 x --timeout")
+        try:
+            data = recv_until_closed(sock, limit=CUT_FILE_BYTES)
+        except socket.timeout:
+            data = None
+        self.assertIsNotNone(data, "the connection stayed open after the cut")
+        self.assertLess(len(data), CUT_FILE_BYTES, "the whole file was sent, not cut")
+
+
+# ---------------------------------------------------------------------------
 # A real browser uploading through the listing page
 # ---------------------------------------------------------------------------
 
@@ -4853,7 +6330,6 @@ class TestUploadBrowser(unittest.TestCase):
     def test_drag_and_drop_in_headless_chromium(self):
         self._check_scripted_upload(["dropped-1.txt", "dropped-2.txt"],
                                     BROWSER_ACTION_DROP, "drag and drop")
-
 
 
 if __name__ == "__main__":
