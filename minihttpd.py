@@ -37,11 +37,16 @@ Map of this file (each section uses only those above it):
 __version__ = "1.0.0"
 
 import argparse
+import base64
+import binascii
 import calendar
 import collections
 import errno
+import hashlib
+import hmac
 import html
 import http
+import ipaddress
 import json
 import mimetypes
 import os
@@ -60,6 +65,10 @@ try:
     import resource                     # POSIX only: the descriptor limit
 except ImportError:
     resource = None
+try:
+    import ssl                          # absent from some minimal Python builds
+except ImportError:
+    ssl = None
 
 
 # ---------------------------------------------------------------------------
@@ -114,6 +123,20 @@ UPLOAD_TMP_PREFIX = ".minihttpd-upload-"
 WRITEBACK_BYTES = 16 * 1024 * 1024     # an upload asks the kernel to write back this often
 STALE_UPLOAD_S = 24 * 3600             # a temporary this old is stale whoever made it
 STALE_SWEEP_S = 600                    # a folder is swept for stale temporaries this often
+
+AUTH_REALM = "minihttpd"
+AUTH_FAILURES_ALLOWED = 10             # wrong passwords from one address within ...
+AUTH_FAILURE_WINDOW_S = 60.0           # ... this long earn a 429 ...
+AUTH_BLOCK_S = 60.0                    # ... for this long
+AUTH_TABLE_SIZE = 1024                 # addresses remembered; the oldest is forgotten first
+CORS_MAX_AGE_S = 600                   # how long a browser may cache a preflight answer
+TLS_SEND_BYTES = 64 * 1024             # one TLS write: a retry after WANT_WRITE must
+                                       # offer at least what the last try did
+TLS_HANDSHAKE_RECORD = b"\x16"         # the first byte of a TLS ClientHello
+
+# Methods that change the share: behind --auth-writes, refused cross-site.
+WRITE_METHODS = frozenset(["PUT", "POST", "DELETE", "PATCH", "MKCOL", "COPY", "MOVE",
+                           "PROPPATCH", "LOCK", "UNLOCK"])
 
 CLOSING_STATUSES = frozenset([400, 408, 413, 414, 431, 501, 505])  # framing can't be trusted
 READ_EVENTS = selectors.EVENT_READ
@@ -192,7 +215,8 @@ ETAG_LIST_RE = re.compile(r'\s*(?:(W/)?("[^"]*")|(\*))\s*(?:,|\Z)')
 class Request(object):
     """A parsed request head.  `client` is filled in by the connection."""
 
-    __slots__ = ("method", "target", "version", "headers", "client", "route", "_index")
+    __slots__ = ("method", "target", "version", "headers", "client", "route", "user",
+                 "_index")
 
     def __init__(self, method, target, version, headers):
         self.method = method
@@ -201,6 +225,7 @@ class Request(object):
         self.headers = headers
         self.client = None
         self.route = None             # set once by dispatch
+        self.user = None              # the user its credentials named (--auth)
         index = {}
         for name, value in headers:
             key = name.lower()
@@ -623,6 +648,50 @@ def parse_header_params(value, unescape=True):
     return main, params
 
 
+def parse_basic_auth(value):
+    """Return (user, password) from an Authorization: Basic value, or None.
+
+    RFC 7617: base64 of "user:password", decoded as UTF-8 (we announce
+    charset="UTF-8"); the first colon ends the user name.
+    """
+    scheme, _, token = (value or "").strip().partition(" ")
+    if scheme.lower() != "basic" or not token.strip():
+        return None
+    try:
+        text = base64.b64decode(token.strip(), validate=True).decode("utf-8")
+    except (binascii.Error, ValueError):
+        return None
+    user, sep, password = text.partition(":")
+    if not sep:
+        return None
+    return user, password
+
+
+def parse_host(value):
+    """Return the host name of a Host value, lower-case, without port or final dot.
+
+    An IPv6 literal comes back without its brackets.  Returns "" for a
+    value that is not a host.
+    """
+    value = value.strip().lower()
+    if value.startswith("["):
+        end = value.find("]")
+        return value[1:end] if end > 0 else ""
+    name, sep, port = value.rpartition(":")
+    if not sep or ":" in name:
+        name = value                    # no port (or a bare IPv6 address)
+    return name.rstrip(".")
+
+
+def is_ip_literal(name):
+    """Whether a host name is an IPv4 or IPv6 address."""
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
 def decide_close(request, status, length_known, body_unread, stopping, peer_done):
     """Whether the connection closes after this response (RFC 9112 §9.3, §9.6).
 
@@ -919,15 +988,15 @@ def check_path_limits(url_path):
     return segments
 
 
-def resolve_path(root, url_path, hidden=False, follow_symlinks=False):
-    """Map a decoded URL path to a file system path under root.
+def resolve_path(config, url_path):
+    """Map a decoded URL path to a file system path under config.root.
 
     Raises HTTPError(404) for anything that would leave the root or is not
     visible: ".." above it, backslashes, drive letters, dotfiles (unless
-    hidden), upload temporaries, and symlinks resolving outside (unless
-    follow_symlinks).  The answer is the same 404 whatever lies outside.
-    Raises 414 past MAX_PATH_SEGMENTS and 400 for a name longer than
-    MAX_NAME_BYTES, which no file system can hold.
+    hidden), upload temporaries, symlinks resolving outside (unless
+    follow_symlinks), and private files (the TLS key).  The answer is the
+    same 404 whatever lies outside.  Raises 414/400 past the limits of
+    check_path_limits.
     """
     parts = []
     for segment in check_path_limits(url_path):
@@ -936,13 +1005,18 @@ def resolve_path(root, url_path, hidden=False, follow_symlinks=False):
                 raise HTTPError(404, "Not found.")
             parts.pop()
             continue
-        if not is_visible(segment, hidden):
+        if not is_visible(segment, config.hidden):
             raise HTTPError(404, "Not found.")
         parts.append(segment)
-    fs_path = os.path.join(root, *parts)
-    if not is_confined(fs_path, root, follow_symlinks):
+    fs_path = os.path.join(config.root, *parts)
+    if not is_confined(fs_path, config.root, config.follow_symlinks) or is_private(fs_path, config):
         raise HTTPError(404, "Not found.")
     return fs_path
+
+
+def is_private(fs_path, config):
+    """Whether a path is one the server must never serve (its TLS key)."""
+    return bool(config.private_files) and os.path.realpath(fs_path) in config.private_files
 
 
 # 3.13 soft-deprecated guess_type() for file paths in favour of guess_file_type().
@@ -993,22 +1067,24 @@ def format_size(size):
             return "%.1f %s" % (size, unit)
 
 
-def scan_directory(scandir_iter, root, hidden=False, follow_symlinks=False,
-                   limit=LISTING_STEP_ENTRIES):
+def scan_directory(scandir_iter, config, limit=LISTING_STEP_ENTRIES):
     """Read up to limit entries from an os.scandir iterator.
 
     Returns (entries, exhausted).  Each entry is a dict with the name as a
     person reads it, its URL-quoted exact bytes (href), type, size and
     mtime.  Names that are not visible are left out, and so are symlinks
-    that lead outside the root unless follow_symlinks.
+    that lead outside the root unless follow_symlinks, and private files.
     """
     entries = []
     for entry in scandir_iter:
         name = entry.name
-        if not is_visible(name, hidden):
+        if not is_visible(name, config.hidden):
             continue
         try:
-            if entry.is_symlink() and not is_confined(entry.path, root, follow_symlinks):
+            if entry.is_symlink() and not is_confined(entry.path, config.root,
+                                                      config.follow_symlinks):
+                continue
+            if is_private(entry.path, config):
                 continue
             st = entry.stat()
         except OSError:
@@ -1207,6 +1283,21 @@ document.addEventListener('drop',function(e){e.preventDefault();f.className='';
 """
 
 
+def csp_hash(text):
+    """The 'sha256-…' source a Content-Security-Policy uses to allow one inline text."""
+    return "'sha256-%s'" % base64.b64encode(hashlib.sha256(text.encode("utf-8")).digest()
+                                            ).decode("ascii")
+
+
+# Our pages run only their own inline style and script (hashes, not 'unsafe-inline'),
+# talk only to this server, and can't be framed by another site.
+PAGE_CSP = ("default-src 'none'; style-src %s; script-src %s; img-src 'self' data:; "
+            "connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'self'"
+            % (csp_hash(PAGE_STYLE), csp_hash(UPLOAD_SCRIPT)))
+PAGE_HEADERS = [("Content-Type", "text/html; charset=utf-8"),
+                ("Content-Security-Policy", PAGE_CSP)]
+
+
 def page_head(title, extra_head=""):
     """The start of a phone-friendly HTML5 page, up to and including <body>."""
     return ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
@@ -1297,8 +1388,7 @@ def listing_pieces(scandir_iter, config, url_path, sort, order, as_json, entries
     """
     while not exhausted and len(entries) < MAX_LISTING_ENTRIES:
         batch, exhausted = scan_directory(
-            scandir_iter, config.root, config.hidden, config.follow_symlinks,
-            min(LISTING_STEP_ENTRIES, MAX_LISTING_ENTRIES - len(entries)))
+            scandir_iter, config, min(LISTING_STEP_ENTRIES, MAX_LISTING_ENTRIES - len(entries)))
         entries.extend(batch)
         yield b""
     left_out = 0
@@ -1359,6 +1449,12 @@ Config = collections.namedtuple("Config", [
     "idle_timeout",     # seconds a keep-alive connection may idle
     "write_timeout",    # longest a reader may take nothing of a response
     "max_connections",  # clients served at once; more wait in the backlog
+    "users",            # {user: sha256 of the password} with --auth, else None
+    "auth_writes",      # credentials only for write methods
+    "cors",             # origins allowed cross-site: "*" reads only; named ones read and write
+    "hosts",            # names accepted in Host besides IP literals and localhost; None: any
+    "tls",              # served over HTTPS
+    "private_files",    # real paths inside the root never served (the TLS key)
 ])
 
 
@@ -1373,6 +1469,7 @@ class Context(object):
         self.config = config
         self.swept_folders = {}         # folder -> when stale temporaries were last removed
         self.active_temps = set()       # this process's upload temporaries in progress
+        self.auth_failures = collections.OrderedDict()   # address -> AuthFailures
 
 
 Route = collections.namedtuple("Route", [
@@ -1433,13 +1530,166 @@ def error_response(error, request, ctx):
     A 404 uses the root's 404.html when it is a regular file inside the
     root; it is streamed like any file, never read whole into memory.
     """
-    headers = [("Content-Type", "text/html; charset=utf-8")] + error.headers
     if error.status == 404:
         f = open_regular_file(os.path.join(ctx.config.root, "404.html"), ctx.config)
-        if f is not None:
+        if f is not None:                # the site's own page: its own rules, no CSP of ours
             size = os.fstat(f.fileno()).st_size
-            return Response(404, headers, FileRegion(f, 0, size), files=[f])
-    return Response(error.status, headers, render_error_page(error.status, error.message))
+            return Response(404, [("Content-Type", "text/html; charset=utf-8")] + error.headers,
+                            FileRegion(f, 0, size), files=[f])
+    return Response(error.status, PAGE_HEADERS + error.headers,
+                    render_error_page(error.status, error.message))
+
+
+# -- access: Host names, passwords, origins --------------------------------
+
+def check_host(request, config):
+    """Refuse a Host this server does not answer to: 421 (DNS rebinding).
+
+    A page on evil.example whose name is re-pointed at 127.0.0.1 sends
+    "Host: evil.example"; answering it would give that page our files.
+    """
+    value = request.get_header("host")
+    if config.hosts is None or value is None:
+        return
+    name = parse_host(value)
+    if is_ip_literal(name) or name == "localhost" or name.endswith(".localhost") \
+            or name in config.hosts:
+        return
+    raise HTTPError(421, "This server does not answer to the name %s. Start it with "
+                         "--host %s to allow that name (or --host '*' for any)."
+                    % (name or value, name or "NAME"))
+
+
+class AuthFailures(object):
+    """Failed logins from one address: when the window began, how many, blocked until."""
+
+    __slots__ = ("since", "count", "blocked_until")
+
+    def __init__(self, now):
+        self.since = now
+        self.count = 0
+        self.blocked_until = 0.0
+
+
+UNKNOWN_USER_DIGEST = hashlib.sha256(b"no such user").digest()
+
+
+def authenticate(request, ctx):
+    """Return the user the request's Basic credentials name, or raise 401/429.
+
+    Missing, malformed and wrong credentials get the same 401.  The
+    password's hash is compared with hmac.compare_digest, against a dummy
+    for an unknown user too, so timing tells nothing.  Wrong credentials
+    count against the address; AUTH_FAILURES_ALLOWED of them within
+    AUTH_FAILURE_WINDOW_S get 429 for AUTH_BLOCK_S, in a table of at most
+    AUTH_TABLE_SIZE addresses.
+    """
+    addr = (request.client or "").rsplit(":", 1)[0]
+    now = time.monotonic()
+    failures = ctx.auth_failures.get(addr)
+    if failures is not None and failures.blocked_until > now:
+        raise HTTPError(429, "Too many failed logins from this address; try again later.",
+                        [("Retry-After", "%d" % (failures.blocked_until - now + 1))])
+    value = request.get_header("authorization")
+    if value is not None:
+        credentials = parse_basic_auth(value)
+        user, password = credentials or ("", "")
+        digest = hashlib.sha256(password.encode("utf-8", "surrogatepass")).digest()
+        expected = ctx.config.users.get(user, UNKNOWN_USER_DIGEST)
+        if hmac.compare_digest(digest, expected) and credentials is not None \
+                and user in ctx.config.users:
+            return user
+        note_auth_failure(ctx.auth_failures, addr, now)
+    raise HTTPError(401, "This server needs a user name and password.",
+                    [("WWW-Authenticate", 'Basic realm="%s", charset="UTF-8"' % AUTH_REALM)])
+
+
+def note_auth_failure(table, addr, now):
+    """Count a failed login; block the address when it has failed too often."""
+    failures = table.pop(addr, None)
+    if failures is None or now - failures.since > AUTH_FAILURE_WINDOW_S:
+        failures = AuthFailures(now)
+    failures.count += 1
+    if failures.count >= AUTH_FAILURES_ALLOWED:
+        failures.blocked_until = now + AUTH_BLOCK_S
+    table[addr] = failures              # most recent last
+    while len(table) > AUTH_TABLE_SIZE:
+        table.popitem(last=False)
+
+
+def check_same_origin(request, config):
+    """Refuse a write sent by a page of another site: 403.
+
+    A page elsewhere can send a CORS-simple POST (text/plain) to any
+    address the browser reaches; storing it would let that page plant
+    pages in our origin.  Browsers name the sending page in Origin (or
+    at least say cross-site in Sec-Fetch-Site); curl, wget and rclone
+    send neither, and are let through.  Our pages' Referrer-Policy makes
+    a browser send "Origin: null" for their own form posts, so "null"
+    passes only with Sec-Fetch-Site: same-origin.
+    """
+    if request.method not in WRITE_METHODS:
+        return
+    origin = request.get_header("origin")
+    fetch_site = (request.get_header("sec-fetch-site") or "").strip().lower()
+    if origin is not None and origin.strip() == "null" and fetch_site == "same-origin":
+        origin = None                   # our own page under Referrer-Policy: no-referrer
+    if origin is not None:
+        origin = origin.strip()
+        own = "%s://%s" % ("https" if config.tls else "http",
+                           (request.get_header("host") or "").strip())
+        if origin.lower() == own.lower() or (origin in config.cors and origin != "*"):
+            return
+        raise HTTPError(403, "Writes from another site (Origin: %s) are refused." % origin)
+    if fetch_site == "cross-site":
+        raise HTTPError(403, "Writes from another site are refused.")
+
+
+def is_preflight(request):
+    """Whether a request is a CORS preflight (RFC: the Fetch standard)."""
+    return (request.method == "OPTIONS" and request.get_header("origin") is not None
+            and request.get_header("access-control-request-method") is not None)
+
+
+def handle_preflight(request, ctx):
+    """Answer a CORS preflight: which methods and headers the origin may use.
+
+    The Access-Control-Allow-Origin itself comes from cors_headers, as on
+    every response; an origin --cors does not name gets none, and the
+    browser stops there.
+    """
+    config = ctx.config
+    origin = request.get_header("origin").strip()
+    headers = [("Allow", allowed_methods(config))]
+    if config.cors:
+        methods = allowed_methods(config) if origin in config.cors and origin != "*" \
+            else "GET, HEAD, OPTIONS"
+        asked = [t.strip() for t in
+                 (request.get_header("access-control-request-headers") or "").split(",")]
+        asked = [t for t in asked if TOKEN_RE.match(t.encode("latin-1", "replace"))]
+        headers += [("Access-Control-Allow-Methods", methods),
+                    ("Access-Control-Max-Age", str(CORS_MAX_AGE_S))]
+        if asked:
+            headers.append(("Access-Control-Allow-Headers", ", ".join(asked)))
+    return Response(204, headers)
+
+
+def cors_headers(request, config):
+    """The CORS headers of a response: "*" for --cors, the origin for --cors ORIGIN."""
+    if not config.cors:
+        return []
+    origin = request.get_header("origin") if request is not None else None
+    origin = origin.strip() if origin else None
+    named = [o for o in config.cors if o != "*"]
+    if origin is not None and origin in named:
+        headers = [("Access-Control-Allow-Origin", origin), ("Vary", "Origin")]
+        if config.users is not None:
+            headers.append(("Access-Control-Allow-Credentials", "true"))
+        return headers
+    headers = [("Vary", "Origin")] if named else []
+    if "*" in config.cors:
+        headers.append(("Access-Control-Allow-Origin", "*"))
+    return headers
 
 
 def allowed_methods(config):
@@ -1459,8 +1709,7 @@ def redirect_response(location):
     location = re.sub(r"/{2,}", "/", location)
     body = html_page("301 Moved Permanently", '<p>Moved to <a href="%s">%s</a>.</p>'
                      % (html.escape(location), html.escape(location)))
-    return Response(301, [("Location", location),
-                          ("Content-Type", "text/html; charset=utf-8")], body)
+    return Response(301, [("Location", location)] + PAGE_HEADERS, body)
 
 
 def handle_get(request, ctx):
@@ -1479,13 +1728,12 @@ def handle_get(request, ctx):
     if kind == "request":
         return maybe_gzip(handle_request_echo(request, config), request, config, always=True)
     if kind == "landing":
-        return maybe_gzip(Response(200, [("Content-Type", "text/html; charset=utf-8"),
-                                         ("Cache-Control", "no-cache")],
+        return maybe_gzip(Response(200, PAGE_HEADERS + [("Cache-Control", "no-cache")],
                                    render_landing(config.prefix)), request, config)
     if kind == "prefix_redirect":
         return redirect_response(url_quote(config.prefix) + "/" +
                                  ("?" + query if query else ""))
-    fs_path = resolve_path(config.root, path, config.hidden, config.follow_symlinks)
+    fs_path = resolve_path(config, path)
     try:
         st = os.stat(fs_path)
     except OSError:
@@ -1539,15 +1787,14 @@ def handle_listing(request, config, fs_dir, path, query_text):
     sort = sort if sort in ("name", "size", "time") else "name"
     order = "desc" if query.get("order") == "desc" else "asc"
     as_json = wants_json(request, query)
-    headers = [("Content-Type", "application/json" if as_json else "text/html; charset=utf-8"),
-               ("Cache-Control", "no-cache")]
+    headers = ([("Content-Type", "application/json")] if as_json else PAGE_HEADERS) + \
+        [("Cache-Control", "no-cache")]
     try:
         scandir_iter = os.scandir(fs_dir)
     except OSError:
         raise HTTPError(403, "This folder cannot be read.")
     try:
-        entries, exhausted = scan_directory(scandir_iter, config.root, config.hidden,
-                                            config.follow_symlinks)
+        entries, exhausted = scan_directory(scandir_iter, config)
     except OSError:
         scandir_iter.close()
         raise HTTPError(403, "This folder cannot be read.")
@@ -1724,7 +1971,21 @@ HANDLERS = {
 
 
 def dispatch(request, ctx):
-    """Route a request once and run its handler: a Response or an upload sink."""
+    """Check access, route a request once and run its handler.
+
+    Returns a Response or an upload sink.  The order matters: a Host this
+    server does not answer to (DNS rebinding) is refused first; a CORS
+    preflight carries no credentials, so it is answered before auth; a
+    cross-site write is refused even with the right password.
+    """
+    config = ctx.config
+    check_host(request, config)
+    if is_preflight(request):
+        return handle_preflight(request, ctx)
+    if config.users is not None and (not config.auth_writes
+                                     or request.method in WRITE_METHODS):
+        request.user = authenticate(request, ctx)
+    check_same_origin(request, config)
     handler = HANDLERS.get(request.method)
     if handler is None and request.method not in KNOWN_METHODS:
         if request.target == "*":
@@ -2159,8 +2420,7 @@ class FormUpload(object):
         location = url_quote(self.url_folder)
         body = html_page("303 See Other", '<p>Uploaded. <a href="%s">Back</a></p>'
                          % html.escape(location))
-        return Response(303, [("Location", location),
-                              ("Content-Type", "text/html; charset=utf-8")], body)
+        return Response(303, [("Location", location)] + PAGE_HEADERS, body)
 
     def abort(self):
         """The upload failed: remove every temporary; publish nothing."""
@@ -2179,7 +2439,7 @@ def start_upload(request, ctx, path):
     length = parse_body_framing(request)
     if config.max_upload is not None and length is not None and length > config.max_upload:
         raise HTTPError(413, "The upload is larger than %d bytes." % config.max_upload)
-    fs_path = resolve_path(config.root, path, config.hidden, config.follow_symlinks)
+    fs_path = resolve_path(config, path)
     ctype, params = parse_header_params(request.get_header("content-type") or "")
     url_path = config.prefix + path
     if path.endswith("/") or os.path.isdir(fs_path):
@@ -2259,6 +2519,10 @@ class SocketTransport(object):
         """Send our FIN; the peer may still send to us."""
         self.sock.shutdown(socket.SHUT_WR)
 
+    def pending(self):
+        """Bytes received but not yet returned: none for a plain socket."""
+        return 0
+
     def close(self):
         """Release the socket."""
         try:
@@ -2267,6 +2531,66 @@ class SocketTransport(object):
             pass
 
 
+class TLSTransport(SocketTransport):
+    """A TLS connection over a non-blocking ssl.SSLSocket.
+
+    OpenSSL may need the socket writable to read (or readable to write),
+    so SSLWantReadError and SSLWantWriteError become WouldBlock with that
+    direction, never "the peer is gone".  It decrypts whole records, so
+    after a read it may hold bytes the selector cannot see: pending()
+    tells the connection to come back without waiting for the socket.
+    The kernel's sendfile would bypass TLS: can_sendfile is False, and
+    files are read and sent through the TLS layer.
+    """
+
+    def __init__(self, sock):
+        SocketTransport.__init__(self, sock)
+        self.can_sendfile = False
+
+    def recv(self, size):
+        """Up to size decrypted bytes; b"" at the end of the stream."""
+        chunks = []
+        total = 0
+        while total < size:
+            try:
+                data = self.sock.recv(min(size - total, RECV_BYTES))
+            except ssl.SSLWantReadError:
+                if chunks:
+                    break
+                raise WouldBlock(READ_EVENTS)
+            except ssl.SSLWantWriteError:
+                if chunks:
+                    break
+                raise WouldBlock(WRITE_EVENTS)
+            except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+                data = b""
+            if not data:
+                break
+            chunks.append(data)
+            total += len(data)
+            if not self.sock.pending():
+                break
+        return b"".join(chunks)
+
+    def send(self, data):
+        """Encrypt and send the start of data; returns the count taken."""
+        try:
+            return self.sock.send(data[:TLS_SEND_BYTES])
+        except ssl.SSLWantWriteError:
+            raise WouldBlock(WRITE_EVENTS)
+        except ssl.SSLWantReadError:
+            raise WouldBlock(READ_EVENTS)
+
+    def pending(self):
+        """Decrypted bytes held inside the TLS layer."""
+        return self.sock.pending()
+
+    def shutdown_write(self):
+        """Stop sending (no close_notify: it could block, and clients don't need it)."""
+        self.sock.shutdown(socket.SHUT_WR)
+
+
+HANDSHAKE = "handshake"           # TLS: waiting for the handshake to finish
 READING_HEAD = "reading-head"     # waiting for (more of) a request head; idle if empty
 READING_BODY = "reading-body"     # streaming a request body into an upload sink
 WRITING = "writing"               # sending a response
@@ -2313,7 +2637,7 @@ class Connection(object):
         self.turn = -1                # the loop turn this connection last had a slice in
         self.budget = 0               # bytes it may still send in this slice
         self.steps = 0                # body pieces it may still generate in this slice
-        self.enter(READING_HEAD)
+        self.enter(HANDSHAKE if server.tls_context is not None else READING_HEAD)
 
     # -- states and deadlines -------------------------------------------------
 
@@ -2321,7 +2645,9 @@ class Connection(object):
         """Begin a state: arm its phase's deadline and update the selector."""
         self.state = state
         config = self.config
-        if state == READING_HEAD:
+        if state == HANDSHAKE:
+            self.arm(config.head_timeout)         # a handshake is part of the first head
+        elif state == READING_HEAD:
             if self.inbuf:
                 self.arm(config.head_timeout)     # a pipelined head: its clock starts now
             else:
@@ -2343,6 +2669,8 @@ class Connection(object):
         """The selector events the current state waits for."""
         if self.state == WRITING:
             wanted = WRITE_EVENTS
+        elif self.state == HANDSHAKE and self.blocked:
+            return self.blocked
         elif self.state == READING_BODY and self.out:
             wanted = READ_EVENTS | WRITE_EVENTS   # a 100 Continue is on its way
         else:
@@ -2352,8 +2680,12 @@ class Connection(object):
     def has_turn_work(self):
         """Whether it has work that waits for the next turn, not for the socket."""
         if self.state == READING_HEAD:
-            return self.unparsed
-        return self.state == READING_BODY and self.sink is not None and self.sink.pending
+            return self.unparsed or self.transport.pending() > 0
+        if self.state == READING_BODY:
+            if self.sink is not None and self.sink.pending:
+                return True
+            return self.transport.pending() > 0
+        return False
 
     def is_idle(self):
         """Whether it is a keep-alive connection with no request in progress."""
@@ -2363,7 +2695,9 @@ class Connection(object):
         """The phase's deadline passed: 408 for a slow head or body, else close."""
         if now < self.deadline or self.state == CLOSED:
             return
-        if self.state == READING_HEAD and self.inbuf.strip():
+        if self.state == HANDSHAKE:
+            self.close()
+        elif self.state == READING_HEAD and self.inbuf.strip():
             self.fail(HTTPError(408, "The request head took too long."))
         elif self.state == READING_BODY:
             self.fail(HTTPError(408, "The request body stalled."))
@@ -2378,6 +2712,9 @@ class Connection(object):
         """Read what the socket has (a bounded amount) and run a slice."""
         if self.state == CLOSING:
             self.drain()
+            return
+        if self.state == HANDSHAKE:
+            self.handshake()
             return
         backlogged = self.sink is not None and self.sink.pending
         if self.state in (READING_HEAD, READING_BODY) and not backlogged:
@@ -2398,7 +2735,71 @@ class Connection(object):
 
     def on_writable(self):
         """Run a slice (it sends what is pending)."""
+        if self.state == HANDSHAKE:
+            self.handshake()
+            return
         self.advance()
+
+    def handshake(self):
+        """HANDSHAKE: refuse plain HTTP, then run the TLS handshake without blocking.
+
+        The first byte of a ClientHello is 0x16; a letter means someone
+        typed http:// for this port, and gets a short plain-text 400.
+        """
+        self.turn = self.server.turn
+        self.blocked = 0
+        if not isinstance(self.transport, TLSTransport):
+            try:
+                first = self.sock.recv(1, socket.MSG_PEEK)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                self.close()
+                return
+            if first != TLS_HANDSHAKE_RECORD:
+                self.refuse_plain_http(first)
+                return
+            try:
+                self.sock = self.server.tls_context.wrap_socket(
+                    self.sock, server_side=True, do_handshake_on_connect=False)
+            except (OSError, ValueError):
+                self.close()
+                return
+            self.transport = TLSTransport(self.sock)
+        try:
+            self.sock.do_handshake()
+        except ssl.SSLWantReadError:
+            self.blocked = READ_EVENTS
+        except ssl.SSLWantWriteError:
+            self.blocked = WRITE_EVENTS
+        except (ssl.SSLError, OSError, ValueError):
+            self.close()                          # a botched handshake: nothing to answer
+            return
+        else:
+            self.enter(READING_HEAD)              # has_turn_work sees a buffered request
+        self.server.update_events(self)
+
+    def refuse_plain_http(self, first):
+        """Answer plain HTTP on the TLS port with a plain 400, then close."""
+        if not first:
+            self.close()
+            return
+        body = b"This port speaks HTTPS: use https:// in the address.\n"
+        try:
+            self.sock.send(b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\n"
+                           b"Content-Length: %d\r\nConnection: close\r\n\r\n%s"
+                           % (len(body), body))
+        except OSError:
+            self.close()
+            return
+        self.start_closing()
+
+    def on_turn(self):
+        """Run a slice for work left from an earlier turn (see has_turn_work)."""
+        if self.transport.pending() and self.state in (READING_HEAD, READING_BODY):
+            self.on_readable()                    # bytes inside the TLS layer
+        else:
+            self.advance()
 
     def drain(self):
         """CLOSING: read and drop input until the peer closes or the linger ends."""
@@ -2569,7 +2970,8 @@ class Connection(object):
             self.server.stopping, peer_done)
         headers = [("Date", self.server.http_date()), ("Server", SERVER_NAME)]
         headers += response.headers
-        headers.append(("X-Content-Type-Options", "nosniff"))
+        headers += cors_headers(request, self.config)
+        headers += SECURITY_HEADERS
         self.chunked_out = False
         if bodyless:
             response.close_files()
@@ -2730,8 +3132,10 @@ class Connection(object):
         line = display_text(request.request_line()) if request is not None else "-"
         body_bytes = max(0, self.sent - self.head_bytes)
         extra = self.response.log_extra
-        self.server.log('%s - - [%s] "%s" %d %d%s' % (
-            self.client.rsplit(":", 1)[0].strip("[]"), format_log_date(time.time()),
+        user = request.user if request is not None and request.user else "-"
+        self.server.log('%s - %s [%s] "%s" %d %d%s' % (
+            self.client.rsplit(":", 1)[0].strip("[]"),
+            display_text(user).replace(" ", "_"), format_log_date(time.time()),
             line.replace('"', '\\"'), self.response.status, body_bytes, extra))
 
     def start_closing(self):
@@ -2769,6 +3173,7 @@ class Connection(object):
 
 
 _CHUNKED_END = object()             # marks where the last chunk goes
+SECURITY_HEADERS = [("X-Content-Type-Options", "nosniff"), ("Referrer-Policy", "no-referrer")]
 _PSEUDO_REQUEST = Request("GET", "/", "HTTP/1.1", [])
 
 
@@ -2799,9 +3204,10 @@ class Server(object):
     darkhttpd's `accepting` flag does; it resumes when a connection closes.
     """
 
-    def __init__(self, config, listener, log_stream=None):
+    def __init__(self, config, listener, log_stream=None, tls_context=None):
         self.config = config
         self.ctx = Context(config)
+        self.tls_context = tls_context
         self.listener = listener
         self.selector = selectors.DefaultSelector()
         self.connections = set()
@@ -3026,7 +3432,7 @@ class Server(object):
             ready, self.ready = self.ready, set()
             for conn in ready:
                 if conn.state != CLOSED and conn.turn != self.turn:
-                    self.run_slice(conn, conn.advance)
+                    self.run_slice(conn, conn.on_turn)
             now = time.monotonic()
             if now >= self.next_sweep:
                 self.sweep(now)
@@ -3220,10 +3626,138 @@ def build_arg_parser():
                         help="clients served at once; more wait until one leaves, and "
                              "idle keep-alive connections make room first (default: from "
                              "the open-file limit, %s)" % describe_default_connections())
+    parser.add_argument("--auth", action="append", default=[], metavar="USER:PASS",
+                        help="ask for this user name and password (HTTP Basic) on every "
+                             "request; repeat for more users (also: MINIHTTPD_AUTH)")
+    parser.add_argument("--auth-file", metavar="FILE",
+                        help="users from a file: lines of user:password or "
+                             "user:sha256:HEX; # starts a comment")
+    parser.add_argument("--auth-writes", action="store_true",
+                        help="ask for credentials only for writes (uploads); reading stays open")
+    parser.add_argument("--tls-cert", metavar="FILE",
+                        help="serve HTTPS with this PEM certificate (chain) ...")
+    parser.add_argument("--tls-key", metavar="FILE",
+                        help="... and this PEM private key")
+    parser.add_argument("--cors", action="append", nargs="?", const="*", default=[],
+                        metavar="ORIGIN",
+                        help="let web pages of other sites use this server: alone, any site "
+                             "may read; with ORIGIN (repeatable), that site may read and write")
+    parser.add_argument("--host", action="append", default=[], metavar="NAME",
+                        help="also answer to this name in Host (repeatable). Names other than "
+                             "IP addresses, localhost and this machine's name get 421, which "
+                             "stops DNS rebinding; '*' allows any")
     parser.add_argument("-q", "--quiet", action="store_true",
                         help="no access log on stderr")
     parser.add_argument("--version", action="version", version="minihttpd " + __version__)
     return parser
+
+
+def password_digest(password):
+    """What is kept of a password: its SHA-256."""
+    return hashlib.sha256(password.encode("utf-8", "surrogateescape")).digest()
+
+
+def load_users(args, environ):
+    """The {user: digest} table from --auth, MINIHTTPD_AUTH and --auth-file.
+
+    Returns None when no source is given.  Raises ValueError with a
+    one-line reason (naming the file and line) for a malformed source.
+    """
+    users = {}
+    sources = [("--auth", value) for value in args.auth]
+    if environ.get("MINIHTTPD_AUTH"):
+        sources.append(("MINIHTTPD_AUTH", environ["MINIHTTPD_AUTH"]))
+    for where, value in sources:
+        user, sep, password = value.partition(":")
+        if not sep or not user:
+            raise ValueError("%s wants USER:PASSWORD" % where)
+        users[user] = password_digest(password)
+    if args.auth_file:
+        try:
+            with open(args.auth_file, "r", encoding="utf-8") as f:
+                lines = f.read().splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ValueError("cannot read --auth-file %s: %s"
+                             % (args.auth_file, getattr(exc, "strerror", None) or exc))
+        for number, line in enumerate(lines, 1):
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            user, sep, secret = line.partition(":")
+            if not sep or not user:
+                raise ValueError("%s:%d: expected user:password or user:sha256:HEX"
+                                 % (args.auth_file, number))
+            kind, sep, hexdigest = secret.partition(":")
+            if kind == "sha256" and sep and re.match(r"\A[0-9a-fA-F]{64}\Z", hexdigest):
+                users[user] = bytes.fromhex(hexdigest)
+            else:
+                users[user] = password_digest(secret)
+        if not users:
+            raise ValueError("--auth-file %s names no user" % args.auth_file)
+    return users or None
+
+
+def make_tls_context(cert, key):
+    """An SSLContext for TLS 1.2 and up with this certificate and key.
+
+    Raises ValueError with a one-line reason that names the file.
+    """
+    if ssl is None:
+        raise ValueError("this Python has no ssl module, so it cannot serve HTTPS")
+    for what, path in (("--tls-cert", cert), ("--tls-key", key)):
+        try:
+            with open(path, "rb"):
+                pass
+        except OSError as exc:
+            raise ValueError("cannot read %s %s: %s" % (what, path, exc.strerror or exc))
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    if hasattr(context, "minimum_version"):
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+    else:                                   # 3.6
+        context.options |= ssl.OP_NO_TLSv1 | ssl.OP_NO_TLSv1_1
+    try:
+        context.load_cert_chain(cert, key)
+    except (ssl.SSLError, OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", None) or str(exc)
+        with open(cert, "rb") as f:
+            cert_ok = b"-----BEGIN CERTIFICATE-----" in f.read()
+        with open(key, "rb") as f:
+            key_ok = b"PRIVATE KEY-----" in f.read()
+        if not cert_ok:
+            raise ValueError("--tls-cert %s holds no PEM certificate (%s)" % (cert, reason))
+        if not key_ok:
+            raise ValueError("--tls-key %s holds no PEM private key (%s)" % (key, reason))
+        raise ValueError("--tls-key %s does not fit --tls-cert %s (%s)" % (key, cert, reason))
+    return context
+
+
+def tls_warnings(cert, key, root):
+    """Warnings about where the key lies and who can read it; the private paths."""
+    warnings = []
+    private = set()
+    try:
+        if not IS_WINDOWS and os.stat(key).st_mode & 0o077:
+            warnings.append("the key file %s is readable by other users (chmod 600 it)" % key)
+    except OSError:
+        pass
+    for what, path in (("certificate", cert), ("key", key)):
+        real = os.path.realpath(path)
+        if is_inside(real, root):
+            warnings.append("the %s file %s is inside the served folder%s"
+                            % (what, path, "; it will not be served" if what == "key" else ""))
+            if what == "key":
+                private.add(real)
+    return warnings, frozenset(private)
+
+
+def allowed_host_names(names):
+    """The names Host may carry besides IP literals and localhost; None for any."""
+    if "*" in names:
+        return None
+    hostname = socket.gethostname().lower().rstrip(".")
+    allowed = set([hostname, hostname + ".local", hostname.split(".")[0] + ".local"])
+    allowed.update(n.strip().lower().rstrip(".") for n in names if n.strip())
+    return frozenset(allowed)
 
 
 class PortInUse(Exception):
@@ -3296,6 +3830,22 @@ def main(argv=None):
         parser.error("not a directory: %s" % args.directory)
     if args.overwrite and not args.upload:
         parser.error("--overwrite needs -u/--upload")
+    if bool(args.tls_cert) != bool(args.tls_key):
+        parser.error("--tls-cert and --tls-key go together")
+    try:
+        users = load_users(args, os.environ)
+        tls_context = make_tls_context(args.tls_cert, args.tls_key) if args.tls_cert else None
+    except ValueError as exc:
+        parser.error(str(exc))
+    if args.auth_writes and users is None:
+        parser.error("--auth-writes needs --auth, --auth-file or MINIHTTPD_AUTH")
+    warnings, private = [], frozenset()
+    if tls_context is not None:
+        warnings, private = tls_warnings(args.tls_cert, args.tls_key, os.path.realpath(root))
+    elif users is not None:
+        warnings.append("passwords cross the network in clear text without --tls-cert")
+    for warning in warnings:
+        sys.stderr.write("minihttpd: warning: %s\n" % warning)
     open_files = raise_open_file_limit()
     request_timeout = args.request_timeout or args.timeout
     config = Config(root=os.path.realpath(root), listing=not args.no_listing,
@@ -3307,7 +3857,10 @@ def main(argv=None):
                     head_timeout=request_timeout, body_timeout=request_timeout,
                     idle_timeout=args.idle_timeout or args.timeout * IDLE_TIMEOUT_FACTOR,
                     write_timeout=args.timeout * WRITE_TIMEOUT_FACTOR,
-                    max_connections=args.max_connections or default_max_connections(open_files))
+                    max_connections=args.max_connections or default_max_connections(open_files),
+                    users=users, auth_writes=args.auth_writes, cors=tuple(args.cors),
+                    hosts=allowed_host_names(args.host), tls=tls_context is not None,
+                    private_files=private)
 
     ports = [args.port] if args.port is not None else default_ports()
     listener = None
@@ -3327,18 +3880,20 @@ def main(argv=None):
                                 getattr(exc, "strerror", None) or exc))
             return 1
     host, port = listener.getsockname()[:2]
-    shown = host
+    scheme = "https" if config.tls else "http"
     # The first line is a contract: scripts and tests read the port from it.
-    sys.stdout.write("Serving %s on http://%s:%d/\n" % (root, url_host(shown), port))
+    sys.stdout.write("Serving %s on %s://%s:%d/\n" % (root, scheme, url_host(host), port))
     if config.prefix:
         sys.stdout.write("  the folder is under %s/\n" % config.prefix)
     if host in ("::", "0.0.0.0"):
-        sys.stdout.write("  on this machine: http://127.0.0.1:%d%s/\n" % (port, config.prefix))
+        sys.stdout.write("  on this machine: %s://127.0.0.1:%d%s/\n"
+                         % (scheme, port, config.prefix))
         for addr in lan_addresses():
-            sys.stdout.write("  on the network:  http://%s:%d%s/\n" % (addr, port, config.prefix))
+            sys.stdout.write("  on the network:  %s://%s:%d%s/\n"
+                             % (scheme, addr, port, config.prefix))
     sys.stdout.flush()
 
-    server = Server(config, listener)
+    server = Server(config, listener, tls_context=tls_context)
     stop = {"requested": 0}
 
     def on_signal(signum, frame):

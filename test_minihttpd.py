@@ -1460,9 +1460,9 @@ class TestCoreUnits(unittest.TestCase):
                 self.assertEqual(caught.exception.status, 416)
 
     def test_decide_close(self):
-        h11 = request_from(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-        h11_close = request_from(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        h11_close_mixed = request_from(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: Keep-Alive, Close\r\n\r\n")
+        h11 = request_from(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        h11_close = request_from(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        h11_close_mixed = request_from(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: Keep-Alive, Close\r\n\r\n")
         h10 = request_from(b"GET / HTTP/1.0\r\n\r\n")
         h10_keep = request_from(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
         # (label, request, status, length_known, body_unread, stopping, peer_done, expected)
@@ -2477,7 +2477,7 @@ class TestKeepAlive(SharedServerTestCase):
     def test_http11_response_version(self):
         r = get(self.port, "/1.txt")
         self.assertTrue(r.raw_head.startswith("HTTP/1.1 200"), r.raw_head)
-        r = parse_response(send_raw(self.port, b"GET /1.txt HTTP/1.2\r\nHost: x\r\n"
+        r = parse_response(send_raw(self.port, b"GET /1.txt HTTP/1.2\r\nHost: 127.0.0.1\r\n"
                                                 b"Connection: close\r\n\r\n"))
         self.assertTrue(r.raw_head.startswith("HTTP/1.1 200"), r.raw_head)
         self.assertEqual(r.body, b"one")
@@ -2501,8 +2501,8 @@ class TestKeepAlive(SharedServerTestCase):
         self.assertEqual(get(srv.port, "/2.txt").body, b"two-two")
 
     def test_bare_lf(self):
-        raw = send_raw(self.port, b"GET /1.txt HTTP/1.1\nHost: x\n\nGET /2.txt HTTP/1.1\nHost: x\n"
-                                  b"Connection: close\n\n")
+        raw = send_raw(self.port, b"GET /1.txt HTTP/1.1\nHost: 127.0.0.1\n\n"
+                                  b"GET /2.txt HTTP/1.1\nHost: 127.0.0.1\nConnection: close\n\n")
         rs = parse_responses(raw)
         self.assertEqual([r.body for r in rs], [b"one", b"two-two"])
 
@@ -2684,20 +2684,20 @@ class TestLimits(SharedServerTestCase):
         self.assertEqual(r.body, b"alpha")
 
     def test_request_line_too_long_414(self):
-        self._expect(b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 414)
+        self._expect(b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", 414)
         self._assert_alive()
 
     def test_header_block_too_large_431(self):
-        big = b"GET / HTTP/1.1\r\nHost: x\r\n" + b"".join(
+        big = b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n" + b"".join(
             b"X-B%d: %s\r\n" % (i, b"b" * 3500) for i in range(20)) + b"\r\n"
         self._expect(big, 431)
         self._assert_alive()
 
     def test_too_many_fields_431(self):
         fields = b"".join(b"X-F%d: v\r\n" % i for i in range(100))
-        self._expect(b"GET /a.txt HTTP/1.1\r\nHost: x\r\n" + fields + b"\r\n", 431)
+        self._expect(b"GET /a.txt HTTP/1.1\r\nHost: 127.0.0.1\r\n" + fields + b"\r\n", 431)
         ok = b"".join(b"X-F%d: v\r\n" % i for i in range(98))   # + Host + Connection = 100
-        r = parse_response(send_raw(self.port, b"GET /a.txt HTTP/1.1\r\nHost: x\r\n" + ok +
+        r = parse_response(send_raw(self.port, b"GET /a.txt HTTP/1.1\r\nHost: 127.0.0.1\r\n" + ok +
                                     b"Connection: close\r\n\r\n"))
         self.assertEqual(r.status, 200)
 
@@ -2705,14 +2705,14 @@ class TestLimits(SharedServerTestCase):
         cases = [
             ("garbage_line", b"GARBAGE\r\n\r\n"),
             ("binary", b"\x00\x01\x02 \xff\xfe garbage\r\n\r\n"),
-            ("extra_token", b"GET / HTTP/1.1 extra\r\nHost: x\r\n\r\n"),
-            ("bad_version", b"GET / HTTP/1.x\r\nHost: x\r\n\r\n"),
-            ("bad_protocol", b"GET / FOO/1.1\r\nHost: x\r\n\r\n"),
-            ("header_no_colon", b"GET / HTTP/1.1\r\nHost: x\r\nNoColonHere\r\n\r\n"),
+            ("extra_token", b"GET / HTTP/1.1 extra\r\nHost: 127.0.0.1\r\n\r\n"),
+            ("bad_version", b"GET / HTTP/1.x\r\nHost: 127.0.0.1\r\n\r\n"),
+            ("bad_protocol", b"GET / FOO/1.1\r\nHost: 127.0.0.1\r\n\r\n"),
+            ("header_no_colon", b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nNoColonHere\r\n\r\n"),
             ("space_before_colon", b"GET / HTTP/1.1\r\nHost : x\r\n\r\n"),
-            ("obs_fold", b"GET / HTTP/1.1\r\nHost: x\r\nX-A: 1\r\n continued\r\n\r\n"),
+            ("obs_fold", b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nX-A: 1\r\n continued\r\n\r\n"),
             ("no_host_11", b"GET /a.txt HTTP/1.1\r\n\r\n"),
-            ("two_hosts", b"GET /a.txt HTTP/1.1\r\nHost: x\r\nHost: y\r\n\r\n"),
+            ("two_hosts", b"GET /a.txt HTTP/1.1\r\nHost: 127.0.0.1\r\nHost: 127.0.0.1\r\n\r\n"),
         ]
         for name, data in cases:
             with self.subTest(name):
@@ -2724,7 +2724,7 @@ class TestLimits(SharedServerTestCase):
     def test_unsupported_version_505(self):
         for version in ["HTTP/2.0", "HTTP/0.9", "HTTP/3"]:
             with self.subTest(version=version):
-                self._expect(("GET /a.txt %s\r\nHost: x\r\n\r\n" % version).encode(), 505)
+                self._expect(("GET /a.txt %s\r\nHost: 127.0.0.1\r\n\r\n" % version).encode(), 505)
 
     def test_request_timeout_408(self):
         srv = start_server(self, self.root, "-q", "--request-timeout", "0.5")
@@ -2732,7 +2732,7 @@ class TestLimits(SharedServerTestCase):
             sock = connect(srv.port, 5)
             self.addCleanup(sock.close)
             t0 = time.monotonic()
-            sock.sendall(b"GET /a.txt HTTP/1.1\r\nHost: x\r\n")
+            sock.sendall(b"GET /a.txt HTTP/1.1\r\nHost: 127.0.0.1\r\n")
             r = read_response(sock)
             self.assertEqual(r.status, 408)
             self.assertGreater(time.monotonic() - t0, 0.3)
@@ -2766,8 +2766,8 @@ class TestLimits(SharedServerTestCase):
         self.assertEqual(read_response(good).body, b"alpha")
         good.sendall(b"GET /a.txt HTTP/1.1\r\n")             # half a head in flight
         self._expect(b"\x00\x01\x02 garbage\r\n\r\n", 400)
-        self._expect(b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 414)
-        good.sendall(b"Host: x\r\n\r\n")
+        self._expect(b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", 414)
+        good.sendall(b"Host: 127.0.0.1\r\n\r\n")
         self.assertEqual(read_response(good).body, b"alpha")
         good.sendall(build_request("GET", "/a.txt"))
         self.assertEqual(read_response(good).body, b"alpha")
@@ -3958,7 +3958,7 @@ class TestChunkedDecoder(unittest.TestCase):
 
     def test_one_byte_at_a_time_and_unused(self):
         raw = b"3\r\nabc\r\n10\r\n" + b"x" * 16 + b"\r\n0\r\nT: 1\r\n\r\n"
-        nxt = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
+        nxt = b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
         dec = minihttpd.ChunkedDecoder()
         out = b""
         for i in range(len(raw)):
@@ -4474,7 +4474,7 @@ class TestUploads(unittest.TestCase):
         s = start_server(self, root, "-u")
         sock = connect(s.port, SHORT_IO_TIMEOUT_S)
         try:
-            sock.sendall(b"PUT /sup.bin HTTP/1.1\r\nHost: x\r\nContent-Length: \xb2\r\n\r\n")
+            sock.sendall(b"PUT /sup.bin HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: \xb2\r\n\r\n")
             resp, _, _ = read_final_response(sock)
             self.assertEqual(resp.status, 400, resp)
             self.assertTrue(is_closed(sock))
@@ -5086,7 +5086,7 @@ class TestHardenedInputs(ServerTestCase):
 
     def test_malformed_absolute_uri(self):
         srv = self.serve(make_tree(self, {"a.txt": b"A"}))
-        r = parse_response(send_raw(srv.port, b"GET http://[::1/ HTTP/1.1\r\nHost: x\r\n\r\n"))
+        r = parse_response(send_raw(srv.port, b"GET http://[::1/ HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"))
         self.assertEqual(r.status, 400)
 
     def test_too_deep_paths_get_414(self):
