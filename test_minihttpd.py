@@ -53,7 +53,7 @@ import minihttpd  # noqa: E402  (the pure parts are tested without a server)
 START_TIMEOUT_S = 20     # generous: a loaded CI machine can be slow to start Python
 IO_TIMEOUT_S = 10        # every socket operation in a test is bounded by this
 SHORT_IO_TIMEOUT_S = 5   # for exchanges the server answers at once (a miss fails sooner)
-SERVING_RE = re.compile(r"^Serving (.+) on http://(\[[^\]]+\]|[^:/]+):(\d+)/$")
+SERVING_RE = re.compile(r"^Serving (.+) on https?://(\[[^\]]+\]|[^:/]+):(\d+)/$")
 UPLOAD_TEMP_PREFIX = ".minihttpd-upload-"
 IMF_DATE_RE = re.compile(
     r"^(Mon|Tue|Wed|Thu|Fri|Sat|Sun), \d{2} "
@@ -160,8 +160,8 @@ def start_server(testcase, root, *args, **kwargs):
     """Start minihttpd on a free port serving root; stopped at test cleanup.
 
     Extra args are passed on the command line.  kwargs: preexec_fn (for
-    resource limits), bind (default 127.0.0.1), port (default "0").
-    Returns a Server.
+    resource limits), bind (default 127.0.0.1), port (default "0"), env
+    (variables added to the environment).  Returns a Server.
     """
     bind = kwargs.get("bind", "127.0.0.1")
     port = kwargs.get("port", "0")
@@ -169,7 +169,8 @@ def start_server(testcase, root, *args, **kwargs):
     if bind:
         cmd += ["-b", bind]
     cmd += list(args)
-    proc, line, errpath = spawn_server(testcase, cmd, preexec_fn=kwargs.get("preexec_fn"))
+    env = dict(os.environ, **kwargs["env"]) if kwargs.get("env") else None
+    proc, line, errpath = spawn_server(testcase, cmd, env=env, preexec_fn=kwargs.get("preexec_fn"))
     m = SERVING_RE.match(line)
     if not m:
         proc.kill()
@@ -6275,13 +6276,13 @@ class TestUploadBrowser(unittest.TestCase):
         self.skipTest("chromium not installed: no chromium or chromium-browser on PATH "
                       "(Debian package 'chromium')")
 
-    def _run(self, chromium, url):
+    def _run(self, chromium, url, flags=()):
         profile = tempfile.mkdtemp(prefix="minihttpd-chromium-")
         self.addCleanup(shutil.rmtree, profile, True)
         cmd = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
                "--disable-background-networking", "--disable-component-update", "--disable-sync",
                "--no-proxy-server", "--disable-dev-shm-usage", "--user-data-dir=" + profile,
-               "--virtual-time-budget=10000", "--dump-dom", url]
+               "--virtual-time-budget=10000"] + list(flags) + ["--dump-dom", url]
         try:
             p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                stdin=subprocess.DEVNULL, timeout=60, env=client_env())
@@ -6297,6 +6298,33 @@ class TestUploadBrowser(unittest.TestCase):
         root = make_tree(self, {"up/old.txt": b"old", "autotest.html": page.encode("utf-8")})
         s = start_server(self, root, "-u")
         return chromium, root, s
+
+    def test_form_upload_over_https_with_auth(self):
+        # The listing page's form under the CSP, over TLS, with the password in the URL.
+        chromium = self._chromium()
+        if shutil.which("openssl") is None:
+            self.skipTest("openssl not installed: cannot make a certificate for Chromium")
+        certs = tempfile.mkdtemp(prefix="minihttpd-cert-")
+        self.addCleanup(shutil.rmtree, certs, True)
+        cert, key = os.path.join(certs, "cert.pem"), os.path.join(certs, "key.pem")
+        made = subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes",
+                               "-days", "2", "-subj", "/CN=127.0.0.1", "-keyout", key,
+                               "-out", cert], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, timeout=60)
+        self.assertEqual(made.returncode, 0, "openssl could not make a certificate")
+        root = make_tree(self, {"up/old.txt": b"old",
+                                "autotest.html": BROWSER_FORM_PAGE.encode("utf-8")})
+        s = start_server(self, root, "-u", "--auth", "alice:s3cret:x",
+                         "--tls-cert", cert, "--tls-key", key)
+        self.assertIn("https://", s.first_line)
+        status, dom, err = self._run(
+            chromium, "https://alice:s3cret:x@127.0.0.1:%d/autotest.html" % s.port,
+            flags=["--ignore-certificate-errors"])
+        self.assertEqual(status, "UPLOAD-DONE path=/up/ listed=true",
+                         "chromium stderr: %s\nserver log: %s" % (err, s.stderr_text()))
+        self.assertEqual(read_file(os.path.join(root, "up", "from-browser.txt")), b"hello")
+        self.assertIn(" - alice [", s.stderr_text())
+        self.assertEqual(upload_temps(root), [])
 
     def test_form_upload_in_headless_chromium(self):
         chromium, root, s = self._setup(BROWSER_FORM_PAGE)
