@@ -331,9 +331,12 @@ def tls_connect(port, context, timeout=IO_TIMEOUT_S):
         raise
 
 
-def tls_request(port, context, method, path, headers=None, body=b""):
-    """One request with Connection: close on a new TLS connection; return the Response."""
-    sock = tls_connect(port, context)
+def tls_request(port, context, method, path, headers=None, body=b"", timeout=IO_TIMEOUT_S):
+    """One request with Connection: close on a new TLS connection; return the Response.
+
+    timeout bounds the connect, the handshake and every read.
+    """
+    sock = tls_connect(port, context, timeout)
     try:
         sock.sendall(build_request(method, path, headers, body,
                                    host="127.0.0.1:%d" % port, close=True))
@@ -342,9 +345,9 @@ def tls_request(port, context, method, path, headers=None, body=b""):
         sock.close()
 
 
-def tls_get(port, context, path, headers=None):
+def tls_get(port, context, path, headers=None, timeout=IO_TIMEOUT_S):
     """GET path over TLS with Connection: close; return the Response."""
-    return tls_request(port, context, "GET", path, headers)
+    return tls_request(port, context, "GET", path, headers, timeout=timeout)
 
 
 def stderr_lines_naming(server, name):
@@ -576,7 +579,11 @@ class TestTLS(ServerTestCase):
                     r2 = read_response(sock)
                 self.assertEqual((r1.status, r1.body), (200, b"first file"))
                 self.assertEqual((r2.status, r2.body), (200, b"second file"))
-                self.assertNotEqual(r2.headers.get("connection", "").lower(), "close")
+                # a third asks to close: the server then ends the TLS connection
+                sock.sendall(build_request("GET", "/a.txt", close=True))
+                self.assertEqual(read_response(sock).body, b"first file")
+                self.assertTrue(is_closed(sock, SHORT_IO_TIMEOUT_S),
+                                "open after a response to Connection: close")
 
     def test_large_random_file_arrives_intact(self):
         data = os.urandom(LARGE_FILE_BYTES)
@@ -663,8 +670,13 @@ class TestTLS(ServerTestCase):
             stalled.append((name, sock, time.monotonic()))
 
         start = time.monotonic()
-        r = tls_get(server.port, self.context, "/a.txt")
+        try:
+            r = tls_get(server.port, self.context, "/a.txt", timeout=STALLED_SECOND_CLIENT_S * 2)
+        except socket.timeout:
+            r = None
         elapsed = time.monotonic() - start
+        self.assertIsNotNone(r, "the second client got no answer within %.1f s behind stalled "
+                                "handshakes" % elapsed)
         self.assertEqual((r.status, r.body), (200, b"A"))
         self.assertLess(elapsed, STALLED_SECOND_CLIENT_S,
                         "the second client waited %.2f s behind stalled handshakes" % elapsed)
@@ -679,6 +691,19 @@ class TestTLS(ServerTestCase):
                 self.assertGreaterEqual(waited, STALL_CLOSED_AFTER_S,
                                         "closed %.2f s after connecting, before any deadline"
                                         % waited)
+
+    def test_botched_handshake_closed_at_once(self):
+        root = make_tree(self, {"a.txt": b"A"})
+        server = self.serve_tls(root, "--timeout", "10")
+        # A handshake record holding a HelloRequest, which a client never sends.
+        sock = connect(server.port)
+        self.addCleanup(sock.close)
+        sock.sendall(b"\x16\x03\x01\x00\x04\x00\x00\x00\x00")
+        start = time.monotonic()
+        # An alert may come first; the close must come long before the 10 s deadline.
+        self.assertTrue(is_closed(sock, SHORT_IO_TIMEOUT_S, drain=True),
+                        "a botched handshake left open for %.1f s" % (time.monotonic() - start))
+        self.assertEqual(tls_get(server.port, self.context, "/a.txt").body, b"A")
 
     def test_tls_1_1_refused_tls_1_2_accepted(self):
         legacy = legacy_client_context(self.cert)
