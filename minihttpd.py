@@ -2586,7 +2586,11 @@ class TLSTransport(SocketTransport):
         return self.sock.pending()
 
     def shutdown_write(self):
-        """Stop sending (no close_notify: it could block, and clients don't need it)."""
+        """Send close_notify (RFC 8446 §6.1) once, without waiting for the peer's, then FIN."""
+        try:
+            self.sock.unwrap()
+        except (ssl.SSLError, OSError, ValueError):
+            pass                        # SSLWantRead: ours went, theirs is not awaited
         self.sock.shutdown(socket.SHUT_WR)
 
 
