@@ -3502,12 +3502,15 @@ def raise_open_file_limit():
         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         want = MAX_OPEN_FILES_DEFAULT if hard == resource.RLIM_INFINITY \
             else min(hard, MAX_OPEN_FILES_DEFAULT)
-        if soft != resource.RLIM_INFINITY and soft < want:
+        for limit in (want, 10240, 4096):      # macOS refuses more than OPEN_MAX (10240)
+            if soft == resource.RLIM_INFINITY or soft >= limit:
+                break
             try:
-                resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
-                soft = want
+                resource.setrlimit(resource.RLIMIT_NOFILE, (limit, hard))
+                soft = limit
+                break
             except (ValueError, OSError):
-                pass                    # macOS caps it lower; keep what we have
+                continue
         return MAX_OPEN_FILES_DEFAULT if soft == resource.RLIM_INFINITY else soft
     except (ValueError, OSError):
         return None
