@@ -129,6 +129,7 @@ AUTH_FAILURES_ALLOWED = 10             # wrong passwords from one address within
 AUTH_FAILURE_WINDOW_S = 60.0           # ... this long earn a 429 ...
 AUTH_BLOCK_S = 60.0                    # ... for this long
 AUTH_TABLE_SIZE = 1024                 # addresses remembered; the oldest is forgotten first
+HOST_CACHE_ENTRIES = 256               # Host values whose check_host answer is kept
 CORS_MAX_AGE_S = 600                   # how long a browser may cache a preflight answer
 TLS_SEND_BYTES = 64 * 1024             # one TLS write: a retry after WANT_WRITE must
                                        # offer at least what the last try did
@@ -1470,6 +1471,7 @@ class Context(object):
         self.swept_folders = {}         # folder -> when stale temporaries were last removed
         self.active_temps = set()       # this process's upload temporaries in progress
         self.auth_failures = collections.OrderedDict()   # address -> AuthFailures
+        self.host_answers = {}          # Host value -> whether check_host lets it in
 
 
 Route = collections.namedtuple("Route", [
@@ -1542,19 +1544,33 @@ def error_response(error, request, ctx):
 
 # -- access: Host names, passwords, origins --------------------------------
 
-def check_host(request, config):
+def host_allowed(name, hosts):
+    """Whether a host name (from parse_host) is one this server answers to."""
+    return (is_ip_literal(name) or name == "localhost" or name.endswith(".localhost")
+            or name in hosts)
+
+
+def check_host(request, ctx):
     """Refuse a Host this server does not answer to: 421 (DNS rebinding).
 
     A page on evil.example whose name is re-pointed at 127.0.0.1 sends
     "Host: evil.example"; answering it would give that page our files.
+    Answers are cached per Host value (a client sends the same one each
+    time, and parsing an IP address costs more than the rest of a request).
     """
     value = request.get_header("host")
-    if config.hosts is None or value is None:
+    hosts = ctx.config.hosts
+    if hosts is None or value is None:
+        return
+    allowed = ctx.host_answers.get(value)
+    if allowed is None:
+        allowed = host_allowed(parse_host(value), hosts)
+        if len(ctx.host_answers) >= HOST_CACHE_ENTRIES:
+            ctx.host_answers.clear()
+        ctx.host_answers[value] = allowed
+    if allowed:
         return
     name = parse_host(value)
-    if is_ip_literal(name) or name == "localhost" or name.endswith(".localhost") \
-            or name in config.hosts:
-        return
     raise HTTPError(421, "This server does not answer to the name %s. Start it with "
                          "--host %s to allow that name (or --host '*' for any)."
                     % (name or value, name or "NAME"))
@@ -1979,7 +1995,7 @@ def dispatch(request, ctx):
     cross-site write is refused even with the right password.
     """
     config = ctx.config
-    check_host(request, config)
+    check_host(request, ctx)
     if is_preflight(request):
         return handle_preflight(request, ctx)
     if config.users is not None and (not config.auth_writes
