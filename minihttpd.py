@@ -1031,7 +1031,8 @@ def resolve_path(config, url_path):
             raise HTTPError(404, "Not found.")
         parts.append(segment)
     fs_path = os.path.join(config.root, *parts)
-    if not is_confined(fs_path, config.root, config.follow_symlinks) or is_private(fs_path, config):
+    if not is_confined(fs_path, config.root, config.follow_symlinks) \
+            or is_private(fs_path, config):
         raise HTTPError(404, "Not found.")
     return fs_path
 
@@ -2778,8 +2779,10 @@ class Connection(object):
         """Run a slice (it sends what is pending)."""
         if self.state == HANDSHAKE:
             self.handshake()
-            return
-        self.advance()
+        elif self.state in (READING_HEAD, READING_BODY) and not self.out:
+            self.on_readable()            # TLS wanted to write in order to read
+        else:
+            self.advance()
 
     def handshake(self):
         """HANDSHAKE: refuse plain HTTP, then run the TLS handshake without blocking.
