@@ -34,7 +34,7 @@ Map of this file (each section uses only those above it):
   12. Command line
 """
 
-__version__ = "1.0.0"
+__version__ = "1.1.0"
 
 import argparse
 import base64
