@@ -130,6 +130,8 @@ AUTH_FAILURES_ALLOWED = 10             # wrong passwords from one address within
 AUTH_FAILURE_WINDOW_S = 60.0           # ... this long earn a 429 ...
 AUTH_BLOCK_S = 60.0                    # ... for this long
 AUTH_TABLE_SIZE = 1024                 # addresses remembered; the oldest is forgotten first
+FILE_CACHE_ENTRIES = 256               # small files whose 200 is kept ...
+CACHED_FILE_BYTES = 16 * 1024          # ... if at most this large: 4 MiB at the most
 HOST_CACHE_ENTRIES = 256               # Host values whose check_host answer is kept
 CORS_MAX_AGE_S = 600                   # how long a browser may cache a preflight answer
 TLS_SEND_BYTES = 64 * 1024             # one TLS write: a retry after WANT_WRITE must
@@ -1501,6 +1503,7 @@ class Context(object):
         self.active_temps = set()       # this process's upload temporaries in progress
         self.auth_failures = collections.OrderedDict()   # address -> AuthFailures
         self.host_answers = {}          # Host value -> whether check_host lets it in
+        self.file_cache = collections.OrderedDict()   # handle_file's small answers, LRU
 
 
 Route = collections.namedtuple("Route", [
@@ -1788,8 +1791,12 @@ def handle_get(request, ctx):
             location = url_quote(config.prefix + path) + "/"
             return redirect_response(location + ("?" + query if query else ""))
         index = os.path.join(fs_path, "index.html")
-        if os.path.isfile(index):
-            return handle_file(request, config, index)
+        try:
+            index_st = os.stat(index)
+        except OSError:
+            index_st = None
+        if index_st is not None and stat.S_ISREG(index_st.st_mode):
+            return handle_file(request, ctx, index, index_st)
         if not config.listing:
             raise HTTPError(403, "Directory listing is turned off.")
         return handle_listing(request, config, fs_path, path, query)
@@ -1797,7 +1804,7 @@ def handle_get(request, ctx):
         raise HTTPError(404, "Not found.")
     if path.endswith("/"):
         raise HTTPError(404, "Not found.")
-    return handle_file(request, config, fs_path)
+    return handle_file(request, ctx, fs_path, st)
 
 
 def handle_request_echo(request, config):
@@ -1916,24 +1923,85 @@ def find_precompressed(request, config, fs_path, content_type):
     return gz_path
 
 
-def handle_file(request, config, fs_path):
-    """A regular file: conditional requests, ranges, gzip, streamed body."""
+# Request fields that make a file's answer differ from the plain 200 that is cached.
+UNCACHED_IF_PRESENT = ("range", "if-range", "if-match", "if-none-match", "if-modified-since",
+                       "if-unmodified-since")
+
+
+def file_signature(st):
+    """What must not change for a cached answer to stay right: a changed
+    inode (a rename over it), size, mtime, ctime or mode means read again."""
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_mode)
+
+
+def file_cache_key(request, config, fs_path, content_type, st):
+    """The key of a small file's plain 200 in the cache, or None when its
+    answer depends on more than the file (ranges, conditions, a .gz sibling)."""
+    if st.st_size > CACHED_FILE_BYTES or request.method not in ("GET", "HEAD"):
+        return None
+    for name in UNCACHED_IF_PRESENT:
+        if request.get_header(name) is not None:
+            return None
+    gzipped = (config.gzip and is_compressible(content_type)
+               and accepts_gzip(request.get_header("accept-encoding")))
+    if gzipped and config.precompressed:
+        return None                     # name.gz may appear at any time: look each time
+    return (fs_path, gzipped)
+
+
+def handle_file(request, ctx, fs_path, st):
+    """A regular file: conditional requests, ranges, gzip, streamed body.
+
+    st is the os.stat the caller made.  The plain 200 of a small file is
+    kept (head fields and bytes) and served again while the file's
+    signature is unchanged: one stat instead of open, fstat, read and
+    close, and no headers to build.  It is byte for byte the answer the
+    full path gives.
+    """
+    config = ctx.config
     content_type = guess_content_type(fs_path)
+    key = file_cache_key(request, config, fs_path, content_type, st)
+    if key is not None:
+        cached = ctx.file_cache.get(key)
+        if cached is not None and cached[0] == file_signature(st):
+            return Response(200, cached[1], cached[2])
     gz_path = find_precompressed(request, config, fs_path, content_type)
     try:
         f = open(gz_path or fs_path, "rb")
     except OSError:
         raise HTTPError(404 if not os.access(fs_path, os.F_OK) else 403, "Cannot open file.")
     try:
-        st = os.fstat(f.fileno())
-        response = build_file_response(request, config, f, st, content_type,
+        opened = os.fstat(f.fileno())
+        response = build_file_response(request, config, f, opened, content_type,
                                        precompressed=gz_path is not None)
+        if key is not None and response.status == 200 and \
+                file_signature(opened) == file_signature(st):
+            remember_file(ctx.file_cache, key, file_signature(st), response)
     except BaseException:
         f.close()
         raise
     if f not in response.files:
         f.close()
     return response
+
+
+def remember_file(cache, key, signature, response):
+    """Keep a small file's 200 with its body as bytes (read now, from the open file)."""
+    body = response.body
+    if len(body) == 1 and isinstance(body[0], FileRegion):
+        region = body[0]
+        region.file.seek(region.offset)
+        data = region.file.read(region.length)
+        if len(data) != region.length:
+            return                          # changing under us: don't keep it
+        response.body = [data]
+        response.close_files()
+    elif not all(isinstance(part, bytes) for part in body):
+        return
+    cache[key] = (signature, tuple(response.headers), b"".join(response.body))
+    cache.move_to_end(key)
+    while len(cache) > FILE_CACHE_ENTRIES:
+        cache.popitem(last=False)
 
 
 def build_file_response(request, config, f, st, content_type, precompressed):

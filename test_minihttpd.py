@@ -1972,6 +1972,77 @@ class TestCommandLine(unittest.TestCase):
 # Static files, methods, caching
 # ---------------------------------------------------------------------------
 
+class TestFileCache(unittest.TestCase):
+    """Small files' answers are kept, byte-identical and never stale."""
+
+    TEXT = b"".join(b"line %04d of a text that gzip shrinks\n" % i for i in range(100))
+
+    def without_date(self, raw):
+        """A raw response with its Date line (the one field that may differ) removed."""
+        return re.sub(rb"\r\nDate: [^\r]*", b"", raw)
+
+    def test_cached_answer_is_byte_identical(self):
+        # The first answer takes the full path and fills the cache; the second comes from it.
+        root = make_tree(self, {"a.txt": b"hello\n", "t.txt": self.TEXT,
+                                "b.bin": bytes(range(256)) * 8, "d/index.html": b"<p>i</p>"})
+        srv = start_server(self, root, "-q")
+        cases = [
+            ("GET", "/a.txt", [], "HTTP/1.1"),
+            ("HEAD", "/a.txt", [], "HTTP/1.1"),
+            ("GET", "/t.txt", [("Accept-Encoding", "gzip")], "HTTP/1.1"),
+            ("GET", "/t.txt", [], "HTTP/1.1"),
+            ("GET", "/b.bin", [], "HTTP/1.1"),
+            ("GET", "/b.bin", [], "HTTP/1.0"),
+            ("GET", "/d/", [], "HTTP/1.1"),
+        ]
+        for method, path, headers, version in cases:
+            with self.subTest(method=method, path=path, headers=headers, version=version):
+                data = build_request(method, path, headers, version=version, close=True)
+                first = send_raw(srv.port, data)
+                second = send_raw(srv.port, data)
+                self.assertTrue(first.startswith(b"HTTP/1.1 200 OK\r\n"), first[:200])
+                self.assertEqual(self.without_date(second), self.without_date(first))
+
+    def test_changes_are_never_served_stale(self):
+        root = make_tree(self, {"x.txt": b"one"})
+        path = os.path.join(root, "x.txt")
+        srv = start_server(self, root, "-q")
+        then_ns = os.stat(path).st_mtime_ns
+
+        def same_size_new_mtime():
+            with open(path, "wb") as f:
+                f.write(b"two")
+            os.utime(path, ns=(then_ns + 10 ** 10, then_ns + 10 ** 10))
+
+        def same_size_same_mtime():
+            st = os.stat(path)
+            cached_ns = st.st_mtime_ns
+            # File times tick coarsely (ext4: a few ms): let the ctime move on first.
+            self.assertTrue(wait_for(lambda: time.time() > st.st_ctime + 0.05, timeout=2))
+            with open(path, "wb") as f:
+                f.write(b"six")
+            os.utime(path, ns=(cached_ns, cached_ns))    # only the ctime tells
+
+        def new_size():
+            with open(path, "wb") as f:
+                f.write(b"three and more")
+
+        def renamed_over():
+            with open(path + ".new", "wb") as f:
+                f.write(b"renamed")
+            os.replace(path + ".new", path)
+
+        for change, expected in [(same_size_new_mtime, b"two"), (same_size_same_mtime, b"six"),
+                                 (new_size, b"three and more"), (renamed_over, b"renamed")]:
+            with self.subTest(change=change.__name__):
+                before = get(srv.port, "/x.txt").body
+                self.assertEqual(get(srv.port, "/x.txt").body, before)     # now cached
+                change()
+                self.assertEqual(get(srv.port, "/x.txt").body, expected)
+        os.unlink(path)
+        self.assertEqual(get(srv.port, "/x.txt").status, 404)
+
+
 class TestStaticFiles(SharedServerTestCase):
 
     FILES = {
