@@ -50,6 +50,7 @@ import http
 import ipaddress
 import json
 import mimetypes
+import operator
 import os
 import re
 import selectors
@@ -91,6 +92,7 @@ MAX_HEADER_PARAMS = 64                 # "; name=value" pairs in one header fiel
 MAX_PATH_SEGMENTS = 64                 # deeper paths get 414 (os.makedirs recursed at 2,000)
 MAX_NAME_BYTES = 255                   # NAME_MAX on Linux, macOS and Windows
 MAX_LISTING_ENTRIES = 20000            # a listing shows this many; it says how many more
+MAX_LARGE_LISTINGS = 4                 # listings too large for one step, at once; more: 503
 LISTING_STEP_ENTRIES = 256             # entries stat()ed or rendered per body piece
 MAX_FORM_PARTS = 1000                  # parts in one form post; more get 413
 FORM_PARTS_PER_TURN = 4                # part starts and ends (each end an fsync) per turn
@@ -1099,13 +1101,23 @@ def format_size(size):
             return "%.1f %s" % (size, unit)
 
 
+Entry = collections.namedtuple("Entry", [
+    "name",     # as a person reads it (bytes that are not UTF-8 shown as U+FFFD)
+    "href",     # its exact bytes, URL-quoted; a folder's ends in "/"
+    "type",     # "dir" or "file"
+    "size",     # bytes (0 for a folder)
+    "mtime",    # whole Unix seconds
+    "folded",   # name.lower(), the sort key, computed once
+])
+
+
 def scan_directory(scandir_iter, config, limit=LISTING_STEP_ENTRIES):
     """Read up to limit entries from an os.scandir iterator.
 
-    Returns (entries, exhausted).  Each entry is a dict with the name as a
-    person reads it, its URL-quoted exact bytes (href), type, size and
-    mtime.  Names that are not visible are left out, and so are symlinks
-    that lead outside the root unless follow_symlinks, and private files.
+    Returns (entries, exhausted), entries as Entry tuples (a third of a
+    dict's memory; sorting compares them in C).  Names that are not
+    visible are left out, and so are symlinks that lead outside the root
+    unless follow_symlinks, and private files.
     """
     entries = []
     for entry in scandir_iter:
@@ -1121,28 +1133,38 @@ def scan_directory(scandir_iter, config, limit=LISTING_STEP_ENTRIES):
             st = entry.stat()
         except OSError:
             continue                   # broken link or raced away
-        is_dir = stat.S_ISDIR(st.st_mode)
-        entries.append({"name": display_text(name), "href": url_quote(name),
-                        "type": "dir" if is_dir else "file",
-                        "size": 0 if is_dir else st.st_size,
-                        "mtime": int(st.st_mtime)})
+        shown = display_text(name)
+        if stat.S_ISDIR(st.st_mode):
+            entries.append(Entry(shown, url_quote(name) + "/", "dir", 0, int(st.st_mtime),
+                                 shown.lower()))
+        else:
+            entries.append(Entry(shown, url_quote(name), "file", st.st_size, int(st.st_mtime),
+                                 shown.lower()))
         if limit is not None and len(entries) >= limit:
             return entries, False
     return entries, True
 
 
+SORT_KEYS = {
+    "name": operator.attrgetter("folded", "name"),
+    "size": operator.attrgetter("size", "folded"),
+    "time": operator.attrgetter("mtime", "folded"),
+}
+
+
 def sort_entries(entries, sort="name", order="asc"):
     """Sort listing entries, folders first, by name, size or time."""
-    keys = {
-        "name": lambda e: (e["name"].lower(), e["name"]),
-        "size": lambda e: (e["size"], e["name"].lower()),
-        "time": lambda e: (e["mtime"], e["name"].lower()),
-    }
-    key = keys.get(sort, keys["name"])
+    key = SORT_KEYS.get(sort, SORT_KEYS["name"])
     reverse = order == "desc"
-    dirs = sorted((e for e in entries if e["type"] == "dir"), key=key, reverse=reverse)
-    files = sorted((e for e in entries if e["type"] != "dir"), key=key, reverse=reverse)
+    dirs = sorted((e for e in entries if e.type == "dir"), key=key, reverse=reverse)
+    files = sorted((e for e in entries if e.type != "dir"), key=key, reverse=reverse)
     return dirs + files
+
+
+def entry_json(e):
+    """An entry as the JSON listing shows it."""
+    return json.dumps({"name": e.name, "href": e.href, "type": e.type, "size": e.size,
+                       "mtime": e.mtime}, ensure_ascii=False)
 
 
 # ---------------------------------------------------------------------------
@@ -1361,17 +1383,15 @@ def render_listing_rows(entries, minutes):
     """Table rows for listing entries; minutes caches formatted times."""
     rows = []
     for e in entries:
-        is_dir = e["type"] == "dir"
-        slash = "/" if is_dir else ""
-        minute = e["mtime"] // 60
+        is_dir = e.type == "dir"
+        minute = e.mtime // 60
         when = minutes.get(minute)
         if when is None:                # strftime is slow; many files share a minute
-            when = minutes[minute] = time.strftime("%Y-%m-%d %H:%M",
-                                                   time.localtime(e["mtime"]))
-        rows.append('<tr><td><a href="%s%s">%s%s</a></td><td class="size" title="%d">%s</td>'
+            when = minutes[minute] = time.strftime("%Y-%m-%d %H:%M", time.localtime(e.mtime))
+        rows.append('<tr><td><a href="%s">%s%s</a></td><td class="size" title="%d">%s</td>'
                     '<td class="time">%s</td></tr>\n'
-                    % (html.escape(e["href"]), slash, html.escape(e["name"]), slash, e["size"],
-                       "-" if is_dir else format_size(e["size"]), when))
+                    % (html.escape(e.href), html.escape(e.name), "/" if is_dir else "", e.size,
+                       "-" if is_dir else format_size(e.size), when))
     return "".join(rows)
 
 
@@ -1441,7 +1461,7 @@ def listing_pieces(scandir_iter, config, url_path, sort, order, as_json, entries
                ).encode("utf-8")
         for i in range(0, len(entries), step):
             yield ((",\n" if i else "") + ",\n".join(
-                json.dumps(e, ensure_ascii=False) for e in entries[i:i + step])).encode("utf-8")
+                entry_json(e) for e in entries[i:i + step])).encode("utf-8")
         yield b"\n]}\n"
         return
     yield render_listing_top(url_path, sort, order, url_path == config.prefix + "/",
@@ -1504,6 +1524,7 @@ class Context(object):
         self.auth_failures = collections.OrderedDict()   # address -> AuthFailures
         self.host_answers = {}          # Host value -> whether check_host lets it in
         self.file_cache = collections.OrderedDict()   # handle_file's small answers, LRU
+        self.large_listings = 0         # large listings being sent (ListingSlot)
 
 
 Route = collections.namedtuple("Route", [
@@ -1799,7 +1820,7 @@ def handle_get(request, ctx):
             return handle_file(request, ctx, index, index_st)
         if not config.listing:
             raise HTTPError(403, "Directory listing is turned off.")
-        return handle_listing(request, config, fs_path, path, query)
+        return handle_listing(request, ctx, fs_path, path, query)
     if not stat.S_ISREG(st.st_mode):
         raise HTTPError(404, "Not found.")
     if path.endswith("/"):
@@ -1827,13 +1848,14 @@ def wants_json(request, query):
     return "application/json" in accept and "text/html" not in accept
 
 
-def handle_listing(request, config, fs_dir, path, query_text):
+def handle_listing(request, ctx, fs_dir, path, query_text):
     """A folder's listing as HTML, or JSON on request.
 
     A folder that one step of reading exhausts (the usual case) is
     rendered at once, with a Content-Length; a larger one is generated in
     pieces as it is sent (chunked), and HEAD then skips the work.
     """
+    config = ctx.config
     query = parse_query(query_text)
     sort = query.get("sort", "name")
     sort = sort if sort in ("name", "size", "time") else "name"
@@ -1858,9 +1880,29 @@ def handle_listing(request, config, fs_dir, path, query_text):
     elif request.method == "HEAD":
         scandir_iter.close()
         response = Response(200, headers, [iter(())])
-    else:
-        response = Response(200, headers, [pieces], files=[scandir_iter])
+    elif ctx.large_listings >= MAX_LARGE_LISTINGS:
+        scandir_iter.close()
+        raise HTTPError(503, "Other large folders are being listed; try again in a moment.",
+                        [("Retry-After", "1")])
+    else:                               # the slot and the reader are given back at the end
+        response = Response(200, headers, [pieces],
+                            files=[scandir_iter, pieces, ListingSlot(ctx)])
     return maybe_gzip(response, request, config)
+
+
+class ListingSlot(object):
+    """One of MAX_LARGE_LISTINGS: a large listing in progress holds its entries
+    (and a client that does not read holds them long), so only a few may run."""
+
+    def __init__(self, ctx):
+        self.ctx = ctx
+        ctx.large_listings += 1
+
+    def close(self):
+        """Give the slot back (once)."""
+        if self.ctx is not None:
+            self.ctx.large_listings -= 1
+            self.ctx = None
 
 
 def check_conditions(request, etag, mtime):
@@ -2489,6 +2531,8 @@ class FormUpload(object):
         target = os.path.join(self.fs_folder, name)
         if os.path.isdir(target) or (not self.config.overwrite and os.path.lexists(target)):
             raise HTTPError(409, "Exists already: %s." % name)   # before its bytes arrive
+        if name in self.files and not self.config.overwrite:
+            raise HTTPError(409, "The form holds two files named %s." % name)
         self.name = name
         self.temp = TempFile(self.fs_folder, self.ctx)
 
@@ -2498,7 +2542,7 @@ class FormUpload(object):
         temp.complete()
         previous = self.files.pop(self.name, None)
         if previous is not None:
-            previous.discard()                  # the same name twice: the last one wins
+            previous.discard()                  # --overwrite: the last of a name wins
         self.files[self.name] = temp
 
     def finish(self):
@@ -2749,6 +2793,7 @@ class Connection(object):
         self.chunked_out = False
         self.close_after = False
         self.sent = 0                 # bytes of the current response sent
+        self.answered = 0             # responses finished on this connection
         self.head_bytes = 0
         self.deadline = 0.0
         self.turn = -1                # the loop turn this connection last had a slice in
@@ -2805,8 +2850,13 @@ class Connection(object):
         return False
 
     def is_idle(self):
-        """Whether it is a keep-alive connection with no request in progress."""
-        return self.state == READING_HEAD and not self.inbuf and self.request is None
+        """Whether it is a keep-alive connection between requests.
+
+        Only after a first answer: a connection just accepted may have its
+        request waiting, unread, in the kernel; closing it would drop that.
+        """
+        return (self.state == READING_HEAD and self.answered and not self.inbuf
+                and self.request is None)
 
     def on_deadline(self, now):
         """The phase's deadline passed: 408 for a slow head or body, else close."""
@@ -3230,6 +3280,7 @@ class Connection(object):
 
     def finish_response(self):
         """The response is out: log it, then wait for the next request or close."""
+        self.answered += 1
         self.log_response()
         if self.response is not None:
             self.response.close_files()
@@ -3379,6 +3430,8 @@ class Server(object):
             if conn.is_idle():
                 if conn not in self.idle:
                     self.idle[conn] = True
+                    if not self.accepting and self.accept_resume_at is None:
+                        self.resume_accepting()   # full, but now one can make room
             else:
                 self.idle.pop(conn, None)
         self.changed.clear()
@@ -3510,8 +3563,9 @@ class Server(object):
                 pass
         self.listener.close()
         for conn in list(self.connections):
-            if conn.is_idle() or conn.state == CLOSING:
-                conn.close()
+            if conn.state in (HANDSHAKE, CLOSING) or (
+                    conn.state == READING_HEAD and not conn.inbuf and conn.request is None):
+                conn.close()                  # nothing asked: nothing to finish
 
     def run_slice(self, conn, step):
         """Run one event handler of a connection; a bug closes it, not the loop."""

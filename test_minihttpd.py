@@ -2587,7 +2587,9 @@ class TestListing(SharedServerTestCase):
                     names.append(e["name"])
                     with self.subTest(entry=e["name"]):
                         self.assertEqual(set(e), {"name", "href", "type", "size", "mtime"})
-                        self.assertEqual(urllib.parse.unquote(e["href"]), e["name"])
+                        # a folder's href ends in "/": following it costs no redirect
+                        slash = "/" if e["type"] == "dir" else ""
+                        self.assertEqual(urllib.parse.unquote(e["href"]), e["name"] + slash)
                         self.assertIsInstance(e["size"], int)
                         self.assertIsInstance(e["mtime"], int)
                         if e["type"] == "file":
@@ -5627,6 +5629,26 @@ class TestAllOrNothing(ServerTestCase):
         self.assertEqual(read_file(os.path.join(root, "b.txt")), b"EXISTING")
         self.assertEqual(upload_temps(root), [])
 
+    def test_two_files_of_one_name(self):
+        # Without --overwrite a form naming one file twice is a conflict (nothing kept);
+        # with it, the last one wins, as a replacement would.
+        body = build_multipart(self.boundary, [("file", "same.txt", b"first"),
+                                               ("file", "other.txt", b"other"),
+                                               ("file", "same.txt", b"second")])
+        for overwrite, status, listing in ((False, 409, []),
+                                           (True, 201, ["other.txt", "same.txt"])):
+            with self.subTest(overwrite=overwrite):
+                root = make_tree(self)
+                srv = self.serve(root, *(("-u", "--overwrite") if overwrite else ("-u",)))
+                r = parse_response(send_raw(srv.port, self.post_form(body)))
+                self.assertEqual(r.status, status)
+                self.assertEqual(sorted(os.listdir(root)), listing)
+                if overwrite:
+                    self.assertEqual(read_file(os.path.join(root, "same.txt")), b"second")
+                else:
+                    self.assertIn(b"same.txt", r.body)
+                self.assertEqual(upload_temps(root), [])
+
     def test_cut_in_a_later_part_keeps_none(self):
         root = make_tree(self)
         srv = self.serve(root, "-u")
@@ -6054,6 +6076,27 @@ class TestFairness(SharedServerTestCase):
         self.assertTrue(answered, "%s got no answer within %d s" % (adversary.name, IO_TIMEOUT_S))
         return latencies
 
+    def test_large_listings_are_limited_in_number(self):
+        # Each large listing holds its entries until sent; clients that don't read
+        # would hold them long: at most 4 at once, the rest get 503 and Retry-After.
+        server = start_server(self, self.root, "-q")
+        stalled = []
+        for _ in range(4):
+            sock = small_rcvbuf_socket(server.port, rcvbuf=4096)
+            self.addCleanup(sock.close)
+            sock.sendall(build_request("GET", "/big/"))
+            head, _ = read_head(sock)
+            self.assertTrue(head.startswith("HTTP/1.1 200"), head)
+            stalled.append(sock)
+        busy = request(server.port, "GET", "/big/")
+        self.assertEqual(busy.status, 503)
+        self.assertEqual(busy.headers["retry-after"], "1")
+        self.assertEqual(request(server.port, "GET", "/small.txt").body, SMALL_BODY)
+        for sock in stalled:
+            sock.close()
+        # the slots come back as the server notices the closed connections
+        self.assertTrue(wait_for(lambda: request(server.port, "GET", "/big/").status == 200))
+
     def test_fast_downloader(self):
         server = start_server(self, self.root)
         adv = Adversary("a fast downloader of a 512 MiB file",
@@ -6295,6 +6338,21 @@ class TestAcceptPressure(unittest.TestCase):
         self.assertTrue(is_closed(idle[0], 5), "the oldest idle connection stayed open")
         idle[3].sendall(build_request("GET", "/small.txt"))
         self.assertEqual(read_response(idle[3]).body, SMALL_BODY)
+
+    def test_connections_turning_idle_make_room_at_once(self):
+        # Full with busy connections, the server stops accepting; when one of them
+        # finishes its request and turns idle, the waiting client gets its room then,
+        # not when the idle deadline (here 30 s) closes something.
+        server = start_server(self, self.root, "--max-connections", "2", "--idle-timeout", "30")
+        socks = [connect(server.port) for _ in range(3)]
+        for sock in socks:
+            self.addCleanup(sock.close)
+        for sock in socks:
+            sock.sendall(build_request("GET", "/small.txt"))
+        started = time.monotonic()
+        for sock in socks:
+            self.assertEqual(read_response(sock).body, SMALL_BODY)
+        self.assertLess(time.monotonic() - started, 5.0, "a client waited for the idle deadline")
 
     def test_busy_connections_make_new_ones_wait(self):
         server = start_server(self, self.root, "--max-connections", "2")
