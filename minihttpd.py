@@ -15,8 +15,8 @@ thread.  What it deliberately is not: a CGI host, a reverse proxy, or a
 server for the open Internet.  It runs unchanged on CPython 3.6 and later.
 
 One thread serves everyone, so the loop is fair by rule: each turn gives
-each connection a bounded slice (one request, 256 KiB written, a few
-pieces of a generated body), and every input has a limit that answers
+each connection a bounded slice (one request, 256 KiB written, one
+piece of a generated body), and every input has a limit that answers
 with a clear status when reached.
 
 Map of this file (each section uses only those above it):
@@ -112,7 +112,9 @@ FILE_CHUNK_BYTES = 256 * 1024          # read/sendfile step: bounded memory per 
 SMALL_FILE_BYTES = 64 * 1024           # read whole and send with the head: one syscall
 SEND_BUFFER_BYTES = 256 * 1024         # fill the output buffer up to this before a send
 WRITE_BUDGET_BYTES = 256 * 1024        # bytes one connection may send per loop turn
-BODY_STEPS_PER_TURN = 8                # generated-body pieces (gzip, listing) per turn
+BODY_STEPS_PER_TURN = 1                # generated-body pieces (gzip, listing) per turn:
+                                       # 6 gzip streams kept a probe at 120 ms with 8,
+                                       # 24 ms with 1, at the same speed for each stream
 GZIP_STEP_BYTES = 64 * 1024            # input compressed per piece: ~1 ms of CPU
 MAX_OPEN_FILES_DEFAULT = 16384         # the soft descriptor limit is raised to this
 CONNECTIONS_WITHOUT_RLIMIT = 500       # Windows' select() takes 512 sockets
@@ -1928,7 +1930,8 @@ def check_conditions(request, etag, mtime):
     ims = request.get_header("if-modified-since")
     if ims is not None and request.method in ("GET", "HEAD"):
         when = parse_http_date(ims)
-        if when is not None and mtime <= when:
+        # RFC 9110 §13.1.3: a date later than the server's clock is invalid.
+        if when is not None and mtime <= when <= time.time():
             return 304
     return None
 
@@ -2461,9 +2464,17 @@ class RawUpload(object):
         self.temp.write(data)
 
     def finish(self):
-        """The body is complete: publish and answer 201."""
+        """The body is complete: publish; 201 for a new file, 200 for a replaced one.
+
+        RFC 9110 §9.3.4: a PUT that creates answers 201, one that replaces
+        answers 200 or 204.
+        """
         check_upload_target(self.request, self.config, self.fs_path)
+        replaced = os.path.lexists(self.fs_path)
         discard_path(self.temp.publish(self.fs_path, self.config.overwrite))
+        if replaced:
+            return text_response(200, "Replaced %s (%d bytes)\n"
+                                 % (display_text(self.url_path), self.received))
         location = url_quote(self.url_path)
         return text_response(201, "Created %s (%d bytes)\n"
                              % (display_text(self.url_path), self.received),
@@ -3918,11 +3929,10 @@ def tls_warnings(cert, key, root):
         pass
     for what, path in (("certificate", cert), ("key", key)):
         real = os.path.realpath(path)
-        if is_inside(real, root):
-            warnings.append("the %s file %s is inside the served folder%s"
-                            % (what, path, "; it will not be served" if what == "key" else ""))
-            if what == "key":
-                private.add(real)
+        if is_inside(real, root):        # private: never served, listed or replaced
+            warnings.append("the %s file %s is inside the served folder; it will not be "
+                            "served or replaced" % (what, path))
+            private.add(real)
     return warnings, frozenset(private)
 
 

@@ -2203,6 +2203,7 @@ class TestStaticFiles(SharedServerTestCase):
             ({"If-Modified-Since": later}, 304),
             ({"If-Modified-Since": earlier}, 200),
             ({"If-Modified-Since": "garbage"}, 200),
+            ({"If-Modified-Since": "Fri, 01 Jan 9999 00:00:00 GMT"}, 200),  # future: invalid
             ({"If-None-Match": '"other"', "If-Modified-Since": lm}, 200),
             ({"If-None-Match": etag, "If-Modified-Since": earlier}, 304),
         ]
@@ -4452,7 +4453,7 @@ class TestUploads(unittest.TestCase):
         root = make_tree(self, {"exists.txt": b"original"})
         s = start_server(self, root, "-u", "--overwrite")
         r = request(s.port, "PUT", "/exists.txt", body=b"replacement")
-        self.assertEqual(r.status, 201, r)
+        self.assertEqual(r.status, 200, r)      # RFC 9110 §9.3.4: replaced, not created
         self.assertEqual(read_file(os.path.join(root, "exists.txt")), b"replacement")
         assert_no_temps(self, root)
 
@@ -4464,7 +4465,7 @@ class TestUploads(unittest.TestCase):
         self.assertEqual(r.status, 412, r)
         self.assertEqual(read_file(os.path.join(root, "f.txt")), b"version 1")
         r = request(s.port, "PUT", "/f.txt", headers={"If-Match": etag}, body=b"version 2")
-        self.assertEqual(r.status, 201, r)
+        self.assertEqual(r.status, 200, r)
         self.assertEqual(read_file(os.path.join(root, "f.txt")), b"version 2")
         # The ETag changed with the content: the old one is stale now.
         r = request(s.port, "PUT", "/f.txt", headers={"If-Match": etag}, body=b"version 3")
@@ -4481,7 +4482,7 @@ class TestUploads(unittest.TestCase):
         self.assertEqual(read_file(os.path.join(root, "f.txt")), b"current")
         future = email.utils.formatdate(time.time() + 86400, usegmt=True)
         r = request(s.port, "PUT", "/f.txt", headers={"If-Unmodified-Since": future}, body=b"new")
-        self.assertEqual(r.status, 201, r)
+        self.assertEqual(r.status, 200, r)
         self.assertEqual(read_file(os.path.join(root, "f.txt")), b"new")
 
     def test_if_none_match_star(self):
@@ -4801,7 +4802,7 @@ class TestUploads(unittest.TestCase):
             resp, _, _ = read_final_response(sock)
         finally:
             sock.close()
-        self.assertEqual(resp.status, 201, resp)
+        self.assertEqual(resp.status, 200, resp)
         self.assertTrue(get(s.port, "/f.bin").body == b"B" * size)
 
     def test_memory_stays_flat(self):
@@ -5696,7 +5697,7 @@ class TestAllOrNothing(ServerTestCase):
                 if stat.S_IMODE(os.stat(path).st_mode) != before:
                     self.skipTest("this file system or user cannot set %o" % before)
                 r = request(srv.port, "PUT", "/f%d.bin" % i, body=b"new")
-                self.assertEqual(r.status, 201)
+                self.assertEqual(r.status, 200)
                 self.assertEqual(read_file(path), b"new")
                 self.assertEqual(oct(stat.S_IMODE(os.stat(path).st_mode)), oct(after))
 
@@ -7498,6 +7499,19 @@ class TestTLS(ServerTestCase):
                 names = [e["name"] for e in doc["entries"]]
                 self.assertIn(listed, names)
                 self.assertNotIn(key_name, names)
+
+    def test_certificate_and_key_inside_cannot_be_replaced(self):
+        # With uploads and --overwrite, neither file may be replaced (the next start would fail).
+        root = make_tree(self, {"notes.txt": b"notes"})
+        cert, key = os.path.join(root, "server.crt"), os.path.join(root, "server.key")
+        write_test_pair(cert, key)
+        before = (read_file(cert), read_file(key))
+        server = self.serve_tls(root, "-u", "--overwrite", cert=cert, key=key)
+        for path in ("/server.crt", "/server.key"):
+            with self.subTest(path=path):
+                r = tls_request(server.port, self.context, "PUT", path, body=b"replaced")
+                self.assertEqual(r.status, 404)
+        self.assertEqual((read_file(cert), read_file(key)), before)
 
     def test_key_outside_served_folder_gives_no_warning(self):
         root = make_tree(self, {"a.txt": b"A"})
