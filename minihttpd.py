@@ -2164,6 +2164,8 @@ def shorten_name(name, limit=MAX_NAME_BYTES):
     if len(name.encode("utf-8", "surrogateescape")) <= limit:
         return name
     stem, ext = os.path.splitext(name)
+    if stem.lower().endswith(".tar"):   # keep ".tar.gz" whole
+        stem, ext = stem[:-4], stem[-4:] + ext
     if len(ext.encode("utf-8", "surrogateescape")) > 32:
         stem, ext = name, ""            # not an extension, just a long tail
     room = limit - len(ext.encode("utf-8", "surrogateescape"))

@@ -5395,8 +5395,9 @@ class TestHardenedInputs(ServerTestCase):
         root = make_tree(self)
         srv = self.serve(root, "-u")
         boundary = b"----b7long"
-        cases = [("x" * 296 + ".txt", "x"), ("\u00e9" * 150 + ".txt", "\u00e9")]
-        for i, (name, first) in enumerate(cases):
+        cases = [("x" * 296 + ".txt", "x", b".txt"), ("\u00e9" * 150 + ".txt", "\u00e9", b".txt"),
+                 ("y" * 300 + ".tar.gz", "y", b".tar.gz")]
+        for i, (name, first, ending) in enumerate(cases):
             with self.subTest(name_bytes=len(name.encode("utf-8"))):
                 before = set(os.listdir(root.encode()))
                 content = b"content %d" % i
@@ -5407,7 +5408,8 @@ class TestHardenedInputs(ServerTestCase):
                 self.assertEqual(len(new), 1, new)
                 saved = new[0]
                 self.assertLessEqual(len(saved), 255)
-                self.assertTrue(saved.endswith(b".txt"), saved)
+                self.assertTrue(saved.endswith(ending), saved)
+                self.assertFalse(saved.endswith(b"y.gz"), saved)      # ".tar" kept
                 self.assertTrue(saved.decode("utf-8").startswith(first))   # whole characters
                 self.assertEqual(read_file(os.path.join(root.encode(), saved)), content)
 
