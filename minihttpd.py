@@ -1981,7 +1981,8 @@ def file_signature(st):
 
 def file_cache_key(request, config, fs_path, content_type, st):
     """The key of a small file's plain 200 in the cache, or None when its
-    answer depends on more than the file (ranges, conditions, a .gz sibling)."""
+    answer depends on more than the file (ranges, conditions, a .gz sibling,
+    looked for on every request since one may appear at any time)."""
     if st.st_size > CACHED_FILE_BYTES or request.method not in ("GET", "HEAD"):
         return None
     for name in UNCACHED_IF_PRESENT:
@@ -1989,8 +1990,8 @@ def file_cache_key(request, config, fs_path, content_type, st):
             return None
     gzipped = (config.gzip and is_compressible(content_type)
                and accepts_gzip(request.get_header("accept-encoding")))
-    if gzipped and config.precompressed:
-        return None                     # name.gz may appear at any time: look each time
+    if gzipped and config.precompressed and os.path.lexists(fs_path + ".gz"):
+        return None                     # a name.gz sibling: the full path picks it
     return (fs_path, gzipped)
 
 

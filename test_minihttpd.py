@@ -2003,6 +2003,16 @@ class TestFileCache(unittest.TestCase):
                 self.assertTrue(first.startswith(b"HTTP/1.1 200 OK\r\n"), first[:200])
                 self.assertEqual(self.without_date(second), self.without_date(first))
 
+    def test_a_new_gz_sibling_is_seen_at_once(self):
+        root = make_tree(self, {"t.txt": self.TEXT})
+        srv = start_server(self, root, "-q")
+        accept = {"Accept-Encoding": "gzip"}
+        for _ in range(2):                               # the second comes from the cache
+            self.assertEqual(gunzip_body(self, get(srv.port, "/t.txt", accept)), self.TEXT)
+        with open(os.path.join(root, "t.txt.gz"), "wb") as f:
+            f.write(gzip.compress(b"precompressed"))
+        self.assertEqual(gunzip_body(self, get(srv.port, "/t.txt", accept)), b"precompressed")
+
     def test_changes_are_never_served_stale(self):
         root = make_tree(self, {"x.txt": b"one"})
         path = os.path.join(root, "x.txt")
