@@ -26,12 +26,14 @@ Map of this file (each section uses only those above it):
    4. Request bodies                (body readers and multipart decoder, pure)
    5. Paths and files               (root confinement, content types)
    6. Responses
-   7. Pages                         (listing, error and landing pages)
-   8. Handlers                      (request, ctx -> Response or upload sink)
-   9. Uploads                       (temporary files, all-or-nothing publish)
-  10. Transport and connection      (socket layer; the per-client state machine)
-  11. Server and loop               (accepting, selector, turns, deadlines)
-  12. Command line
+   7. Generated bodies              (folder archives and QR codes, pure generators)
+   8. Pages                         (listing, error and landing pages)
+   9. Handlers                      (request, ctx -> Response or upload sink)
+  10. Uploads                       (temporary files, all-or-nothing publish)
+  11. WebDAV and dispatch           (properties, locks; every method to its handler)
+  12. Transport and connection      (socket layer; the per-client state machine)
+  13. Server and loop               (accepting, selector, turns, deadlines)
+  14. Command line
 """
 
 __version__ = "1.1.0"
@@ -1294,7 +1296,12 @@ def maybe_gzip(response, request, config, always=False):
 
 
 # ---------------------------------------------------------------------------
-# 7. Pages: listing, error and landing pages
+# 7. Generated bodies: folder archives and QR codes, pure generators
+# ---------------------------------------------------------------------------
+
+
+# ---------------------------------------------------------------------------
+# 8. Pages: listing, error and landing pages
 # ---------------------------------------------------------------------------
 
 PAGE_STYLE = """
@@ -1482,7 +1489,7 @@ def render_landing(prefix):
 
 
 # ---------------------------------------------------------------------------
-# 8. Handlers: plain functions (request, ctx) -> Response or upload sink
+# 9. Handlers: plain functions (request, ctx) -> Response or upload sink
 # ---------------------------------------------------------------------------
 
 Config = collections.namedtuple("Config", [
@@ -2116,48 +2123,12 @@ def handle_write(request, ctx):
     if request.route.kind != "tree":
         raise HTTPError(405, "Uploads go into the served folder.",
                         [("Allow", "GET, HEAD, OPTIONS")])
-    # Calls down into section 9: the sink that will receive the body.
+    # Calls down into section 10: the sink that will receive the body.
     return start_upload(request, ctx, request.route.path)
 
 
-HANDLERS = {
-    "GET": handle_get,
-    "HEAD": handle_get,
-    "OPTIONS": handle_options,
-    "PUT": handle_write,
-    "POST": handle_write,
-}
-
-
-def dispatch(request, ctx):
-    """Check access, route a request once and run its handler.
-
-    Returns a Response or an upload sink.  The order matters: a Host this
-    server does not answer to (DNS rebinding) is refused first; a CORS
-    preflight carries no credentials, so it is answered before auth; a
-    cross-site write is refused even with the right password.
-    """
-    config = ctx.config
-    check_host(request, ctx)
-    if is_preflight(request):
-        return handle_preflight(request, ctx)
-    if config.users is not None and (not config.auth_writes
-                                     or request.method in WRITE_METHODS):
-        request.user = authenticate(request, ctx)
-    check_same_origin(request, config)
-    handler = HANDLERS.get(request.method)
-    if handler is None and request.method not in KNOWN_METHODS:
-        if request.target == "*":
-            raise HTTPError(400, "The target * is only for OPTIONS.")
-        raise HTTPError(501, "Unknown method %s." % request.method)
-    request.route = route(request, ctx.config)
-    if request.route.kind == "tree":
-        check_path_limits(request.route.path)   # for every method, not only those that read
-    return (handler or handle_not_allowed)(request, ctx)
-
-
 # ---------------------------------------------------------------------------
-# 9. Uploads: temporary file in the target folder, atomic publish
+# 10. Uploads: temporary file in the target folder, atomic publish
 # ---------------------------------------------------------------------------
 
 def shorten_name(name, limit=MAX_NAME_BYTES):
@@ -2627,7 +2598,47 @@ def start_upload(request, ctx, path):
 
 
 # ---------------------------------------------------------------------------
-# 10. Transport and connection: the per-client state machine
+# 11. WebDAV and dispatch: properties, locks, every method to its handler
+# ---------------------------------------------------------------------------
+
+HANDLERS = {
+    "GET": handle_get,
+    "HEAD": handle_get,
+    "OPTIONS": handle_options,
+    "PUT": handle_write,
+    "POST": handle_write,
+}
+
+
+def dispatch(request, ctx):
+    """Check access, route a request once and run its handler.
+
+    Returns a Response or an upload sink.  The order matters: a Host this
+    server does not answer to (DNS rebinding) is refused first; a CORS
+    preflight carries no credentials, so it is answered before auth; a
+    cross-site write is refused even with the right password.
+    """
+    config = ctx.config
+    check_host(request, ctx)
+    if is_preflight(request):
+        return handle_preflight(request, ctx)
+    if config.users is not None and (not config.auth_writes
+                                     or request.method in WRITE_METHODS):
+        request.user = authenticate(request, ctx)
+    check_same_origin(request, config)
+    handler = HANDLERS.get(request.method)
+    if handler is None and request.method not in KNOWN_METHODS:
+        if request.target == "*":
+            raise HTTPError(400, "The target * is only for OPTIONS.")
+        raise HTTPError(501, "Unknown method %s." % request.method)
+    request.route = route(request, ctx.config)
+    if request.route.kind == "tree":
+        check_path_limits(request.route.path)   # for every method, not only those that read
+    return (handler or handle_not_allowed)(request, ctx)
+
+
+# ---------------------------------------------------------------------------
+# 12. Transport and connection: the per-client state machine
 # ---------------------------------------------------------------------------
 
 SENDFILE_UNSUPPORTED = frozenset([errno.EINVAL, errno.ENOSYS, errno.ENOTSUP,
@@ -3374,7 +3385,7 @@ def format_client(addr):
 
 
 # ---------------------------------------------------------------------------
-# 11. Server and loop: listeners, one selector, deadlines, signals
+# 13. Server and loop: listeners, one selector, deadlines, signals
 # ---------------------------------------------------------------------------
 
 class Server(object):
@@ -3638,7 +3649,7 @@ def drain_wakeup(sock):
 
 
 # ---------------------------------------------------------------------------
-# 12. Command line
+# 14. Command line
 # ---------------------------------------------------------------------------
 
 def port_number(text):
