@@ -1404,6 +1404,15 @@ def render_listing_rows(entries, minutes):
     return "".join(rows)
 
 
+def render_upload_form():
+    """The upload form of a listing, with the script that sends it in the background."""
+    return ('<form id="upload" method="post" enctype="multipart/form-data">\n'
+            '<input type="file" name="file" multiple>\n'
+            '<button type="submit">Upload</button>\n'
+            '<progress id="progress" max="1" value="0" hidden></progress>\n'
+            '<p id="upload-status"></p>\n</form>\n<script>%s</script>\n' % UPLOAD_SCRIPT)
+
+
 def render_listing_top(url_path, sort, order, at_top, upload):
     """The listing page up to its first row; links are relative, so a prefix just works."""
     title = "Index of " + display_text(url_path)
@@ -1414,13 +1423,7 @@ def render_listing_top(url_path, sort, order, at_top, upload):
         arrow = (" &#9650;" if order == "asc" else " &#9660;") if sort == key else ""
         headings.append('<th%s><a href="?sort=%s&amp;order=%s">%s</a>%s</th>'
                         % (css, key, next_order, label, arrow))
-    form = ""
-    if upload:
-        form = ('<form id="upload" method="post" enctype="multipart/form-data">\n'
-                '<input type="file" name="file" multiple>\n'
-                '<button type="submit">Upload</button>\n'
-                '<progress id="progress" max="1" value="0" hidden></progress>\n'
-                '<p id="upload-status"></p>\n</form>\n<script>%s</script>\n' % UPLOAD_SCRIPT)
+    form = render_upload_form() if upload else ""
     up = ""
     if not at_top:
         up = ('<tr><td><a href="../">../</a></td><td class="size">-</td>'
