@@ -63,6 +63,8 @@ import sys
 import tempfile
 import time
 import urllib.parse
+import uuid
+import xml.etree.ElementTree as ElementTree
 import zlib
 
 try:
@@ -143,6 +145,11 @@ CORS_MAX_AGE_S = 600                   # how long a browser may cache a prefligh
 TLS_SEND_BYTES = 64 * 1024             # one TLS write: a retry after WANT_WRITE must
                                        # offer at least what the last try did
 TLS_HANDSHAKE_RECORD = b"\x16"         # the first byte of a TLS ClientHello
+MAX_XML_BODY_BYTES = 1024 * 1024       # a PROPFIND, PROPPATCH or LOCK body; more: 413
+MAX_LOCK_TIMEOUT_S = 3600              # a lock lasts at most an hour unless refreshed
+MAX_LOCKS = 10000                      # locks held at once; more: 503
+MAX_DEAD_PROPERTIES_PER_RESOURCE = 100 # PROPPATCH past this: 507 (they live in memory)
+COPY_STEP_BYTES = 1024 * 1024          # bytes a COPY moves per turn
 
 # Methods that change the share: behind --auth-writes, refused cross-site.
 WRITE_METHODS = frozenset(["PUT", "POST", "DELETE", "PATCH", "MKCOL", "COPY", "MOVE",
@@ -154,7 +161,8 @@ WRITE_EVENTS = selectors.EVENT_WRITE
 
 # Methods this server knows; those not allowed for a resource get 405, others 501.
 KNOWN_METHODS = frozenset(["GET", "HEAD", "OPTIONS", "POST", "PUT", "DELETE",
-                           "PATCH", "TRACE", "CONNECT"])
+                           "PATCH", "TRACE", "CONNECT", "PROPFIND", "PROPPATCH", "MKCOL",
+                           "COPY", "MOVE", "LOCK", "UNLOCK"])
 
 # Types that win over the platform's mimetypes tables, which differ between
 # machines (Windows' registry has served .js as text/plain).
@@ -1537,6 +1545,8 @@ class Context(object):
         self.host_answers = {}          # Host value -> whether check_host lets it in
         self.file_cache = collections.OrderedDict()   # handle_file's small answers, LRU
         self.large_listings = 0         # large listings being sent (ListingSlot)
+        self.dead_props = {}            # WebDAV: tree key -> {tag: XML}, for the process's life
+        self.locks = {}                 # WebDAV: lock token -> Lock
 
 
 Route = collections.namedtuple("Route", [
@@ -1774,10 +1784,13 @@ def cors_headers(request, config):
 
 
 def allowed_methods(config):
-    """The methods allowed on files, for Allow headers."""
-    methods = ["GET", "HEAD", "OPTIONS"]
+    """The methods allowed on files, for Allow headers: WebDAV's writes follow -u,
+    and DELETE needs --overwrite too."""
+    methods = ["GET", "HEAD", "OPTIONS", "PROPFIND"]
     if config.upload:
-        methods += ["PUT", "POST"]
+        methods += ["PUT", "POST", "MKCOL", "COPY", "MOVE", "PROPPATCH", "LOCK", "UNLOCK"]
+        if config.overwrite:
+            methods.append("DELETE")
     return ", ".join(methods)
 
 
@@ -2109,8 +2122,9 @@ def build_file_response(request, config, f, st, content_type, precompressed):
 
 
 def handle_options(request, ctx):
-    """OPTIONS: 204 with the allowed methods."""
-    return Response(204, [("Allow", allowed_methods(ctx.config))])
+    """OPTIONS: 204 with the allowed methods and the WebDAV classes (RFC 4918 §10.1)."""
+    return Response(204, [("Allow", allowed_methods(ctx.config)), ("DAV", "1, 2"),
+                          ("MS-Author-Via", "DAV")])
 
 
 def handle_not_allowed(request, ctx):
@@ -2604,12 +2618,1187 @@ def start_upload(request, ctx, path):
 # 11. WebDAV and dispatch: properties, locks, every method to its handler
 # ---------------------------------------------------------------------------
 
+# -- WebDAV's pure parts: XML bodies, the If header, Depth, Timeout ----------
+
+DAV_PREFIX = "{DAV:}"
+LIVE_PROPERTIES = ("displayname", "getcontentlength", "getcontenttype", "getlastmodified",
+                   "getetag", "creationdate", "resourcetype", "supportedlock", "lockdiscovery")
+LIVE_PROPERTY_TAGS = frozenset(DAV_PREFIX + name for name in LIVE_PROPERTIES)
+XML_CONTENT_TYPE = 'application/xml; charset="utf-8"'
+XML_DECLARATION = '<?xml version="1.0" encoding="utf-8"?>\n'
+NO_LOCK_TOKEN = "DAV:no-lock"          # RFC 4918 §10.4.8: a state token nothing has
+
+
+def parse_xml_body(body):
+    """Parse a WebDAV request body; None when it is empty.
+
+    Raises HTTPError 400 for a DOCTYPE or an entity declaration (refused
+    outright, so no entity is ever expanded: billion laughs, external
+    entities), for NUL bytes (UTF-16 and UTF-32 are not taken) and for XML
+    that is not well formed or binds a prefix to no namespace.
+    """
+    if not body.strip():
+        return None
+    if b"<!DOCTYPE" in body or b"<!ENTITY" in body or b"\x00" in body:
+        raise HTTPError(400, "DOCTYPE and entity declarations are not accepted.")
+    try:
+        return ElementTree.fromstring(body)
+    except (ElementTree.ParseError, ValueError, UnicodeError):
+        raise HTTPError(400, "The XML body is not well formed.")
+
+
+def expect_element(element, name):
+    """Raise HTTPError 400 unless element is DAV:name."""
+    if element is None or element.tag != DAV_PREFIX + name:
+        raise HTTPError(400, "The body must be a DAV:%s element." % name)
+
+
+def parse_propfind(root):
+    """A PROPFIND body as ("allprop", []), ("propname", []) or ("prop", [tags]).
+
+    An empty body (root None) asks for allprop (RFC 4918 §9.1).
+    """
+    if root is None:
+        return "allprop", []
+    expect_element(root, "propfind")
+    for child in root:
+        if child.tag == DAV_PREFIX + "allprop":
+            return "allprop", []
+        if child.tag == DAV_PREFIX + "propname":
+            return "propname", []
+        if child.tag == DAV_PREFIX + "prop":
+            return "prop", [prop.tag for prop in child]
+    raise HTTPError(400, "A propfind names allprop, propname or prop.")
+
+
+def parse_propertyupdate(root):
+    """A PROPPATCH body as [("set", element) or ("remove", element)], in document order."""
+    expect_element(root, "propertyupdate")
+    changes = []
+    for action in root:
+        if action.tag not in (DAV_PREFIX + "set", DAV_PREFIX + "remove"):
+            continue
+        for prop in action:
+            if prop.tag != DAV_PREFIX + "prop":
+                raise HTTPError(400, "set and remove hold DAV:prop elements.")
+            for element in prop:
+                changes.append((action.tag[len(DAV_PREFIX):], element))
+    if not changes:
+        raise HTTPError(400, "The propertyupdate changes nothing.")
+    return changes
+
+
+def parse_lockinfo(root):
+    """A LOCK body as (scope, owner XML text); root None means a refresh (None)."""
+    if root is None:
+        return None
+    expect_element(root, "lockinfo")
+    scope, write, owner = None, False, ""
+    for child in root:
+        if child.tag == DAV_PREFIX + "lockscope":
+            for value in child:
+                if value.tag in (DAV_PREFIX + "exclusive", DAV_PREFIX + "shared"):
+                    scope = value.tag[len(DAV_PREFIX):]
+        elif child.tag == DAV_PREFIX + "locktype":
+            write = any(value.tag == DAV_PREFIX + "write" for value in child)
+        elif child.tag == DAV_PREFIX + "owner":
+            owner = xml_fragment(child)
+    if scope is None or not write:
+        raise HTTPError(400, "A lock names its scope and the write type.")
+    return scope, owner
+
+
+def xml_fragment(element):
+    """An element as XML text that stands alone (namespaces declared on it)."""
+    element.tail = None
+    return ElementTree.tostring(element, encoding="unicode")
+
+
+def xml_text(text):
+    """Escape text for XML content."""
+    return html.escape(text, quote=False)
+
+
+def empty_element(tag):
+    """An empty element for a tag in ElementTree's "{ns}name" form."""
+    if tag.startswith(DAV_PREFIX):
+        return "<D:%s/>" % tag[len(DAV_PREFIX):]
+    if tag.startswith("{"):
+        namespace, name = tag[1:].split("}", 1)
+        return '<X:%s xmlns:X="%s"/>' % (name, html.escape(namespace))
+    return '<%s xmlns=""/>' % tag
+
+
+def parse_depth(value, default="infinity", allowed=("0", "1", "infinity")):
+    """The Depth header: "0", "1" or "infinity"; 400 for another value."""
+    if value is None:
+        return default
+    value = value.strip().lower()
+    if value not in allowed:
+        raise HTTPError(400, "Depth must be %s here." % " or ".join(allowed))
+    return value
+
+
+def parse_timeout(value):
+    """Seconds a lock should last from a Timeout header, at most MAX_LOCK_TIMEOUT_S."""
+    for item in (value or "").split(","):
+        item = item.strip()
+        if item.lower() == "infinite":
+            return MAX_LOCK_TIMEOUT_S
+        if item.lower().startswith("second-") and item[7:].isdigit() and len(item) < 20:
+            return max(1, min(int(item[7:]), MAX_LOCK_TIMEOUT_S))
+    return MAX_LOCK_TIMEOUT_S
+
+
+def parse_if_header(value):
+    """Parse an If header (RFC 4918 §10.4) into its lists.
+
+    Returns [(resource tag or None, [(negated, "token" or "etag", text), ...]), ...]:
+    the header holds when any one list holds, a list when all of its
+    conditions do.  Raises HTTPError 400 when it is malformed.
+    """
+    lists = []
+    tag = None
+    tagged = None
+    i, n = 0, len(value)
+    while True:
+        while i < n and value[i] in " \t":
+            i += 1
+        if i >= n:
+            break
+        if value[i] == "<":
+            end = value.find(">", i)
+            if end < 0 or tagged is False:
+                raise HTTPError(400, "Malformed If header.")
+            tagged, tag = True, value[i + 1:end]
+            i = end + 1
+            while i < n and value[i] in " \t":
+                i += 1
+            if i >= n or value[i] != "(":
+                raise HTTPError(400, "Malformed If header.")
+            continue
+        if value[i] != "(":
+            raise HTTPError(400, "Malformed If header.")
+        tagged = bool(tagged)
+        i += 1
+        conditions = []
+        while True:
+            while i < n and value[i] in " \t":
+                i += 1
+            if i >= n:
+                raise HTTPError(400, "Malformed If header.")
+            if value[i] == ")":
+                i += 1
+                break
+            negated = value[i:i + 3].lower() == "not"
+            if negated:
+                i += 3
+                while i < n and value[i] in " \t":
+                    i += 1
+            if value[i:i + 1] == "<":
+                end, kind = value.find(">", i), "token"
+            elif value[i:i + 1] == "[":
+                end, kind = value.find("]", i), "etag"
+            else:
+                raise HTTPError(400, "Malformed If header.")
+            if end < 0:
+                raise HTTPError(400, "Malformed If header.")
+            conditions.append((negated, kind, value[i + 1:end].strip()))
+            i = end + 1
+        if not conditions:
+            raise HTTPError(400, "Malformed If header.")
+        lists.append((tag, conditions))
+    if not lists:
+        raise HTTPError(400, "Malformed If header.")
+    return lists
+
+
+def if_tokens(lists):
+    """The state tokens an If header submits (RFC 4918 §10.4: lock tokens it names)."""
+    return set(text for _, conditions in lists for _, kind, text in conditions
+               if kind == "token")
+
+
+def tree_key(path):
+    """The canonical form of a path below the root: "/a/b", "/" for the root."""
+    parts = []
+    for segment in path.split("/"):
+        if segment == "..":
+            if parts:
+                parts.pop()
+        elif segment not in ("", "."):
+            parts.append(segment)
+    return "/" + "/".join(parts)
+
+
+def key_parent(key):
+    """The key of the folder holding key ("/" for a top-level name)."""
+    return key.rsplit("/", 1)[0] or "/"
+
+
+def key_within(key, root):
+    """Whether key is root or below it."""
+    return key == root or root == "/" or key.startswith(root + "/")
+
+
+# -- WebDAV state: dead properties and locks, in memory ---------------------
+
+class Lock(object):
+    """A write lock (RFC 4918 §6): its token, the key it is rooted at, depth, scope."""
+
+    __slots__ = ("token", "root", "depth", "scope", "owner", "timeout", "expires")
+
+    def __init__(self, root, depth, scope, owner, timeout):
+        self.token = "urn:uuid:%s" % uuid.uuid4()
+        self.root = root
+        self.depth = depth
+        self.scope = scope
+        self.owner = owner
+        self.refresh(timeout)
+
+    def refresh(self, timeout):
+        """Start the lock's time again."""
+        self.timeout = timeout
+        self.expires = time.monotonic() + timeout
+
+    def covers(self, key):
+        """Whether the lock applies to the resource at key."""
+        return key == self.root or (self.depth == "infinity" and key_within(key, self.root))
+
+
+def sweep_locks(ctx, now):
+    """Forget locks whose time ran out (the loop's deadline pass calls this)."""
+    for token in [t for t, lock in ctx.locks.items() if lock.expires <= now]:
+        del ctx.locks[token]
+
+
+def locks_covering(ctx, key):
+    """The live locks that apply to key."""
+    now = time.monotonic()
+    return [lock for lock in ctx.locks.values() if lock.expires > now and lock.covers(key)]
+
+
+def locks_below(ctx, key):
+    """The live locks rooted strictly inside the folder at key."""
+    now = time.monotonic()
+    return [lock for lock in ctx.locks.values()
+            if lock.expires > now and lock.root != key and key_within(lock.root, key)]
+
+
+def forget_resource(ctx, key):
+    """A resource went away (DELETE, MOVE): its locks and dead properties go with it."""
+    for token in [t for t, lock in ctx.locks.items() if key_within(lock.root, key)]:
+        del ctx.locks[token]
+    for k in [k for k in ctx.dead_props if key_within(k, key)]:
+        ctx.dead_props.pop(k)
+
+
+def carry_properties(ctx, source, target, move):
+    """Dead properties follow a COPY (copied) or a MOVE (moved) to target."""
+    for k in [k for k in ctx.dead_props if key_within(k, source)]:
+        props = ctx.dead_props.pop(k) if move else collections.OrderedDict(ctx.dead_props[k])
+        ctx.dead_props[target + k[len(source):] if k != source else target] = props
+
+
+# -- WebDAV: reading a resource's properties --------------------------------
+
+def dav_href(config, key, is_dir):
+    """The href of a resource in a 207 body: quoted, under the route prefix."""
+    path = config.prefix + key
+    if is_dir and not path.endswith("/"):
+        path += "/"
+    return xml_text(url_quote(path))
+
+
+def format_iso_date(timestamp):
+    """An RFC 3339 date for creationdate."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(timestamp))
+
+
+def lock_xml(config, lock):
+    """One DAV:activelock element."""
+    left = max(0, int(lock.expires - time.monotonic()))
+    return ("<D:activelock><D:locktype><D:write/></D:locktype><D:lockscope><D:%s/>"
+            "</D:lockscope><D:depth>%s</D:depth>%s<D:timeout>Second-%d</D:timeout>"
+            "<D:locktoken><D:href>%s</D:href></D:locktoken><D:lockroot><D:href>%s</D:href>"
+            "</D:lockroot></D:activelock>"
+            % (lock.scope, "infinity" if lock.depth == "infinity" else "0", lock.owner, left,
+               xml_text(lock.token), dav_href(config, lock.root, False)))
+
+
+SUPPORTED_LOCK_XML = ("<D:supportedlock><D:lockentry><D:lockscope><D:exclusive/></D:lockscope>"
+                      "<D:locktype><D:write/></D:locktype></D:lockentry><D:lockentry>"
+                      "<D:lockscope><D:shared/></D:lockscope><D:locktype><D:write/>"
+                      "</D:locktype></D:lockentry></D:supportedlock>")
+
+
+def live_property(ctx, name, key, fs_path, st):
+    """A live property's element for a resource, or None where it has none."""
+    is_dir = stat.S_ISDIR(st.st_mode)
+    if name == "displayname":
+        shown = display_text(key.rsplit("/", 1)[-1] or os.path.basename(ctx.config.root))
+        return "<D:displayname>%s</D:displayname>" % xml_text(shown)
+    if name == "resourcetype":
+        return "<D:resourcetype><D:collection/></D:resourcetype>" if is_dir \
+            else "<D:resourcetype/>"
+    if name == "getlastmodified":
+        return "<D:getlastmodified>%s</D:getlastmodified>" % format_http_date(st.st_mtime)
+    if name == "creationdate":
+        born = getattr(st, "st_birthtime", None) or min(st.st_ctime, st.st_mtime)
+        return "<D:creationdate>%s</D:creationdate>" % format_iso_date(born)
+    if name == "supportedlock":
+        return SUPPORTED_LOCK_XML
+    if name == "lockdiscovery":
+        return "<D:lockdiscovery>%s</D:lockdiscovery>" % "".join(
+            lock_xml(ctx.config, lock) for lock in locks_covering(ctx, key))
+    if is_dir:
+        return None
+    if name == "getcontentlength":
+        return "<D:getcontentlength>%d</D:getcontentlength>" % st.st_size
+    if name == "getcontenttype":
+        return "<D:getcontenttype>%s</D:getcontenttype>" % xml_text(
+            guess_content_type(fs_path))
+    if name == "getetag":
+        return "<D:getetag>%s</D:getetag>" % xml_text(make_etag(st))
+    return None
+
+
+def propstat_xml(found, missing):
+    """The propstat elements of one response: what was found, what was not."""
+    out = ""
+    if found:
+        out += ("<D:propstat><D:prop>%s</D:prop><D:status>HTTP/1.1 200 OK</D:status>"
+                "</D:propstat>" % "".join(found))
+    if missing:
+        out += ("<D:propstat><D:prop>%s</D:prop><D:status>HTTP/1.1 404 Not Found</D:status>"
+                "</D:propstat>" % "".join(empty_element(tag) for tag in missing))
+    return out
+
+
+def resource_xml(ctx, key, fs_path, st, mode, names):
+    """One DAV:response of a PROPFIND for a resource."""
+    dead = ctx.dead_props.get(key, {})
+    found, missing = [], []
+    if mode == "prop":
+        for tag in names:
+            value = None
+            if tag in LIVE_PROPERTY_TAGS:
+                value = live_property(ctx, tag[len(DAV_PREFIX):], key, fs_path, st)
+            elif tag in dead:
+                value = dead[tag]
+            if value is None:
+                missing.append(tag)
+            else:
+                found.append(value)
+    else:
+        for name in LIVE_PROPERTIES:
+            value = live_property(ctx, name, key, fs_path, st)
+            if value is not None:
+                found.append(value if mode == "allprop" else "<D:%s/>" % name)
+        found.extend(dead.values() if mode == "allprop" else map(empty_element, dead))
+    return "<D:response><D:href>%s</D:href>%s</D:response>\n" % (
+        dav_href(ctx.config, key, stat.S_ISDIR(st.st_mode)), propstat_xml(found, missing))
+
+
+def multistatus(parts):
+    """A 207 Multi-Status body from DAV:response elements."""
+    return (XML_DECLARATION + '<D:multistatus xmlns:D="DAV:">\n' + "".join(parts)
+            + "</D:multistatus>\n").encode("utf-8")
+
+
+def status_response_xml(config, key, is_dir, status):
+    """A DAV:response that gives one member's status (a failure inside a 207)."""
+    return "<D:response><D:href>%s</D:href><D:status>HTTP/1.1 %d %s</D:status></D:response>\n" \
+        % (dav_href(config, key, is_dir), status, reason_phrase(status))
+
+
+def dav_error(status, message, condition=None):
+    """An HTTPError whose body names a WebDAV precondition (RFC 4918 §16)."""
+    error = HTTPError(status, message)
+    error.condition = condition
+    return error
+
+
+def stat_resource(config, key):
+    """(fs_path, st) of the visible resource at key; 404 when there is none."""
+    fs_path = resolve_path(config, key)
+    try:
+        return fs_path, os.stat(fs_path)
+    except OSError:
+        raise HTTPError(404, "Not found.")
+
+
+def request_key(request):
+    """The tree key the request's target names."""
+    if request.route.kind != "tree":
+        raise HTTPError(405, "WebDAV works on the served folder.",
+                        [("Allow", "GET, HEAD, OPTIONS")])
+    return tree_key(request.route.path)
+
+
+def read_dav_body(request, ctx, then):
+    """Read a small XML body (at most MAX_XML_BODY_BYTES), then answer with then()."""
+    length = parse_body_framing(request)
+    if length is not None and length > MAX_XML_BODY_BYTES:
+        raise HTTPError(413, "An XML body may hold at most %d bytes." % MAX_XML_BODY_BYTES)
+    if length == 0:
+        return then(request, ctx, b"")
+    return XMLBody(request, ctx, then)
+
+
+class XMLBody(object):
+    """Sink that keeps a small request body in memory, then runs its handler."""
+
+    pending = False
+
+    def __init__(self, request, ctx, then):
+        self.request = request
+        self.ctx = ctx
+        self.then = then
+        self.data = bytearray()
+
+    def write(self, data):
+        """Keep body bytes, up to the limit."""
+        self.data += data
+        if len(self.data) > MAX_XML_BODY_BYTES:
+            raise HTTPError(413, "An XML body may hold at most %d bytes." % MAX_XML_BODY_BYTES)
+
+    def finish(self):
+        """The body is complete: run the handler on it (its refusal keeps the connection)."""
+        try:
+            return self.then(self.request, self.ctx, bytes(self.data))
+        except HTTPError as exc:
+            return dav_error_response(exc, self.request, self.ctx)
+
+    def abort(self):
+        """Nothing was stored."""
+        self.data = bytearray()
+
+
+def handle_propfind(request, ctx):
+    """PROPFIND: properties of a resource and, at Depth 1, of its members."""
+    key = request_key(request)
+    depth = parse_depth(request.get_header("depth"))
+    if depth == "infinity":
+        raise dav_error(403, "PROPFIND with Depth: infinity is not supported; use 0 or 1.",
+                        "propfind-finite-depth")
+    stat_resource(ctx.config, key)                   # 404 before reading a body
+    return read_dav_body(request, ctx, answer_propfind)
+
+
+def answer_propfind(request, ctx, body):
+    """The 207 of a PROPFIND, its body read: one step, or pieces for a large folder."""
+    config = ctx.config
+    key = request_key(request)
+    mode, names = parse_propfind(parse_xml_body(body))
+    fs_path, st = stat_resource(config, key)
+    headers = [("Content-Type", XML_CONTENT_TYPE)]
+    first = resource_xml(ctx, key, fs_path, st, mode, names)
+    depth = parse_depth(request.get_header("depth"))
+    if depth == "0" or not stat.S_ISDIR(st.st_mode):
+        return Response(207, headers, multistatus([first]))
+    try:
+        scandir_iter = os.scandir(fs_path)
+    except OSError:
+        raise HTTPError(403, "This folder cannot be read.")
+    try:
+        parts, exhausted = propfind_members(ctx, key, scandir_iter, mode, names)
+    except BaseException:
+        scandir_iter.close()
+        raise
+    if exhausted:
+        scandir_iter.close()
+        return Response(207, headers, multistatus([first] + parts))
+    if ctx.large_listings >= MAX_LARGE_LISTINGS:
+        scandir_iter.close()
+        raise HTTPError(503, "Other large folders are being listed; try again in a moment.",
+                        [("Retry-After", "1")])
+    head = multistatus([first] + parts)[:-len(MULTISTATUS_END)]
+    pieces = propfind_pieces(ctx, key, scandir_iter, mode, names)
+    return Response(207, headers, [head, pieces],
+                    files=[scandir_iter, pieces, ListingSlot(ctx)])
+
+
+MULTISTATUS_END = b"</D:multistatus>\n"
+
+
+def propfind_members(ctx, key, scandir_iter, mode, names):
+    """Responses for up to LISTING_STEP_ENTRIES members: (parts, exhausted)."""
+    config = ctx.config
+    parts = []
+    for entry in scandir_iter:
+        try:
+            if not is_visible(entry.name, config.hidden) or is_private(entry.path, config) \
+                    or (entry.is_symlink() and not is_confined(entry.path, config.root,
+                                                               config.follow_symlinks)):
+                continue
+            st = entry.stat()
+        except OSError:
+            continue
+        parts.append(resource_xml(ctx, key.rstrip("/") + "/" + entry.name, entry.path, st,
+                                  mode, names))
+        if len(parts) >= LISTING_STEP_ENTRIES:
+            return parts, False
+    return parts, True
+
+
+def propfind_pieces(ctx, key, scandir_iter, mode, names):
+    """Yield the rest of a large folder's multistatus, one step of members a piece."""
+    exhausted = False
+    while not exhausted:
+        parts, exhausted = propfind_members(ctx, key, scandir_iter, mode, names)
+        yield "".join(parts).encode("utf-8")
+    yield MULTISTATUS_END
+
+
+# -- WebDAV: conditions, locks and errors of write methods -------------------
+
+class DAVError(HTTPError):
+    """An HTTPError that names a WebDAV precondition (RFC 4918 §16) in an XML body."""
+
+    def __init__(self, status, message, condition, headers=None):
+        HTTPError.__init__(self, status, message, headers)
+        self.condition = condition
+
+
+def dav_error_response(error, request, ctx):
+    """The answer to an HTTPError of a WebDAV method; an XML body for a DAVError."""
+    condition = getattr(error, "condition", None)
+    if condition is None:
+        return error_response(error, request, ctx)
+    body = (XML_DECLARATION + '<D:error xmlns:D="DAV:"><D:%s/></D:error>\n' % condition)
+    return Response(error.status, [("Content-Type", XML_CONTENT_TYPE)] + error.headers,
+                    body.encode("utf-8"))
+
+
+def require_writes(request, ctx):
+    """405 with Allow unless uploads are on (WebDAV's writes follow -u)."""
+    if not ctx.config.upload:
+        handle_not_allowed(request, ctx)
+
+
+def url_key(request, config, url):
+    """The tree key a URL names on this server, or None when it names none.
+
+    Raises HTTPError 502 for a URL on another host, 400 for a malformed one.
+    """
+    try:
+        parts = urllib.parse.urlsplit(url.strip())
+    except ValueError:
+        raise HTTPError(400, "Malformed URL %s." % url)
+    if parts.scheme or parts.netloc:
+        host = (request.get_header("host") or "").strip().lower()
+        if parts.scheme.lower() not in ("http", "https") or parts.netloc.lower() != host:
+            raise HTTPError(502, "%s is on another server." % url)
+    path, _ = parse_target(parts.path or "/")
+    if config.prefix:
+        if path != config.prefix and not path.startswith(config.prefix + "/"):
+            return None
+        path = path[len(config.prefix):] or "/"
+    depth = 0
+    for segment in path.split("/"):
+        if segment == "..":
+            depth -= 1
+            if depth < 0:
+                return None
+        elif segment not in ("", "."):
+            depth += 1
+            if not is_visible(segment, config.hidden):
+                return None
+    return tree_key(path)
+
+
+def resource_etag(config, key):
+    """The ETag of the resource at key (as GET sends it), or None when there is none."""
+    try:
+        return make_etag(os.stat(resolve_path(config, key)))
+    except (HTTPError, OSError):
+        return None
+
+
+def check_if_header(request, ctx, key):
+    """Evaluate the If header (RFC 4918 §10.4); 412 when no list holds.
+
+    Returns the lock tokens it submits (empty without an If header).
+    """
+    value = request.get_header("if")
+    if value is None:
+        return set()
+    lists = parse_if_header(value)
+    for tag, conditions in lists:
+        target = key
+        if tag is not None:
+            try:
+                target = url_key(request, ctx.config, tag)
+            except HTTPError:
+                target = None
+            if target is None:
+                continue
+        etag = resource_etag(ctx.config, target)
+        tokens = set(lock.token for lock in locks_covering(ctx, target))
+        if all(condition_holds(condition, etag, tokens) for condition in conditions):
+            return if_tokens(lists)
+    raise HTTPError(412, "The conditions of the If header do not hold.")
+
+
+def condition_holds(condition, etag, tokens):
+    """Whether one condition of an If list holds for a resource's ETag and lock tokens."""
+    negated, kind, text = condition
+    if kind == "token":
+        holds = text in tokens
+    else:
+        holds = etag is not None and (text[2:] if text.startswith("W/") else text) == etag
+    return holds != negated
+
+
+def check_locks(ctx, tokens, key, member=False, subtree=False):
+    """423 unless the request submits a token of each lock on what it changes.
+
+    member: the resource is added to or removed from its folder, so the
+    folder's locks count too; subtree: a folder's members change as well.
+    """
+    groups = [locks_covering(ctx, key)]
+    if member and key != "/":
+        groups.append(locks_covering(ctx, key_parent(key)))
+    if subtree:
+        groups.extend([lock] for lock in locks_below(ctx, key))
+    for locks in groups:
+        if locks and not any(lock.token in tokens for lock in locks):
+            raise DAVError(423, "%s is locked; send its lock token in an If header."
+                           % display_text(key), "lock-token-submitted")
+
+
+def check_write(request, ctx, key, member=False, subtree=False):
+    """The If header and the locks, for a write to key; returns the tokens submitted."""
+    tokens = check_if_header(request, ctx, key)
+    check_locks(ctx, tokens, key, member, subtree)
+    return tokens
+
+
+def os_error_status(exc):
+    """The status of a member a write could not change."""
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return 403
+    if exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", -1)):
+        return 507
+    if exc.errno in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR, errno.EISDIR):
+        return 409
+    return 500
+
+
+def member_key(key, fs_root, fs_path):
+    """The tree key of fs_path, found below fs_root, the folder of key."""
+    rel = os.path.relpath(fs_path, fs_root)
+    return key if rel == "." else key.rstrip("/") + "/" + rel.replace(os.sep, "/")
+
+
+# -- WebDAV: long file-system jobs in bounded steps --------------------------
+
+class TreeJob(object):
+    """Sink that runs a file-system job (DELETE, COPY, MOVE) in bounded steps.
+
+    It has no body to take: it is pending until its steps are done, and
+    the connection gives it one step a turn (write(b"")), so deleting or
+    copying a large tree never holds the loop.  answer() makes the response.
+    """
+
+    def __init__(self, steps, answer):
+        self.steps = steps
+        self.answer = answer
+        self.pending = True
+
+    def write(self, data):
+        """Run one step (a body, which these methods don't define, is ignored)."""
+        if self.pending:
+            try:
+                next(self.steps)
+            except StopIteration:
+                self.pending = False
+
+    def finish(self):
+        """The steps are done: the response."""
+        return self.answer()
+
+    def abort(self):
+        """The client left: stop where the job is (what is done stays done)."""
+        self.steps.close()
+
+
+def delete_steps(fs_path, failures):
+    """Remove a folder tree, LISTING_STEP_ENTRIES entries a step, innermost first.
+
+    Symlinks are removed, never followed.  What cannot go is added to
+    failures as (path, OSError); its folders then stay, unreported.
+    """
+    try:
+        stack = [(fs_path, os.scandir(fs_path))]
+    except OSError as exc:
+        failures.append((fs_path, exc))
+        return
+    try:
+        while stack:
+            path, entries = stack[-1]
+            count = 0
+            for entry in entries:
+                count += 1
+                try:
+                    if entry.is_dir(follow_symlinks=False):
+                        stack.append((entry.path, os.scandir(entry.path)))
+                        break
+                    os.unlink(entry.path)
+                except OSError as exc:
+                    failures.append((entry.path, exc))
+                if count >= LISTING_STEP_ENTRIES:
+                    break
+            else:
+                entries.close()
+                stack.pop()
+                try:
+                    os.rmdir(path)
+                except OSError as exc:
+                    if not any(is_inside(failed, path) for failed, _ in failures):
+                        failures.append((path, exc))
+            yield
+    finally:
+        for _, entries in stack:
+            entries.close()
+
+
+def remove_steps(fs_path, failures):
+    """Remove a file, a symlink or a folder tree (in steps)."""
+    try:
+        st = os.lstat(fs_path)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        failures.append((fs_path, exc))
+        return
+    if stat.S_ISDIR(st.st_mode):
+        for _ in delete_steps(fs_path, failures):
+            yield
+    else:
+        try:
+            os.unlink(fs_path)
+        except OSError as exc:
+            failures.append((fs_path, exc))
+
+
+def copy_file_steps(ctx, source, target, failures):
+    """Copy one file, COPY_STEP_BYTES a step, through a temporary: all or nothing."""
+    try:
+        f = open(source, "rb")
+    except OSError as exc:
+        failures.append((source, exc))
+        return
+    temp = None
+    try:
+        temp = TempFile(os.path.dirname(target), ctx)
+        while True:
+            data = f.read(COPY_STEP_BYTES)
+            if not data:
+                break
+            temp.write(data)
+            yield
+        discard_path(temp.publish(target, True))
+    except HTTPError as exc:
+        failures.append((target, OSError(errno.EIO, exc.message)))
+    except OSError as exc:
+        failures.append((target, exc))
+    finally:
+        f.close()
+        if temp is not None:
+            temp.discard()
+
+
+def copy_steps(ctx, source, target, depth, failures):
+    """Copy a file or a folder tree (depth "infinity") in steps.
+
+    Members obey the listing's rules: names that are not visible, private
+    files, and symlinks are left out, except symlinks to files inside the
+    root, copied as files (a link to a folder could loop).
+    """
+    config = ctx.config
+    if not os.path.isdir(source):
+        for _ in copy_file_steps(ctx, source, target, failures):
+            yield
+        return
+    try:
+        os.mkdir(target)
+    except OSError as exc:
+        failures.append((target, exc))
+        return
+    if depth != "infinity":
+        return
+    stack = [(os.scandir(source), target)]
+    try:
+        while stack:
+            entries, into = stack[-1]
+            count = 0
+            for entry in entries:
+                count += 1
+                if not is_visible(entry.name, config.hidden) or is_private(entry.path, config):
+                    continue
+                destination = os.path.join(into, entry.name)
+                try:
+                    if entry.is_symlink() and (entry.is_dir() or not is_confined(
+                            entry.path, config.root, config.follow_symlinks)):
+                        continue
+                    if entry.is_dir():
+                        os.mkdir(destination)
+                        stack.append((os.scandir(entry.path), destination))
+                        break
+                    if entry.is_file():
+                        for _ in copy_file_steps(ctx, entry.path, destination, failures):
+                            yield
+                except OSError as exc:
+                    failures.append((destination, exc))
+                if count >= LISTING_STEP_ENTRIES:
+                    break
+            else:
+                entries.close()
+                stack.pop()
+            yield
+    finally:
+        for entries, _ in stack:
+            entries.close()
+
+
+def failures_response(config, key, fs_root, failures, status):
+    """status when nothing failed, else a 207 naming each member that failed."""
+    if not failures:
+        return Response(status)
+    parts = [status_response_xml(config, member_key(key, fs_root, path),
+                                 os.path.isdir(path), os_error_status(exc))
+             for path, exc in failures[:MAX_LISTING_ENTRIES]]
+    return Response(207, [("Content-Type", XML_CONTENT_TYPE)], multistatus(parts))
+
+
+# -- WebDAV: the methods -------------------------------------------------------
+
+def handle_dav_put(request, ctx):
+    """PUT: the If header and locks, then the upload as before."""
+    if ctx.config.upload and request.route.kind == "tree":
+        key = tree_key(request.route.path)
+        fs_path = resolve_path(ctx.config, key)
+        check_write(request, ctx, key, member=not os.path.lexists(fs_path))
+    return handle_write(request, ctx)
+
+
+def handle_dav_post(request, ctx):
+    """POST: a form adds members to a folder, which its locks protect."""
+    if ctx.config.upload and request.route.kind == "tree":
+        check_write(request, ctx, tree_key(request.route.path), member=True)
+    return handle_write(request, ctx)
+
+
+def handle_proppatch(request, ctx):
+    """PROPPATCH: set and remove dead properties, all or none (RFC 4918 §9.2)."""
+    require_writes(request, ctx)
+    key = request_key(request)
+    stat_resource(ctx.config, key)
+    check_write(request, ctx, key)
+    return read_dav_body(request, ctx, answer_proppatch)
+
+
+def answer_proppatch(request, ctx, body):
+    """The 207 of a PROPPATCH, its body read."""
+    key = request_key(request)
+    changes = parse_propertyupdate(parse_xml_body(body))
+    _, st = stat_resource(ctx.config, key)
+    props = collections.OrderedDict(ctx.dead_props.get(key, ()))
+    statuses = collections.OrderedDict()
+    for action, element in changes:
+        if element.tag in LIVE_PROPERTY_TAGS:
+            statuses[element.tag] = 403          # protected: the file system keeps them
+        elif action == "set":
+            props[element.tag] = xml_fragment(element)
+            statuses.setdefault(element.tag, 200)
+        else:
+            props.pop(element.tag, None)
+            statuses.setdefault(element.tag, 200)
+    if 403 not in statuses.values() and len(props) > MAX_DEAD_PROPERTIES_PER_RESOURCE:
+        statuses = collections.OrderedDict((tag, 507) for tag in statuses)
+    failed = any(status != 200 for status in statuses.values())
+    if failed:
+        statuses = collections.OrderedDict(
+            (tag, 424 if status == 200 else status) for tag, status in statuses.items())
+    elif props:
+        ctx.dead_props[key] = props
+    else:
+        ctx.dead_props.pop(key, None)
+    groups = collections.OrderedDict()
+    for tag, status in statuses.items():
+        groups.setdefault(status, []).append(empty_element(tag))
+    propstats = "".join("<D:propstat><D:prop>%s</D:prop><D:status>HTTP/1.1 %d %s</D:status>"
+                        "</D:propstat>" % ("".join(tags), status, reason_phrase(status))
+                        for status, tags in groups.items())
+    return Response(207, [("Content-Type", XML_CONTENT_TYPE)], multistatus([
+        "<D:response><D:href>%s</D:href>%s</D:response>\n"
+        % (dav_href(ctx.config, key, stat.S_ISDIR(st.st_mode)), propstats)]))
+
+
+def handle_mkcol(request, ctx):
+    """MKCOL: 201; 405 when the name exists, 409 without a parent, 415 with a body."""
+    require_writes(request, ctx)
+    key = request_key(request)
+    if parse_body_framing(request) != 0:
+        raise HTTPError(415, "MKCOL takes no body.")
+    fs_path = resolve_path(ctx.config, key)
+    if os.path.lexists(fs_path):
+        raise HTTPError(405, "Something of that name exists.",
+                        [("Allow", allowed_methods(ctx.config))])
+    if not os.path.isdir(os.path.dirname(fs_path)):
+        raise HTTPError(409, "The parent folder does not exist.")
+    check_write(request, ctx, key, member=True)
+    try:
+        os.mkdir(fs_path)
+    except FileExistsError:
+        raise HTTPError(405, "Something of that name exists.",
+                        [("Allow", allowed_methods(ctx.config))])
+    except OSError as exc:
+        raise HTTPError(os_error_status(exc), "The folder could not be made.",
+                        detail="cannot make %s: %s" % (fs_path, exc))
+    return text_response(201, "Created %s/\n" % display_text(ctx.config.prefix + key),
+                         headers=[("Location", url_quote(ctx.config.prefix + key) + "/")])
+
+
+def handle_delete(request, ctx):
+    """DELETE: 204; a folder goes with all its members, in steps (207 for failures)."""
+    config = ctx.config
+    if not (config.upload and config.overwrite):
+        handle_not_allowed(request, ctx)
+    key = request_key(request)
+    if key == "/":
+        raise HTTPError(403, "The served folder itself cannot be deleted.")
+    fs_path = resolve_path(config, key)
+    try:
+        is_dir = stat.S_ISDIR(os.lstat(fs_path).st_mode)
+    except OSError:
+        raise HTTPError(404, "Not found.")
+    parse_depth(request.get_header("depth"), allowed=("infinity",) if is_dir
+                else ("0", "infinity"))
+    check_write(request, ctx, key, member=True, subtree=is_dir)
+    failures = []
+
+    def answer():
+        if not os.path.lexists(fs_path):
+            forget_resource(ctx, key)
+        return failures_response(config, key, fs_path, failures, 204)
+    return TreeJob(remove_steps(fs_path, failures), answer)
+
+
+def resolve_destination(request, ctx, key):
+    """The Destination of a COPY or MOVE: (key, fs_path).
+
+    Raises 400 without one, 502 for another server, 403 for a target
+    outside the tree, not visible, the source itself or inside it.
+    """
+    value = request.get_header("destination")
+    if not value:
+        raise HTTPError(400, "COPY and MOVE need a Destination header.")
+    target = url_key(request, ctx.config, value)
+    if target is None:
+        raise HTTPError(403, "The Destination is outside the served folder.")
+    if target == "/" or key_within(target, key) or key_within(key, target):
+        raise HTTPError(403, "The Destination is the source, holds it or lies inside it.")
+    try:
+        return target, resolve_path(ctx.config, target)
+    except HTTPError as exc:
+        if exc.status == 404:
+            raise HTTPError(403, "The Destination is outside the served folder.")
+        raise
+
+
+def handle_copy_move(request, ctx):
+    """COPY and MOVE: 201 for a new target, 204 for a replaced one (RFC 4918 §9.8, 9.9)."""
+    require_writes(request, ctx)
+    config = ctx.config
+    move = request.method == "MOVE"
+    key = request_key(request)
+    fs_path = resolve_path(config, key)
+    try:
+        st = os.lstat(fs_path) if move else os.stat(fs_path)
+    except OSError:
+        raise HTTPError(404, "Not found.")
+    is_dir = stat.S_ISDIR(st.st_mode)
+    depth = parse_depth(request.get_header("depth"), allowed=("infinity",) if move and is_dir
+                        else ("0", "infinity"))
+    overwrite = (request.get_header("overwrite") or "T").strip().upper()
+    if overwrite not in ("T", "F"):
+        raise HTTPError(400, "Overwrite must be T or F.")
+    target, target_fs = resolve_destination(request, ctx, key)
+    if not os.path.isdir(os.path.dirname(target_fs)):
+        raise HTTPError(409, "The Destination's folder does not exist.")
+    exists = os.path.lexists(target_fs)
+    if exists and overwrite == "F":
+        raise HTTPError(412, "The Destination exists (Overwrite: F).")
+    if exists and not config.overwrite:
+        raise HTTPError(409, "The Destination exists; the server was not started with "
+                             "--overwrite.")
+    tokens = check_if_header(request, ctx, key)
+    if move:                            # a COPY leaves its source as it is, locked or not
+        check_locks(ctx, tokens, key, member=True, subtree=is_dir)
+    check_locks(ctx, tokens, target, member=True, subtree=exists)
+    failures = []
+
+    def answer():
+        if not failures:
+            forget_resource(ctx, target)
+            carry_properties(ctx, key, target, move)
+            if move:
+                forget_resource(ctx, key)
+        return failures_response(config, target, target_fs, failures, 204 if exists else 201)
+    if move:
+        steps = move_steps(ctx, fs_path, target_fs, exists, failures)
+    else:
+        steps = chain_steps(remove_steps(target_fs, failures) if exists else iter(()),
+                            copy_steps(ctx, fs_path, target_fs, depth, failures), failures)
+    return TreeJob(steps, answer)
+
+
+def chain_steps(first, then, failures):
+    """Run the steps of first, then, if nothing failed, those of then."""
+    for _ in first:
+        yield
+    if not failures:
+        for _ in then:
+            yield
+
+
+def move_steps(ctx, source, target, exists, failures):
+    """MOVE in steps: a rename where it can; a reader sees the old target or the new.
+
+    A file replaces a file in one os.replace.  Any other replacement puts
+    the old target aside under a hidden name first, renames the source in,
+    then removes the old one in steps.  Across file systems: copy, then delete.
+    """
+    aside = None
+    try:
+        if exists and not (os.path.isfile(source) and os.path.isfile(target)
+                           and not os.path.islink(target)):
+            aside = temp_name(os.path.dirname(target), "old-")
+            os.rename(target, aside)
+        os.replace(source, target)
+    except OSError as exc:
+        if aside is not None and not os.path.lexists(target):
+            os.rename(aside, target)
+            aside = None
+        if exc.errno != errno.EXDEV:
+            failures.append((source, exc))
+            return
+        for _ in chain_steps(remove_steps(target, failures) if exists else iter(()),
+                             copy_steps(ctx, source, target, "infinity", failures), failures):
+            yield
+        if not failures:
+            for _ in remove_steps(source, failures):
+                yield
+        return
+    if aside is not None:
+        leftovers = []
+        for _ in remove_steps(aside, leftovers):
+            yield
+        for path, exc in leftovers[:1]:     # the move is done; say what stayed behind
+            sys.stderr.write("minihttpd: cannot remove %s after a move: %s\n" % (path, exc))
+
+
+def lock_body(config, locks):
+    """The body of a LOCK answer: the lockdiscovery of the given locks."""
+    return (XML_DECLARATION + '<D:prop xmlns:D="DAV:"><D:lockdiscovery>%s</D:lockdiscovery>'
+            '</D:prop>\n' % "".join(lock_xml(config, lock) for lock in locks)).encode("utf-8")
+
+
+def handle_lock(request, ctx):
+    """LOCK: take or refresh a write lock (its body is read first)."""
+    require_writes(request, ctx)
+    request_key(request)
+    return read_dav_body(request, ctx, answer_lock)
+
+
+def answer_lock(request, ctx, body):
+    """LOCK with its body read: a refresh, or a new exclusive or shared lock.
+
+    A LOCK on a name that does not exist creates an empty file (RFC 4918
+    §7.3) and answers 201.
+    """
+    config = ctx.config
+    key = request_key(request)
+    info = parse_lockinfo(parse_xml_body(body))
+    timeout = parse_timeout(request.get_header("timeout"))
+    headers = [("Content-Type", XML_CONTENT_TYPE)]
+    if info is None:
+        value = request.get_header("if")
+        if value is None:
+            raise HTTPError(400, "A lock refresh names its lock token in an If header.")
+        tokens = if_tokens(parse_if_header(value))
+        locks = [lock for lock in locks_covering(ctx, key) if lock.token in tokens]
+        if not locks:
+            raise DAVError(412, "No lock on this resource has that token.",
+                           "lock-token-matches-request-uri")
+        for lock in locks:
+            lock.refresh(timeout)
+        return Response(200, headers, lock_body(config, locks))
+    scope, owner = info
+    depth = parse_depth(request.get_header("depth"), allowed=("0", "infinity"))
+    fs_path = resolve_path(config, key)
+    tokens = check_if_header(request, ctx, key)
+    held = locks_covering(ctx, key) + (locks_below(ctx, key) if depth == "infinity" else [])
+    if any(scope == "exclusive" or lock.scope == "exclusive" for lock in held):
+        raise DAVError(423, "%s is locked already." % display_text(key),
+                       "no-conflicting-lock")
+    sweep_locks(ctx, time.monotonic())
+    if len(ctx.locks) >= MAX_LOCKS:
+        raise HTTPError(503, "Too many locks are held; try again later.",
+                        [("Retry-After", "60")])
+    created = False
+    if not os.path.lexists(fs_path):
+        if not os.path.isdir(os.path.dirname(fs_path)):
+            raise HTTPError(409, "The parent folder does not exist.")
+        check_locks(ctx, tokens, key, member=True)
+        try:
+            os.close(os.open(fs_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            created = True
+        except FileExistsError:
+            pass
+        except OSError as exc:
+            raise HTTPError(os_error_status(exc), "The file could not be made.",
+                            detail="cannot make %s: %s" % (fs_path, exc))
+    lock = Lock(key, depth, scope, owner, timeout)
+    ctx.locks[lock.token] = lock
+    return Response(201 if created else 200, headers + [("Lock-Token", "<%s>" % lock.token)],
+                    lock_body(config, [lock]))
+
+
+def handle_unlock(request, ctx):
+    """UNLOCK: 204 with the token of a lock on the resource, else 409."""
+    require_writes(request, ctx)
+    key = request_key(request)
+    token = (request.get_header("lock-token") or "").strip()
+    if not (token.startswith("<") and token.endswith(">")):
+        raise HTTPError(400, "UNLOCK needs a Lock-Token header: <token>.")
+    lock = ctx.locks.get(token[1:-1])
+    if lock is None or lock.expires <= time.monotonic() or not lock.covers(key):
+        raise DAVError(409, "No lock on this resource has that token.",
+                       "lock-token-matches-request-uri")
+    del ctx.locks[lock.token]
+    return Response(204)
+
+
+# -- dispatch: every method to its handler -----------------------------------
+
 HANDLERS = {
     "GET": handle_get,
     "HEAD": handle_get,
     "OPTIONS": handle_options,
-    "PUT": handle_write,
-    "POST": handle_write,
+    "PUT": handle_dav_put,
+    "POST": handle_dav_post,
+    "PROPFIND": handle_propfind,
+    "PROPPATCH": handle_proppatch,
+    "MKCOL": handle_mkcol,
+    "DELETE": handle_delete,
+    "COPY": handle_copy_move,
+    "MOVE": handle_copy_move,
+    "LOCK": handle_lock,
+    "UNLOCK": handle_unlock,
 }
 
 
@@ -2635,9 +3824,14 @@ def dispatch(request, ctx):
             raise HTTPError(400, "The target * is only for OPTIONS.")
         raise HTTPError(501, "Unknown method %s." % request.method)
     request.route = route(request, ctx.config)
+    if "#" in request.target and request.method in WRITE_METHODS:
+        raise HTTPError(400, "A fragment (#) has no place in the target of a write.")
     if request.route.kind == "tree":
         check_path_limits(request.route.path)   # for every method, not only those that read
-    return (handler or handle_not_allowed)(request, ctx)
+    try:
+        return (handler or handle_not_allowed)(request, ctx)
+    except DAVError as exc:
+        return dav_error_response(exc, request, ctx)
 
 
 # ---------------------------------------------------------------------------
@@ -3109,6 +4303,7 @@ class Connection(object):
         try:
             if self.sink.pending:
                 self.sink.write(b"")
+                self.arm(self.config.body_timeout)    # a long job is not a stalled body
             elif not self.reader.done:
                 if not self.inbuf:
                     if self.peer_eof:
@@ -3567,6 +4762,7 @@ class Server(object):
     def sweep(self, now):
         """Fire the deadlines that passed; note when the next one is due."""
         self.next_sweep = now + 1.0
+        sweep_locks(self.ctx, now)
         if not self.accepting and self.accept_resume_at is not None:
             if now >= self.accept_resume_at:
                 self.resume_accepting()

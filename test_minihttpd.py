@@ -2171,7 +2171,8 @@ class TestStaticFiles(SharedServerTestCase):
                 r = request(self.port, "OPTIONS", path)
                 self.assertEqual(r.status, 204)
                 self.assertEqual(r.body, b"")
-                self.assertEqual(self._allow(r), {"GET", "HEAD", "OPTIONS"})
+                self.assertEqual(self._allow(r), {"GET", "HEAD", "OPTIONS", "PROPFIND"})
+                self.assertEqual(r.headers.get("dav"), "1, 2")
 
     def test_write_methods_405(self):
         for method in ["POST", "PUT", "DELETE", "PATCH"]:
