@@ -147,8 +147,10 @@ TLS_SEND_BYTES = 64 * 1024             # one TLS write: a retry after WANT_WRITE
 TLS_HANDSHAKE_RECORD = b"\x16"         # the first byte of a TLS ClientHello
 MAX_XML_BODY_BYTES = 1024 * 1024       # a PROPFIND, PROPPATCH or LOCK body; more: 413
 MAX_LOCK_TIMEOUT_S = 3600              # a lock lasts at most an hour unless refreshed
-MAX_LOCKS = 10000                      # locks held at once; more: 503
-MAX_DEAD_PROPERTIES_PER_RESOURCE = 100 # PROPPATCH past this: 507 (they live in memory)
+MAX_LOCKS = 1000                       # locks held at once; more: 503
+MAX_LOCK_OWNER_BYTES = 4096            # the owner a client stores with a lock
+MAX_DEAD_PROPERTIES_PER_RESOURCE = 100 # PROPPATCH past either: 507 (they live in memory)
+MAX_DEAD_PROPERTY_BYTES = 16 * 1024 * 1024
 COPY_STEP_BYTES = 1024 * 1024          # bytes a COPY moves per turn
 
 # Methods that change the share: behind --auth-writes, refused cross-site.
@@ -1546,7 +1548,9 @@ class Context(object):
         self.file_cache = collections.OrderedDict()   # handle_file's small answers, LRU
         self.large_listings = 0         # large listings being sent (ListingSlot)
         self.dead_props = {}            # WebDAV: tree key -> {tag: XML}, for the process's life
+        self.dead_bytes = 0             # WebDAV: the size of all dead properties
         self.locks = {}                 # WebDAV: lock token -> Lock
+        self.lock_roots = {}            # WebDAV: tree key -> the locks rooted there
 
 
 Route = collections.namedtuple("Route", [
@@ -2866,20 +2870,50 @@ class Lock(object):
         return key == self.root or (self.depth == "infinity" and key_within(key, self.root))
 
 
+def add_lock(ctx, lock):
+    """Hold a new lock."""
+    ctx.locks[lock.token] = lock
+    ctx.lock_roots.setdefault(lock.root, []).append(lock)
+
+
+def drop_lock(ctx, lock):
+    """Forget a lock (unlocked, expired, or its resource gone)."""
+    ctx.locks.pop(lock.token, None)
+    rooted = ctx.lock_roots.get(lock.root, [])
+    if lock in rooted:
+        rooted.remove(lock)
+    if not rooted:
+        ctx.lock_roots.pop(lock.root, None)
+
+
 def sweep_locks(ctx, now):
     """Forget locks whose time ran out (the loop's deadline pass calls this)."""
-    for token in [t for t, lock in ctx.locks.items() if lock.expires <= now]:
-        del ctx.locks[token]
+    for lock in [lock for lock in ctx.locks.values() if lock.expires <= now]:
+        drop_lock(ctx, lock)
 
 
 def locks_covering(ctx, key):
-    """The live locks that apply to key."""
+    """The live locks that apply to key: rooted there, or Depth infinity above it.
+
+    One lookup per ancestor, so a PROPFIND of a large folder pays nothing
+    for the number of locks held elsewhere.
+    """
+    if not ctx.locks:
+        return []
     now = time.monotonic()
-    return [lock for lock in ctx.locks.values() if lock.expires > now and lock.covers(key)]
+    found = []
+    ancestor = key
+    while True:
+        for lock in ctx.lock_roots.get(ancestor, ()):
+            if lock.expires > now and (ancestor == key or lock.depth == "infinity"):
+                found.append(lock)
+        if ancestor == "/":
+            return found
+        ancestor = key_parent(ancestor)
 
 
 def locks_below(ctx, key):
-    """The live locks rooted strictly inside the folder at key."""
+    """The live locks rooted strictly inside the folder at key (at most MAX_LOCKS)."""
     now = time.monotonic()
     return [lock for lock in ctx.locks.values()
             if lock.expires > now and lock.root != key and key_within(lock.root, key)]
@@ -2887,16 +2921,30 @@ def locks_below(ctx, key):
 
 def forget_resource(ctx, key):
     """A resource went away (DELETE, MOVE): its locks and dead properties go with it."""
-    for token in [t for t, lock in ctx.locks.items() if key_within(lock.root, key)]:
-        del ctx.locks[token]
+    for lock in [lock for lock in ctx.locks.values() if key_within(lock.root, key)]:
+        drop_lock(ctx, lock)
     for k in [k for k in ctx.dead_props if key_within(k, key)]:
-        ctx.dead_props.pop(k)
+        ctx.dead_bytes -= properties_size(ctx.dead_props.pop(k))
+
+
+def properties_size(props):
+    """What a resource's dead properties cost, in characters of XML."""
+    return sum(len(tag) + len(value) for tag, value in props.items())
 
 
 def carry_properties(ctx, source, target, move):
-    """Dead properties follow a COPY (copied) or a MOVE (moved) to target."""
+    """Dead properties follow a COPY (copied, within MAX_DEAD_PROPERTY_BYTES)
+    or a MOVE (moved) to target."""
     for k in [k for k in ctx.dead_props if key_within(k, source)]:
-        props = ctx.dead_props.pop(k) if move else collections.OrderedDict(ctx.dead_props[k])
+        props = ctx.dead_props[k]
+        if move:
+            del ctx.dead_props[k]
+        else:
+            size = properties_size(props)
+            if ctx.dead_bytes + size > MAX_DEAD_PROPERTY_BYTES:
+                continue
+            ctx.dead_bytes += size
+            props = collections.OrderedDict(props)
         ctx.dead_props[target + k[len(source):] if k != source else target] = props
 
 
@@ -3516,16 +3564,20 @@ def answer_proppatch(request, ctx, body):
         else:
             props.pop(element.tag, None)
             statuses.setdefault(element.tag, 200)
-    if 403 not in statuses.values() and len(props) > MAX_DEAD_PROPERTIES_PER_RESOURCE:
+    growth = properties_size(props) - properties_size(ctx.dead_props.get(key, {}))
+    if 403 not in statuses.values() and (len(props) > MAX_DEAD_PROPERTIES_PER_RESOURCE or
+                                         ctx.dead_bytes + growth > MAX_DEAD_PROPERTY_BYTES):
         statuses = collections.OrderedDict((tag, 507) for tag in statuses)
     failed = any(status != 200 for status in statuses.values())
     if failed:
         statuses = collections.OrderedDict(
             (tag, 424 if status == 200 else status) for tag, status in statuses.items())
-    elif props:
-        ctx.dead_props[key] = props
     else:
-        ctx.dead_props.pop(key, None)
+        ctx.dead_bytes += growth
+        if props:
+            ctx.dead_props[key] = props
+        else:
+            ctx.dead_props.pop(key, None)
     groups = collections.OrderedDict()
     for tag, status in statuses.items():
         groups.setdefault(status, []).append(empty_element(tag))
@@ -3738,6 +3790,8 @@ def answer_lock(request, ctx, body):
             lock.refresh(timeout)
         return Response(200, headers, lock_body(config, locks))
     scope, owner = info
+    if len(owner) > MAX_LOCK_OWNER_BYTES:
+        raise HTTPError(400, "A lock's owner may hold at most %d bytes." % MAX_LOCK_OWNER_BYTES)
     depth = parse_depth(request.get_header("depth"), allowed=("0", "infinity"))
     fs_path = resolve_path(config, key)
     tokens = check_if_header(request, ctx, key)
@@ -3763,7 +3817,7 @@ def answer_lock(request, ctx, body):
             raise HTTPError(os_error_status(exc), "The file could not be made.",
                             detail="cannot make %s: %s" % (fs_path, exc))
     lock = Lock(key, depth, scope, owner, timeout)
-    ctx.locks[lock.token] = lock
+    add_lock(ctx, lock)
     return Response(201 if created else 200, headers + [("Lock-Token", "<%s>" % lock.token)],
                     lock_body(config, [lock]))
 
@@ -3779,7 +3833,7 @@ def handle_unlock(request, ctx):
     if lock is None or lock.expires <= time.monotonic() or not lock.covers(key):
         raise DAVError(409, "No lock on this resource has that token.",
                        "lock-token-matches-request-uri")
-    del ctx.locks[lock.token]
+    drop_lock(ctx, lock)
     return Response(204)
 
 
