@@ -143,6 +143,9 @@ CORS_MAX_AGE_S = 600                   # how long a browser may cache a prefligh
 TLS_SEND_BYTES = 64 * 1024             # one TLS write: a retry after WANT_WRITE must
                                        # offer at least what the last try did
 TLS_HANDSHAKE_RECORD = b"\x16"         # the first byte of a TLS ClientHello
+QR_QUIET_MODULES = 4                   # ISO/IEC 18004 §6.3.8: 4 light modules around a symbol
+QR_SVG_PX = 232                        # the listing's QR, in CSS px: 6 a module up to 42
+                                       # bytes of URL, 3.5 at 213 (version 10)
 
 # Methods that change the share: behind --auth-writes, refused cross-site.
 WRITE_METHODS = frozenset(["PUT", "POST", "DELETE", "PATCH", "MKCOL", "COPY", "MOVE",
@@ -1298,6 +1301,294 @@ def maybe_gzip(response, request, config, always=False):
 # ---------------------------------------------------------------------------
 # 7. Generated bodies: folder archives and QR codes, pure generators
 # ---------------------------------------------------------------------------
+
+# QR codes (ISO/IEC 18004), only what sharing a URL needs: byte mode, error
+# correction level M (15% of the symbol may be lost), versions 1 to 10.
+
+# Table 9 at level M: (EC codewords per block, blocks in group 1, data
+# codewords in each, blocks in group 2, data codewords in each), by version.
+QR_BLOCKS_M = (None,
+               (10, 1, 16, 0, 0), (16, 1, 28, 0, 0), (26, 1, 44, 0, 0), (18, 2, 32, 0, 0),
+               (24, 2, 43, 0, 0), (16, 4, 27, 0, 0), (18, 4, 31, 0, 0), (22, 2, 38, 2, 39),
+               (22, 3, 36, 2, 37), (26, 4, 43, 1, 44))
+# Annex E: the rows and columns where alignment patterns are centred.
+QR_ALIGNMENT = (None, (), (6, 18), (6, 22), (6, 26), (6, 30), (6, 34),
+                (6, 22, 38), (6, 24, 42), (6, 26, 46), (6, 28, 50))
+QR_MAX_VERSION = len(QR_BLOCKS_M) - 1
+# §7.8.2: the data mask patterns, by row i and column j; True flips a module.
+QR_MASKS = (
+    lambda i, j: (i + j) % 2 == 0,
+    lambda i, j: i % 2 == 0,
+    lambda i, j: j % 3 == 0,
+    lambda i, j: (i + j) % 3 == 0,
+    lambda i, j: (i // 2 + j // 3) % 2 == 0,
+    lambda i, j: (i * j) % 2 + (i * j) % 3 == 0,
+    lambda i, j: ((i * j) % 2 + (i * j) % 3) % 2 == 0,
+    lambda i, j: ((i + j) % 2 + (i * j) % 3) % 2 == 0,
+)
+QR_RUN_RE = re.compile(r"0{5,}|1{5,}")                     # penalty rule 1
+# Penalty rule 3: dark-light-dark x3-light-dark with 4 light modules on either side
+# (or both: counted once); the quiet zone is light.
+QR_FINDER_LIKE_RE = re.compile(r"(?=(?<=0000)1011101|1011101(?=0000))")
+
+
+def qr_gf_tables():
+    """Powers and logarithms of GF(256) modulo x^8 + x^4 + x^3 + x^2 + 1 (§7.5.2)."""
+    exp = [0] * 510
+    log = [0] * 256
+    value = 1
+    for power in range(255):
+        exp[power] = exp[power + 255] = value
+        log[value] = power
+        value <<= 1
+        if value & 0x100:
+            value ^= 0x11D
+    return tuple(exp), tuple(log)
+
+
+QR_GF_EXP, QR_GF_LOG = qr_gf_tables()
+
+
+def qr_error_correction(data, degree):
+    """The Reed-Solomon error correction codewords of one block (§7.5.2)."""
+    exp, log = QR_GF_EXP, QR_GF_LOG
+    generator = [1]                     # the product of (x - a^i) for i < degree
+    for i in range(degree):
+        product = generator + [0]
+        for j, coefficient in enumerate(generator):
+            if coefficient:
+                product[j + 1] ^= exp[log[coefficient] + i]
+        generator = product
+    remainder = [0] * degree            # data * x^degree modulo the generator
+    for byte in data:
+        factor = byte ^ remainder[0]
+        remainder = remainder[1:] + [0]
+        if factor:
+            for j in range(degree):
+                if generator[j + 1]:
+                    remainder[j] ^= exp[log[factor] + log[generator[j + 1]]]
+    return remainder
+
+
+def qr_fits(length, version):
+    """Whether length bytes fit a symbol of this version at level M."""
+    _, n1, k1, n2, k2 = QR_BLOCKS_M[version]
+    count_bits = 8 if version < 10 else 16
+    return 4 + count_bits + 8 * length <= 8 * (n1 * k1 + n2 * k2)
+
+
+def qr_codewords(data, version):
+    """Data and error correction codewords of bytes data, interleaved (§7.4, §7.6)."""
+    ec, n1, k1, n2, k2 = QR_BLOCKS_M[version]
+    capacity = n1 * k1 + n2 * k2
+    bits = "0100" + format(len(data), "08b" if version < 10 else "016b")   # byte mode
+    bits += "".join(format(byte, "08b") for byte in bytearray(data))
+    bits += "0" * min(4, 8 * capacity - len(bits))                          # terminator
+    bits += "0" * (-len(bits) % 8)
+    codewords = [int(bits[i:i + 8], 2) for i in range(0, len(bits), 8)]
+    codewords += [0xEC, 0x11] * ((capacity - len(codewords)) // 2 + 1)
+    codewords = codewords[:capacity]
+    blocks = []
+    start = 0
+    for length in [k1] * n1 + [k2] * n2:
+        blocks.append(codewords[start:start + length])
+        start += length
+    result = [block[i] for i in range(k2 or k1) for block in blocks if i < len(block)]
+    ec_blocks = [qr_error_correction(block, ec) for block in blocks]
+    result += [block[i] for i in range(ec) for block in ec_blocks]
+    return result
+
+
+def qr_format_bits(mask):
+    """The 15 format bits for level M and a mask, BCH-protected and masked (§7.9)."""
+    data = mask                          # level M is 00
+    remainder = data
+    for _ in range(10):
+        remainder = (remainder << 1) ^ ((remainder >> 9) * 0x537)
+    return ((data << 10) | remainder) ^ 0x5412
+
+
+def qr_version_bits(version):
+    """The 18 version information bits of versions 7 and up (§7.10)."""
+    remainder = version
+    for _ in range(12):
+        remainder = (remainder << 1) ^ ((remainder >> 11) * 0x1F25)
+    return (version << 12) | remainder
+
+
+def qr_function_patterns(version):
+    """(modules, reserved): the symbol's fixed patterns, and which modules hold no data."""
+    size = 17 + 4 * version
+    modules = [[False] * size for _ in range(size)]
+    reserved = [[False] * size for _ in range(size)]
+
+    def put(row, col, dark):
+        modules[row][col] = dark
+        reserved[row][col] = True
+
+    for top, left in ((0, 0), (0, size - 7), (size - 7, 0)):   # finders and separators
+        for r in range(-1, 8):
+            for c in range(-1, 8):
+                if 0 <= top + r < size and 0 <= left + c < size:
+                    ring = max(abs(r - 3), abs(c - 3))
+                    put(top + r, left + c, ring != 2 and ring != 4)
+    centres = QR_ALIGNMENT[version]
+    for row in centres:                 # before the timing patterns, which agree with them
+        for col in centres:
+            if reserved[row][col]:                               # under a finder
+                continue
+            for r in range(-2, 3):
+                for c in range(-2, 3):
+                    put(row + r, col + c, max(abs(r), abs(c)) != 1)
+    for i in range(8, size - 8):                                 # timing patterns
+        put(6, i, i % 2 == 0)
+        put(i, 6, i % 2 == 0)
+    for i in range(9):                                           # format areas
+        reserved[8][i] = reserved[i][8] = True
+    for i in range(8):
+        reserved[8][size - 1 - i] = reserved[size - 1 - i][8] = True
+    put(size - 8, 8, True)                                       # the dark module
+    if version >= 7:
+        bits = qr_version_bits(version)
+        for i in range(18):
+            dark = bool(bits >> i & 1)
+            put(i // 3, size - 11 + i % 3, dark)
+            put(size - 11 + i % 3, i // 3, dark)
+    return modules, reserved
+
+
+def qr_place_format(modules, mask):
+    """Draw the format information of level M and this mask, both copies (§7.9.1)."""
+    size = len(modules)
+    bits = qr_format_bits(mask)
+    for i in range(15):
+        dark = bool(bits >> i & 1)
+        if i < 6:
+            modules[i][8] = dark
+        elif i < 8:
+            modules[i + 1][8] = dark
+        elif i == 8:
+            modules[8][7] = dark
+        else:
+            modules[8][14 - i] = dark
+        if i < 8:
+            modules[8][size - 1 - i] = dark
+        else:
+            modules[size - 15 + i][8] = dark
+
+
+def qr_penalty(modules):
+    """The mask evaluation score of a finished symbol (§7.8.3): lower is better."""
+    size = len(modules)
+    rows = ["".join("1" if m else "0" for m in row) for row in modules]
+    score = 0
+    for line in rows + ["".join(col) for col in zip(*rows)]:
+        for run in QR_RUN_RE.finditer(line):
+            score += len(run.group()) - 2                  # N1 = 3, plus 1 a module past 5
+        score += 40 * len(QR_FINDER_LIKE_RE.findall("0000" + line + "0000"))
+    full = (1 << size) - 1
+    values = [int(line, 2) for line in rows]
+    for upper, lower in zip(values, values[1:]):           # 2x2 blocks of one colour
+        dark = upper & lower
+        light = ~(upper | lower) & full
+        score += 3 * (bin(dark & dark >> 1).count("1") + bin(light & light >> 1).count("1"))
+    dark = sum(line.count("1") for line in rows)
+    total = size * size
+    score += 10 * (abs(20 * dark - 10 * total) // total)   # each 5% away from half dark
+    return score
+
+
+def qr_matrix(data, version=None, mask=None):
+    """The QR code of bytes data as rows of booleans (True: dark), quiet zone not included.
+
+    Byte mode, level M.  The smallest version that fits is used unless one
+    is given, and the mask with the lowest penalty unless one is given.
+    Raises ValueError when data does not fit version 10 (213 bytes) or
+    the version given, or for a mask other than 0 to 7.
+    """
+    if mask is not None and mask not in range(8):
+        raise ValueError("no QR mask %r" % (mask,))
+    if version is None:
+        version = next((v for v in range(1, QR_MAX_VERSION + 1) if qr_fits(len(data), v)),
+                       None)
+        if version is None:
+            raise ValueError("%d bytes do not fit a QR code of version %d"
+                             % (len(data), QR_MAX_VERSION))
+    elif not 1 <= version <= QR_MAX_VERSION or not qr_fits(len(data), version):
+        raise ValueError("%d bytes do not fit a QR code of version %r" % (len(data), version))
+    modules, reserved = qr_function_patterns(version)
+    size = len(modules)
+    cells = []                          # data modules in placement order (§7.7.3)
+    col = size - 1
+    upward = True
+    while col > 0:
+        if col == 6:                    # the vertical timing pattern is skipped
+            col = 5
+        for row in (range(size - 1, -1, -1) if upward else range(size)):
+            for c in (col, col - 1):
+                if not reserved[row][c]:
+                    cells.append((row, c))
+        upward = not upward
+        col -= 2
+    bits = "".join(format(word, "08b") for word in qr_codewords(data, version))
+    for (row, c), bit in zip(cells, bits):     # remainder bits stay light
+        modules[row][c] = bit == "1"
+    best = None
+    for candidate in (range(8) if mask is None else [mask]):
+        masked = [row[:] for row in modules]
+        flip = QR_MASKS[candidate]
+        for row, c in cells:
+            if flip(row, c):
+                masked[row][c] = not masked[row][c]
+        qr_place_format(masked, candidate)
+        if mask is not None:
+            return masked
+        score = qr_penalty(masked)
+        if best is None or score < best[0]:
+            best = (score, masked)
+    return best[1]
+
+
+def qr_terminal(matrix):
+    """The symbol as text: two modules a character (half blocks), black on white.
+
+    Every line sets its own colours (256-colour black on white, which
+    themes rarely remap) and resets them at its end, so the code reads
+    the same on a dark terminal.
+    """
+    quiet = QR_QUIET_MODULES
+    width = len(matrix) + 2 * quiet
+    blank = [False] * width
+    rows = [blank] * quiet + [[False] * quiet + list(row) + [False] * quiet
+                              for row in matrix] + [blank] * quiet
+    if len(rows) % 2:
+        rows.append(blank)
+    chars = {(False, False): " ", (True, False): "\u2580", (False, True): "\u2584",
+             (True, True): "\u2588"}
+    return "".join("\x1b[38;5;16;48;5;231m%s\x1b[0m\n"
+                   % "".join(chars[pair] for pair in zip(top, bottom))
+                   for top, bottom in zip(rows[0::2], rows[1::2]))
+
+
+def qr_svg(matrix, size_px=QR_SVG_PX):
+    """The symbol as an inline <svg>: a white square and one path of the dark modules."""
+    quiet = QR_QUIET_MODULES
+    width = len(matrix) + 2 * quiet
+    runs = []
+    for y, row in enumerate(matrix):
+        x = 0
+        while x < len(row):
+            if not row[x]:
+                x += 1
+                continue
+            start = x
+            while x < len(row) and row[x]:
+                x += 1
+            runs.append("M%d %dh%dv1h-%dz" % (start + quiet, y + quiet, x - start, x - start))
+    return ('<svg viewBox="0 0 %d %d" width="%d" height="%d" role="img" aria-label="QR code" '
+            'shape-rendering="crispEdges"><rect width="%d" height="%d" fill="#fff"/>'
+            '<path d="%s" fill="#000"/></svg>'
+            % (width, width, size_px, size_px, width, width, "".join(runs)))
 
 
 # ---------------------------------------------------------------------------
