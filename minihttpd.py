@@ -70,6 +70,10 @@ try:
 except ImportError:
     resource = None
 try:
+    import fcntl                        # POSIX only: interface addresses at start-up
+except ImportError:
+    fcntl = None
+try:
     import ssl                          # absent from some minimal Python builds
 except ImportError:
     ssl = None
@@ -143,6 +147,16 @@ CORS_MAX_AGE_S = 600                   # how long a browser may cache a prefligh
 TLS_SEND_BYTES = 64 * 1024             # one TLS write: a retry after WANT_WRITE must
                                        # offer at least what the last try did
 TLS_HANDSHAKE_RECORD = b"\x16"         # the first byte of a TLS ClientHello
+SIOCGIFFLAGS = 0x8913                  # Linux ioctls: an interface's flags ...
+SIOCGIFADDR = 0x8915                   # ... and its IPv4 address (<linux/sockios.h>)
+IFREQ_BYTES = 40                       # sizeof(struct ifreq) on 64-bit Linux (32 on 32-bit)
+IFF_UP_RUNNING = 0x1 | 0x40            # up, and with a carrier: an unplugged or empty
+                                       # bridge (docker0) has no one to reach us through
+IFA_F_UNUSABLE = 0x08 | 0x40           # IPv6 duplicate address detection failed or pending
+IFA_F_TRANSIENT = 0x01 | 0x20          # privacy (temporary) and deprecated IPv6: listed last
+ROUTE_PROBES = (("192.0.2.1", 9), ("2001:db8::1", 9))   # RFC 5737 and 3849 documentation
+                                       # addresses: connect() on UDP picks the source
+                                       # address of the route there and sends nothing
 QR_QUIET_MODULES = 4                   # ISO/IEC 18004 §6.3.8: 4 light modules around a symbol
 QR_SVG_PX = 232                        # the listing's QR, in CSS px: 6 a module up to 42
                                        # bytes of URL, 3.5 at 213 (version 10)
@@ -4077,6 +4091,8 @@ def build_arg_parser():
                              "free port; 0 picks a free port)" % (DEFAULT_PORT, FALLBACK_PORT))
     parser.add_argument("-b", "--bind", default=None, metavar="ADDR",
                         help="address to listen on (default: all interfaces, IPv6 and IPv4)")
+    parser.add_argument("--qr", action="store_true",
+                        help="also print the address to type as a QR code, for a phone's camera")
     parser.add_argument("--no-listing", action="store_true",
                         help="answer 403 for folders without index.html instead of listing them")
     parser.add_argument("--hidden", action="store_true",
@@ -4294,18 +4310,184 @@ def open_listener(bind, port):
     raise last_error or OSError("no address to listen on")
 
 
-def lan_addresses():
-    """IPv4 addresses of this machine other than loopback, best effort, no traffic."""
+def parse_if_inet6(text, up=None):
+    """Global IPv6 addresses in the text of Linux's /proc/net/if_inet6, stable ones first.
+
+    A line holds the address (32 hex digits), the interface index, prefix
+    length, scope, flags (all hex) and the interface name.  Kept: scope 0
+    (global; loopback is 0x10, link-local 0x20), on an interface named in
+    up (None: any), with duplicate detection passed.  Lines that do not
+    parse are skipped.
+    """
     found = []
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) != 6 or len(fields[0]) != 32:
+            continue
+        try:
+            addr = ipaddress.IPv6Address(bytes.fromhex(fields[0]))
+            scope, flags = int(fields[3], 16), int(fields[4], 16)
+        except ValueError:
+            continue
+        if scope == 0 and not flags & IFA_F_UNUSABLE and (up is None or fields[5] in up):
+            found.append((bool(flags & IFA_F_TRANSIENT), str(addr)))
+    return [addr for _, addr in sorted(found, key=operator.itemgetter(0))]
+
+
+def usable_lan_addresses(candidates, preferred=()):
+    """The addresses others can reach this machine at: IPv4 first, preferred first.
+
+    candidates and preferred are address strings (a "%zone" is ignored).
+    Loopback, link-local, unspecified, multicast, IPv4-mapped, malformed
+    and repeated ones are dropped; the others keep their order within
+    their family, except that those in preferred (the default routes'
+    source addresses) lead it.
+    """
+    def parse(text):
+        try:
+            return ipaddress.ip_address(text.split("%")[0])
+        except ValueError:
+            return None
+    leading = set(parse(text) for text in preferred)
+    found = []
+    for addr in map(parse, candidates):
+        if addr is None or addr in found or addr.is_loopback or addr.is_link_local \
+                or addr.is_unspecified or addr.is_multicast \
+                or getattr(addr, "ipv4_mapped", None):
+            continue
+        found.append(addr)
+    found.sort(key=lambda addr: (addr.version, addr not in leading))   # stable
+    return [str(addr) for addr in found]
+
+
+def interface_addresses():
+    """(IPv4, IPv6) addresses of the interfaces that are up, from the Linux kernel.
+
+    SIOCGIFFLAGS and SIOCGIFADDR for each name in if_nameindex(), and
+    /proc/net/if_inet6; nothing is sent.  ([], []) elsewhere.
+    """
+    if fcntl is None or not sys.platform.startswith("linux"):
+        return [], []
+    ipv4, up = [], set()
     try:
-        infos = socket.getaddrinfo(socket.gethostname(), None, socket.AF_INET)
+        names = [name for _, name in socket.if_nameindex()]
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     except OSError:
-        infos = []
-    for info in infos:
-        addr = info[4][0]
-        if not addr.startswith("127.") and addr not in found:
-            found.append(addr)
+        return [], []
+    with sock:
+        for name in names:
+            ifreq = os.fsencode(name)[:15].ljust(IFREQ_BYTES, b"\0")
+            try:
+                flags = int.from_bytes(fcntl.ioctl(sock.fileno(), SIOCGIFFLAGS, ifreq)[16:18],
+                                       sys.byteorder)
+                if flags & IFF_UP_RUNNING != IFF_UP_RUNNING:
+                    continue
+                up.add(name)
+                ipv4.append(socket.inet_ntoa(
+                    fcntl.ioctl(sock.fileno(), SIOCGIFADDR, ifreq)[20:24]))
+            except OSError:             # gone since it was listed, or no IPv4 address
+                continue
+    try:
+        with open("/proc/net/if_inet6", "r") as f:
+            text = f.read()
+    except OSError:
+        text = ""
+    return ipv4, parse_if_inet6(text, up)
+
+
+def route_addresses():
+    """The source addresses of the default routes, IPv4 and IPv6; sends nothing."""
+    found = []
+    for addr in ROUTE_PROBES:
+        try:
+            sock = socket.socket(socket.AF_INET6 if ":" in addr[0] else socket.AF_INET,
+                                 socket.SOCK_DGRAM)
+        except OSError:
+            continue
+        try:
+            sock.connect(addr)          # UDP: only chooses a route
+            found.append(sock.getsockname()[0])
+        except OSError:                 # no route that way
+            pass
+        finally:
+            sock.close()
     return found
+
+
+def lan_addresses():
+    """Addresses other devices can reach this machine at, best first; sends no traffic.
+
+    On Linux, every interface that is up; the default route's own address
+    leads (before a container bridge, say).  Elsewhere, or when that finds
+    none, the default routes' source addresses alone.
+    """
+    routes = route_addresses()
+    ipv4, ipv6 = interface_addresses()
+    return usable_lan_addresses(ipv4 + ipv6, routes) or usable_lan_addresses(routes)
+
+
+def startup_hosts(bound, v6only, lan):
+    """(host for the first line, other hosts for the network, loopback host or None).
+
+    bound is the listener's address.  A wildcard names no machine one
+    could type, so it is never shown: the first LAN address of the
+    families it accepts stands for it, or loopback when there is none.
+    """
+    try:
+        wildcard = ipaddress.ip_address(bound.split("%")[0]).is_unspecified
+    except ValueError:
+        wildcard = False
+    if not wildcard:
+        return bound, [], None
+    if ":" not in bound:
+        lan, loopback = [a for a in lan if ":" not in a], "127.0.0.1"
+    elif v6only:
+        lan, loopback = [a for a in lan if ":" in a], "::1"
+    else:
+        loopback = "127.0.0.1"
+    if not lan:
+        return loopback, [], None
+    return lan[0], lan[1:], loopback
+
+
+def startup_lines(root, scheme, port, prefix, hosts, wildcard):
+    """What start-up prints: the contract line, then the other URLs to type, or a hint.
+
+    hosts is what startup_hosts() returned; wildcard says whether the
+    listener took every address (only then can no address be a problem).
+    """
+    host, others, loopback = hosts
+    # The first line is a contract: scripts and tests read the port from it.
+    lines = ["Serving %s on %s://%s:%d/" % (root, scheme, url_host(host), port)]
+    if prefix:
+        lines.append("  the folder is under %s/" % prefix)
+    for addr in others:
+        lines.append("  on the network:  %s://%s:%d%s/" % (scheme, url_host(addr), port, prefix))
+    if loopback:
+        lines.append("  on this machine: %s://%s:%d%s/"
+                     % (scheme, url_host(loopback), port, prefix))
+    elif wildcard:
+        lines.append("  no network address found: other devices cannot reach it (not "
+                     "connected to a network? a firewall may also block port %d)" % port)
+    return lines
+
+
+def is_v6only(sock):
+    """Whether a listener takes IPv6 only (an IPv6 socket without IPv4-mapped clients)."""
+    try:
+        return sock.family == socket.AF_INET6 and \
+            bool(sock.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY))
+    except (OSError, AttributeError):
+        return True
+
+
+def write_terminal_text(text):
+    """Write text to stdout, as UTF-8 where its encoding cannot hold it (3.6 in the C locale)."""
+    try:
+        sys.stdout.write(text)
+    except UnicodeEncodeError:
+        sys.stdout.flush()
+        sys.stdout.buffer.write(text.encode("utf-8"))
 
 
 def url_host(host):
@@ -4373,18 +4555,18 @@ def main(argv=None):
                              % (args.bind or "all interfaces", port,
                                 getattr(exc, "strerror", None) or exc))
             return 1
-    host, port = listener.getsockname()[:2]
+    bound, port = listener.getsockname()[:2]
+    wildcard = bound in ("::", "0.0.0.0")
+    hosts = startup_hosts(bound, is_v6only(listener), lan_addresses() if wildcard else [])
     scheme = "https" if config.tls else "http"
-    # The first line is a contract: scripts and tests read the port from it.
-    sys.stdout.write("Serving %s on %s://%s:%d/\n" % (root, scheme, url_host(host), port))
-    if config.prefix:
-        sys.stdout.write("  the folder is under %s/\n" % config.prefix)
-    if host in ("::", "0.0.0.0"):
-        sys.stdout.write("  on this machine: %s://127.0.0.1:%d%s/\n"
-                         % (scheme, port, config.prefix))
-        for addr in lan_addresses():
-            sys.stdout.write("  on the network:  %s://%s:%d%s/\n"
-                             % (scheme, addr, port, config.prefix))
+    for line in startup_lines(root, scheme, port, config.prefix, hosts, wildcard):
+        sys.stdout.write(line + "\n")
+    if args.qr:                         # the first line's URL, into the folder
+        url = "%s://%s:%d%s/" % (scheme, url_host(hosts[0]), port, config.prefix)
+        try:
+            write_terminal_text(qr_terminal(qr_matrix(url.encode("utf-8"))))
+        except ValueError:
+            sys.stderr.write("minihttpd: %s is too long for a QR code\n" % url)
     sys.stdout.flush()
 
     server = Server(config, listener, tls_context=tls_context)

@@ -24,6 +24,7 @@ import hashlib
 import html
 import html.parser
 import http.client
+import ipaddress
 import json
 import os
 import re
@@ -8122,6 +8123,21 @@ def need_zbarimg(testcase):
         testcase.skipTest("zbarimg is not installed: the QR codes are not decoded")
 
 
+def read_terminal_qr(testcase, stream):
+    """Read the lines of a QR code a server prints after its address lines."""
+    lines = []
+    while True:
+        line = read_line_with_deadline(stream, START_TIMEOUT_S).rstrip("\n")
+        testcase.assertTrue(line, "the QR code ended early, after %d lines" % len(lines))
+        if not lines and not line.startswith("\x1b["):
+            continue                    # an address line
+        testcase.assertRegex(line, QR_TERMINAL_LINE_RE)
+        lines.append(line)
+        width = len(ANSI_SGR_RE.sub("", lines[0]))
+        if len(lines) == (width + 1) // 2:
+            return lines
+
+
 class TestQRCode(unittest.TestCase):
     """The QR encoder against another encoder's symbols, and its drawings decoded."""
 
@@ -8213,6 +8229,136 @@ class TestQRCode(unittest.TestCase):
             with self.subTest(length=length, drawing="svg"):
                 svg = minihttpd.qr_svg(matrix)
                 self.assertEqual(zbar_decode(self, svg_qr_modules(svg)), url)
+
+
+FAKE_IF_INET6 = """\
+fd000000000000000000000000000002 04 40 00 80     eth0
+fe8000000000000000fc00fffe000001 04 40 20 80     eth0
+00000000000000000000000000000001 01 80 10 80       lo
+20010db8000000000000000000000007 04 40 00 01     eth0
+20010db8000000000000000000000008 05 40 00 80    wlan0
+fec00000000000000000000000000009 04 40 40 80     eth0
+20010db800000000000000000000000a 04 40 00 c0     eth0
+20010db800000000000000000000000b 04 40 00 88     eth0
+20010db800000000000000000000000c 06 40 00 80     tun0
+not a line of the file
+20010db8zz0000000000000000000001 04 40 00 80     eth0
+"""
+
+
+def is_usable_address(text):
+    """Whether text is an IP address another device could reach (not loopback, link-local)."""
+    addr = ipaddress.ip_address(text)
+    return not (addr.is_loopback or addr.is_link_local or addr.is_unspecified
+                or addr.is_multicast)
+
+
+class TestAddresses(unittest.TestCase):
+    """The addresses found at start-up and the lines that show them."""
+
+    def test_parse_if_inet6_keeps_global_addresses(self):
+        # Kept: scope 00 (global, ULA included); dropped: link (20), host (10) and
+        # site (40) scope, duplicate detection pending (40) or failed (08), lines that
+        # do not parse; a temporary (01) address comes after the stable ones.
+        self.assertEqual(minihttpd.parse_if_inet6(FAKE_IF_INET6),
+                         ["fd00::2", "2001:db8::8", "2001:db8::c", "2001:db8::7"])
+        self.assertEqual(minihttpd.parse_if_inet6(FAKE_IF_INET6, up={"eth0", "lo"}),
+                         ["fd00::2", "2001:db8::7"])
+        self.assertEqual(minihttpd.parse_if_inet6(""), [])
+
+    def test_usable_addresses_filtered_and_ordered(self):
+        candidates = ["127.0.0.1", "fd00::2", "172.17.0.1", "169.254.3.4", "192.168.1.5",
+                      "::1", "fe80::1%eth0", "0.0.0.0", "224.0.0.1", "::ffff:10.0.0.1",
+                      "not an address", "192.168.1.5", "2001:db8::1"]
+        self.assertEqual(minihttpd.usable_lan_addresses(candidates),
+                         ["172.17.0.1", "192.168.1.5", "fd00::2", "2001:db8::1"])
+        # the default routes' source addresses lead their families
+        self.assertEqual(minihttpd.usable_lan_addresses(candidates,
+                                                        ["192.168.1.5", "2001:db8::1"]),
+                         ["192.168.1.5", "172.17.0.1", "2001:db8::1", "fd00::2"])
+        self.assertEqual(minihttpd.usable_lan_addresses(["127.0.1.1", "fe80::2"]), [])
+
+    def test_interface_addresses_from_the_kernel(self):
+        if not IS_LINUX:
+            self.skipTest("SIOCGIFADDR and /proc/net/if_inet6 are Linux's")
+        ipv4, ipv6 = minihttpd.interface_addresses()
+        self.assertIn("127.0.0.1", ipv4)        # lo is up; usable_lan_addresses drops it
+        for addr in ipv4:
+            self.assertEqual(ipaddress.ip_address(addr).version, 4)
+        for addr in ipv6:
+            self.assertTrue(is_usable_address(addr), addr)
+
+    def test_route_fallback_gives_only_usable_addresses(self):
+        routes = minihttpd.route_addresses()
+        for addr in routes:         # the machine may have no route at all: then none
+            ipaddress.ip_address(addr.split("%")[0])
+        found = minihttpd.usable_lan_addresses(routes)
+        self.assertLessEqual(len(found), 2)
+        for addr in found + minihttpd.lan_addresses():
+            self.assertTrue(is_usable_address(addr), addr)
+
+    def test_startup_hosts(self):
+        lan = ["192.168.1.5", "10.0.0.2", "fd00::2"]
+        cases = [
+            (("0.0.0.0", False, lan), ("192.168.1.5", ["10.0.0.2"], "127.0.0.1")),
+            (("::", False, lan), ("192.168.1.5", ["10.0.0.2", "fd00::2"], "127.0.0.1")),
+            (("::", True, lan), ("fd00::2", [], "::1")),
+            (("::", False, []), ("127.0.0.1", [], None)),
+            (("::", True, ["10.0.0.2"]), ("::1", [], None)),
+            (("127.0.0.1", False, []), ("127.0.0.1", [], None)),
+            (("::1", True, []), ("::1", [], None)),
+            (("10.0.0.2", False, []), ("10.0.0.2", [], None)),
+        ]
+        for args, expected in cases:
+            with self.subTest(args=args):
+                self.assertEqual(minihttpd.startup_hosts(*args), expected)
+
+    def test_startup_lines(self):
+        hosts = ("192.168.1.5", ["fd00::2"], "127.0.0.1")
+        self.assertEqual(minihttpd.startup_lines("/srv", "https", 8443, "/f", hosts, True), [
+            "Serving /srv on https://192.168.1.5:8443/",
+            "  the folder is under /f/",
+            "  on the network:  https://[fd00::2]:8443/f/",
+            "  on this machine: https://127.0.0.1:8443/f/"])
+        lines = minihttpd.startup_lines("/srv", "http", 8000, "", ("127.0.0.1", [], None), True)
+        self.assertEqual(lines[0], "Serving /srv on http://127.0.0.1:8000/")
+        self.assertEqual(len(lines), 2)
+        self.assertIn("other devices cannot reach it", lines[1])
+        self.assertIn("port 8000", lines[1])
+        self.assertEqual(minihttpd.startup_lines("/srv", "http", 80, "", ("::1", [], None),
+                                                 False), ["Serving /srv on http://[::1]:80/"])
+
+    def test_first_line_never_names_a_wildcard(self):
+        root = make_tree(self, {"a.txt": b"A"})
+        binds = ["0.0.0.0"] + (["::"] if ipv6_loopback_ok() else [])
+        for bind in binds:
+            with self.subTest(bind=bind):
+                srv = start_server(self, root, "-q", bind=bind)
+                host = SERVING_RE.match(srv.first_line).group(2)
+                self.assertNotIn(host, ("[::]", "0.0.0.0"))
+                self.assertTrue(ipaddress.ip_address(host.strip("[]")), host)
+                if bind == "0.0.0.0":
+                    self.assertNotIn(":", host)
+                second = read_line_with_deadline(srv.proc.stdout, SHORT_IO_TIMEOUT_S)
+                self.assertRegex(second, r"^  (on the network:  http://|on this machine: "
+                                         r"http://127\.0\.0\.1:%d/$|no network address)"
+                                 % srv.port)
+                self.assertEqual(get(srv.port, "/a.txt").body, b"A")
+                srv.stop()
+
+    def test_qr_option_prints_the_first_url(self):
+        root = make_tree(self, {"a.txt": b"A"})
+        srv = start_server(self, root, "-q", "--qr")
+        url = srv.first_line.split(" on ")[-1]
+        self.assertEqual(url, "http://127.0.0.1:%d/" % srv.port)
+        lines = read_terminal_qr(self, srv.proc.stdout)
+        matrix = minihttpd.qr_matrix(url.encode("ascii"))
+        self.assertEqual(terminal_qr_modules(lines), with_quiet_zone(matrix))
+        if shutil.which("zbarimg"):
+            self.assertEqual(zbar_decode(self, terminal_qr_modules(lines)), url)
+        else:
+            print("zbarimg is not installed: the printed QR code is not decoded")
+        self.assertEqual(get(srv.port, "/a.txt").body, b"A")
 
 
 if __name__ == "__main__":
