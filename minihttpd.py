@@ -160,6 +160,8 @@ ROUTE_PROBES = (("192.0.2.1", 9), ("2001:db8::1", 9))   # RFC 5737 and 3849 docu
 QR_QUIET_MODULES = 4                   # ISO/IEC 18004 §6.3.8: 4 light modules around a symbol
 QR_SVG_PX = 232                        # the listing's QR, in CSS px: 6 a module up to 42
                                        # bytes of URL, 3.5 at 213 (version 10)
+QR_CACHE_ENTRIES = 64                  # listing URLs whose QR block is kept (encoding one
+                                       # costs 2-15 ms; a page reloaded costs nothing)
 
 # Methods that change the share: behind --auth-writes, refused cross-site.
 WRITE_METHODS = frozenset(["PUT", "POST", "DELETE", "PATCH", "MKCOL", "COPY", "MOVE",
@@ -240,10 +242,10 @@ ETAG_LIST_RE = re.compile(r'\s*(?:(W/)?("[^"]*")|(\*))\s*(?:,|\Z)')
 
 
 class Request(object):
-    """A parsed request head.  `client` is filled in by the connection."""
+    """A parsed request head.  `client` and `local` are filled in by the connection."""
 
     __slots__ = ("method", "target", "version", "headers", "client", "route", "user",
-                 "_index")
+                 "_index", "local")
 
     def __init__(self, method, target, version, headers):
         self.method = method
@@ -251,6 +253,7 @@ class Request(object):
         self.version = version
         self.headers = headers
         self.client = None
+        self.local = None             # host:port the client reached, as format_client shows it
         self.route = None             # set once by dispatch
         self.user = None              # the user its credentials named (--auth)
         index = {}
@@ -1623,6 +1626,7 @@ form.drag{border-color:#0550ae;background:#f0f6ff}
 progress{width:100%}
 footer{margin-top:1rem;color:#777;font-size:.8rem}
 @media (max-width:40rem){td.time{display:none}}
+details.qr summary{cursor:pointer}details.qr svg{display:block;max-width:100%;height:auto}
 """
 
 UPLOAD_SCRIPT = """
@@ -1718,7 +1722,7 @@ def render_upload_form():
             '<p id="upload-status"></p>\n</form>\n<script>%s</script>\n' % UPLOAD_SCRIPT)
 
 
-def render_listing_top(url_path, sort, order, at_top, upload):
+def render_listing_top(url_path, sort, order, at_top, upload, qr_block=""):
     """The listing page up to its first row; links are relative, so a prefix just works."""
     title = "Index of " + display_text(url_path)
     headings = []
@@ -1729,12 +1733,26 @@ def render_listing_top(url_path, sort, order, at_top, upload):
         headings.append('<th%s><a href="?sort=%s&amp;order=%s">%s</a>%s</th>'
                         % (css, key, next_order, label, arrow))
     form = render_upload_form() if upload else ""
+    form = qr_block + form              # the QR control comes right after the <h1>
     up = ""
     if not at_top:
         up = ('<tr><td><a href="../">../</a></td><td class="size">-</td>'
               '<td class="time"></td></tr>\n')
     return (page_head(title) + "<h1>%s</h1>\n%s<table>\n<thead><tr>%s</tr></thead>\n"
             "<tbody>\n%s" % (html.escape(title), form, "".join(headings), up))
+
+
+def render_qr_block(url):
+    """The listing's QR control: the page's URL as an inline SVG, shown on a click.
+
+    <details> opens without script, so the page's CSP stays as it is.
+    A URL too long for a QR code gets no control.
+    """
+    try:
+        svg = qr_svg(qr_matrix(url.encode("utf-8")))
+    except ValueError:
+        return ""
+    return '<details class="qr"><summary>QR</summary>%s</details>\n' % svg
 
 
 def render_listing_bottom(left_out):
@@ -1746,7 +1764,8 @@ def render_listing_bottom(left_out):
     return "</tbody>\n</table>\n" + note + page_tail()
 
 
-def listing_pieces(scandir_iter, config, url_path, sort, order, as_json, entries, exhausted):
+def listing_pieces(scandir_iter, config, url_path, sort, order, as_json, entries, exhausted,
+                   qr_block=""):
     """Yield a folder's listing as HTML or JSON, in bounded pieces.
 
     entries were read already (exhausted: all of them).  Reading the rest
@@ -1782,7 +1801,7 @@ def listing_pieces(scandir_iter, config, url_path, sort, order, as_json, entries
         yield b"\n]}\n"
         return
     yield render_listing_top(url_path, sort, order, url_path == config.prefix + "/",
-                             config.upload).encode("utf-8")
+                             config.upload, qr_block).encode("utf-8")
     minutes = {}
     for i in range(0, len(entries), step):
         yield render_listing_rows(entries[i:i + step], minutes).encode("utf-8")
@@ -1842,6 +1861,7 @@ class Context(object):
         self.host_answers = {}          # Host value -> whether check_host lets it in
         self.file_cache = collections.OrderedDict()   # handle_file's small answers, LRU
         self.large_listings = 0         # large listings being sent (ListingSlot)
+        self.qr_blocks = {}             # listing URL -> its QR control (render_qr_block)
 
 
 Route = collections.namedtuple("Route", [
@@ -2165,6 +2185,29 @@ def wants_json(request, query):
     return "application/json" in accept and "text/html" not in accept
 
 
+# A Host value fit to put in a URL as it is: a name or IP literal and a port.
+URL_HOST_RE = re.compile(r"\A(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(?::[0-9]{1,5})?\Z")
+
+
+def listing_url(request, ctx, url_path):
+    """The absolute URL of a listing, by the name its client used to reach it."""
+    host = (request.get_header("host") or "").strip()
+    if not URL_HOST_RE.match(host):     # HTTP/1.0 may send none; --host '*' lets odd ones in
+        host = request.local or "localhost"
+    return "%s://%s%s" % ("https" if ctx.config.tls else "http", host, url_quote(url_path))
+
+
+def listing_qr_block(request, ctx, url_path):
+    """The QR control of a listing page, kept per URL (encoding one takes milliseconds)."""
+    url = listing_url(request, ctx, url_path)
+    block = ctx.qr_blocks.get(url)
+    if block is None:
+        if len(ctx.qr_blocks) >= QR_CACHE_ENTRIES:
+            ctx.qr_blocks.clear()
+        block = ctx.qr_blocks[url] = render_qr_block(url)
+    return block
+
+
 def handle_listing(request, ctx, fs_dir, path, query_text):
     """A folder's listing as HTML, or JSON on request.
 
@@ -2189,8 +2232,9 @@ def handle_listing(request, ctx, fs_dir, path, query_text):
     except OSError:
         scandir_iter.close()
         raise HTTPError(403, "This folder cannot be read.")
+    qr_block = "" if as_json else listing_qr_block(request, ctx, config.prefix + path)
     pieces = listing_pieces(scandir_iter, config, config.prefix + path, sort, order, as_json,
-                            entries, exhausted)
+                            entries, exhausted, qr_block)
     if exhausted:
         scandir_iter.close()
         response = Response(200, headers, b"".join(pieces))
@@ -3110,6 +3154,7 @@ class Connection(object):
         self.sock = sock              # the selector's key
         self.transport = SocketTransport(sock)
         self.client = format_client(addr)
+        self.local = format_client(sock.getsockname())   # a page naming its own URL needs it
         self.state = None
         self.events = 0               # what the selector watches for now
         self.blocked = 0              # what the last transport call waited for
@@ -3370,6 +3415,7 @@ class Connection(object):
         request, consumed = result
         del self.inbuf[:consumed]
         request.client = self.client
+        request.local = self.local
         self.request = request
         self.begin_request(request)
         return True

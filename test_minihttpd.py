@@ -8361,5 +8361,72 @@ class TestAddresses(unittest.TestCase):
         self.assertEqual(get(srv.port, "/a.txt").body, b"A")
 
 
+class TestListingQR(SharedServerTestCase):
+    """The QR control of listing pages: the page's own URL, drawn inline."""
+
+    @classmethod
+    def set_up_shared(cls, fixture):
+        cls.root = make_tree(fixture, {"sub dir/a.txt": b"A", "b.txt": b"B",
+                                       "d" * 200 + "/c.txt": b"C"})
+        cls.srv = start_server(fixture, cls.root, "-q")
+
+    def qr_url_of(self, body):
+        """The URL the listing's QR control encodes, checked against its SVG."""
+        text = body.decode("utf-8")
+        m = re.search(r'</h1>\n<details class="qr"><summary>QR</summary>(<svg [^>]*>.*?</svg>)'
+                      r'</details>\n', text, re.S)
+        self.assertTrue(m, "no QR control right after the <h1>")
+        modules = svg_qr_modules(m.group(1))
+        if shutil.which("zbarimg"):
+            return zbar_decode(self, modules), modules
+        return None, modules
+
+    def check_page_qr(self, resp, url):
+        """The page's QR control draws url (and zbarimg, where installed, reads it)."""
+        self.assertEqual(resp.status, 200)
+        decoded, modules = self.qr_url_of(resp.body)
+        self.assertEqual(modules, with_quiet_zone(minihttpd.qr_matrix(url.encode("ascii"))))
+        if decoded is not None:
+            self.assertEqual(decoded, url)
+
+    def test_listing_shows_its_url_as_a_qr_code(self):
+        resp = get(self.port, "/sub%20dir/")
+        self.check_page_qr(resp, "http://127.0.0.1:%d/sub%%20dir/" % self.port)
+        self.assertNotIn(b"://", resp.body)     # nothing outside the page is referred to
+        self.assertNotIn(b"<script", resp.body)
+        self.assertIn("default-src 'none'", resp.headers["content-security-policy"])
+
+    def test_url_follows_the_host_header(self):
+        resp = request(self.port, "GET", "/", host="localhost:8123")
+        self.check_page_qr(resp, "http://localhost:8123/")
+        # HTTP/1.0 sends no Host: the address the client reached stands in
+        resp = parse_response(send_raw(self.port, build_request("GET", "/sub%20dir/",
+                                                                 version="HTTP/1.0",
+                                                                 host=False)))
+        self.check_page_qr(resp, "http://127.0.0.1:%d/sub%%20dir/" % self.port)
+        # a Host that check_host lets by (its name is an IP) but that is no URL's
+        resp = request(self.port, "GET", "/", host="127.0.0.1:1 x")
+        self.check_page_qr(resp, "http://127.0.0.1:%d/" % self.port)
+
+    def test_url_too_long_for_a_qr_code_gets_none(self):
+        resp = get(self.port, "/%s/" % ("d" * 200))
+        self.assertEqual(resp.status, 200)
+        self.assertIn(b"c.txt", resp.body)
+        self.assertNotIn(b"<details", resp.body)
+
+    def test_json_listing_has_no_qr(self):
+        resp = get(self.port, "/", {"Accept": "application/json"})
+        self.assertEqual(resp.status, 200)
+        self.assertEqual(json_body(resp)["path"], "/")
+        self.assertNotIn(b"<svg", resp.body)
+
+    def test_https_listing_encodes_https(self):
+        cert, key = make_test_certificate(make_tree(self))
+        srv = start_server(self, self.root, "-q", "--tls-cert", cert, "--tls-key", key)
+        context = client_context(cert)
+        resp = tls_get(srv.port, context, "/sub%20dir/")
+        self.check_page_qr(resp, "https://127.0.0.1:%d/sub%%20dir/" % srv.port)
+
+
 if __name__ == "__main__":
     unittest.main()
