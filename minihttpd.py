@@ -72,6 +72,10 @@ try:
 except ImportError:
     resource = None
 try:
+    import fcntl                        # POSIX only: interface addresses at start-up
+except ImportError:
+    fcntl = None
+try:
     import ssl                          # absent from some minimal Python builds
 except ImportError:
     ssl = None
@@ -152,6 +156,21 @@ MAX_LOCK_OWNER_BYTES = 4096            # the owner a client stores with a lock
 MAX_DEAD_PROPERTIES_PER_RESOURCE = 100 # PROPPATCH past either: 507 (they live in memory)
 MAX_DEAD_PROPERTY_BYTES = 16 * 1024 * 1024
 COPY_STEP_BYTES = 1024 * 1024          # bytes a COPY moves per turn
+SIOCGIFFLAGS = 0x8913                  # Linux ioctls: an interface's flags ...
+SIOCGIFADDR = 0x8915                   # ... and its IPv4 address (<linux/sockios.h>)
+IFREQ_BYTES = 40                       # sizeof(struct ifreq) on 64-bit Linux (32 on 32-bit)
+IFF_UP_RUNNING = 0x1 | 0x40            # up, and with a carrier: an unplugged or empty
+                                       # bridge (docker0) has no one to reach us through
+IFA_F_UNUSABLE = 0x08 | 0x40           # IPv6 duplicate address detection failed or pending
+IFA_F_TRANSIENT = 0x01 | 0x20          # privacy (temporary) and deprecated IPv6: listed last
+ROUTE_PROBES = (("192.0.2.1", 9), ("2001:db8::1", 9))   # RFC 5737 and 3849 documentation
+                                       # addresses: connect() on UDP picks the source
+                                       # address of the route there and sends nothing
+QR_QUIET_MODULES = 4                   # ISO/IEC 18004 §6.3.8: 4 light modules around a symbol
+QR_SVG_PX = 232                        # the listing's QR, in CSS px: 6 a module up to 42
+                                       # bytes of URL, 3.5 at 213 (version 10)
+QR_CACHE_ENTRIES = 64                  # listing URLs whose QR block is kept (encoding one
+                                       # costs 2-15 ms; a page reloaded costs nothing)
 
 # Methods that change the share: behind --auth-writes, refused cross-site.
 WRITE_METHODS = frozenset(["PUT", "POST", "DELETE", "PATCH", "MKCOL", "COPY", "MOVE",
@@ -233,10 +252,10 @@ ETAG_LIST_RE = re.compile(r'\s*(?:(W/)?("[^"]*")|(\*))\s*(?:,|\Z)')
 
 
 class Request(object):
-    """A parsed request head.  `client` is filled in by the connection."""
+    """A parsed request head.  `client` and `local` are filled in by the connection."""
 
     __slots__ = ("method", "target", "version", "headers", "client", "route", "user",
-                 "_index")
+                 "_index", "local")
 
     def __init__(self, method, target, version, headers):
         self.method = method
@@ -244,6 +263,7 @@ class Request(object):
         self.version = version
         self.headers = headers
         self.client = None
+        self.local = None             # host:port the client reached, as format_client shows it
         self.route = None             # set once by dispatch
         self.user = None              # the user its credentials named (--auth)
         index = {}
@@ -1309,6 +1329,294 @@ def maybe_gzip(response, request, config, always=False):
 # 7. Generated bodies: folder archives and QR codes, pure generators
 # ---------------------------------------------------------------------------
 
+# QR codes (ISO/IEC 18004), only what sharing a URL needs: byte mode, error
+# correction level M (15% of the symbol may be lost), versions 1 to 10.
+
+# Table 9 at level M: (EC codewords per block, blocks in group 1, data
+# codewords in each, blocks in group 2, data codewords in each), by version.
+QR_BLOCKS_M = (None,
+               (10, 1, 16, 0, 0), (16, 1, 28, 0, 0), (26, 1, 44, 0, 0), (18, 2, 32, 0, 0),
+               (24, 2, 43, 0, 0), (16, 4, 27, 0, 0), (18, 4, 31, 0, 0), (22, 2, 38, 2, 39),
+               (22, 3, 36, 2, 37), (26, 4, 43, 1, 44))
+# Annex E: the rows and columns where alignment patterns are centred.
+QR_ALIGNMENT = (None, (), (6, 18), (6, 22), (6, 26), (6, 30), (6, 34),
+                (6, 22, 38), (6, 24, 42), (6, 26, 46), (6, 28, 50))
+QR_MAX_VERSION = len(QR_BLOCKS_M) - 1
+# §7.8.2: the data mask patterns, by row i and column j; True flips a module.
+QR_MASKS = (
+    lambda i, j: (i + j) % 2 == 0,
+    lambda i, j: i % 2 == 0,
+    lambda i, j: j % 3 == 0,
+    lambda i, j: (i + j) % 3 == 0,
+    lambda i, j: (i // 2 + j // 3) % 2 == 0,
+    lambda i, j: (i * j) % 2 + (i * j) % 3 == 0,
+    lambda i, j: ((i * j) % 2 + (i * j) % 3) % 2 == 0,
+    lambda i, j: ((i + j) % 2 + (i * j) % 3) % 2 == 0,
+)
+QR_RUN_RE = re.compile(r"0{5,}|1{5,}")                     # penalty rule 1
+# Penalty rule 3: dark-light-dark x3-light-dark with 4 light modules on either side
+# (or both: counted once); the quiet zone is light.
+QR_FINDER_LIKE_RE = re.compile(r"(?=(?<=0000)1011101|1011101(?=0000))")
+
+
+def qr_gf_tables():
+    """Powers and logarithms of GF(256) modulo x^8 + x^4 + x^3 + x^2 + 1 (§7.5.2)."""
+    exp = [0] * 510
+    log = [0] * 256
+    value = 1
+    for power in range(255):
+        exp[power] = exp[power + 255] = value
+        log[value] = power
+        value <<= 1
+        if value & 0x100:
+            value ^= 0x11D
+    return tuple(exp), tuple(log)
+
+
+QR_GF_EXP, QR_GF_LOG = qr_gf_tables()
+
+
+def qr_error_correction(data, degree):
+    """The Reed-Solomon error correction codewords of one block (§7.5.2)."""
+    exp, log = QR_GF_EXP, QR_GF_LOG
+    generator = [1]                     # the product of (x - a^i) for i < degree
+    for i in range(degree):
+        product = generator + [0]
+        for j, coefficient in enumerate(generator):
+            if coefficient:
+                product[j + 1] ^= exp[log[coefficient] + i]
+        generator = product
+    remainder = [0] * degree            # data * x^degree modulo the generator
+    for byte in data:
+        factor = byte ^ remainder[0]
+        remainder = remainder[1:] + [0]
+        if factor:
+            for j in range(degree):
+                if generator[j + 1]:
+                    remainder[j] ^= exp[log[factor] + log[generator[j + 1]]]
+    return remainder
+
+
+def qr_fits(length, version):
+    """Whether length bytes fit a symbol of this version at level M."""
+    _, n1, k1, n2, k2 = QR_BLOCKS_M[version]
+    count_bits = 8 if version < 10 else 16
+    return 4 + count_bits + 8 * length <= 8 * (n1 * k1 + n2 * k2)
+
+
+def qr_codewords(data, version):
+    """Data and error correction codewords of bytes data, interleaved (§7.4, §7.6)."""
+    ec, n1, k1, n2, k2 = QR_BLOCKS_M[version]
+    capacity = n1 * k1 + n2 * k2
+    bits = "0100" + format(len(data), "08b" if version < 10 else "016b")   # byte mode
+    bits += "".join(format(byte, "08b") for byte in bytearray(data))
+    bits += "0" * min(4, 8 * capacity - len(bits))                          # terminator
+    bits += "0" * (-len(bits) % 8)
+    codewords = [int(bits[i:i + 8], 2) for i in range(0, len(bits), 8)]
+    codewords += [0xEC, 0x11] * ((capacity - len(codewords)) // 2 + 1)
+    codewords = codewords[:capacity]
+    blocks = []
+    start = 0
+    for length in [k1] * n1 + [k2] * n2:
+        blocks.append(codewords[start:start + length])
+        start += length
+    result = [block[i] for i in range(k2 or k1) for block in blocks if i < len(block)]
+    ec_blocks = [qr_error_correction(block, ec) for block in blocks]
+    result += [block[i] for i in range(ec) for block in ec_blocks]
+    return result
+
+
+def qr_format_bits(mask):
+    """The 15 format bits for level M and a mask, BCH-protected and masked (§7.9)."""
+    data = mask                          # level M is 00
+    remainder = data
+    for _ in range(10):
+        remainder = (remainder << 1) ^ ((remainder >> 9) * 0x537)
+    return ((data << 10) | remainder) ^ 0x5412
+
+
+def qr_version_bits(version):
+    """The 18 version information bits of versions 7 and up (§7.10)."""
+    remainder = version
+    for _ in range(12):
+        remainder = (remainder << 1) ^ ((remainder >> 11) * 0x1F25)
+    return (version << 12) | remainder
+
+
+def qr_function_patterns(version):
+    """(modules, reserved): the symbol's fixed patterns, and which modules hold no data."""
+    size = 17 + 4 * version
+    modules = [[False] * size for _ in range(size)]
+    reserved = [[False] * size for _ in range(size)]
+
+    def put(row, col, dark):
+        modules[row][col] = dark
+        reserved[row][col] = True
+
+    for top, left in ((0, 0), (0, size - 7), (size - 7, 0)):   # finders and separators
+        for r in range(-1, 8):
+            for c in range(-1, 8):
+                if 0 <= top + r < size and 0 <= left + c < size:
+                    ring = max(abs(r - 3), abs(c - 3))
+                    put(top + r, left + c, ring != 2 and ring != 4)
+    centres = QR_ALIGNMENT[version]
+    for row in centres:                 # before the timing patterns, which agree with them
+        for col in centres:
+            if reserved[row][col]:                               # under a finder
+                continue
+            for r in range(-2, 3):
+                for c in range(-2, 3):
+                    put(row + r, col + c, max(abs(r), abs(c)) != 1)
+    for i in range(8, size - 8):                                 # timing patterns
+        put(6, i, i % 2 == 0)
+        put(i, 6, i % 2 == 0)
+    for i in range(9):                                           # format areas
+        reserved[8][i] = reserved[i][8] = True
+    for i in range(8):
+        reserved[8][size - 1 - i] = reserved[size - 1 - i][8] = True
+    put(size - 8, 8, True)                                       # the dark module
+    if version >= 7:
+        bits = qr_version_bits(version)
+        for i in range(18):
+            dark = bool(bits >> i & 1)
+            put(i // 3, size - 11 + i % 3, dark)
+            put(size - 11 + i % 3, i // 3, dark)
+    return modules, reserved
+
+
+def qr_place_format(modules, mask):
+    """Draw the format information of level M and this mask, both copies (§7.9.1)."""
+    size = len(modules)
+    bits = qr_format_bits(mask)
+    for i in range(15):
+        dark = bool(bits >> i & 1)
+        if i < 6:
+            modules[i][8] = dark
+        elif i < 8:
+            modules[i + 1][8] = dark
+        elif i == 8:
+            modules[8][7] = dark
+        else:
+            modules[8][14 - i] = dark
+        if i < 8:
+            modules[8][size - 1 - i] = dark
+        else:
+            modules[size - 15 + i][8] = dark
+
+
+def qr_penalty(modules):
+    """The mask evaluation score of a finished symbol (§7.8.3): lower is better."""
+    size = len(modules)
+    rows = ["".join("1" if m else "0" for m in row) for row in modules]
+    score = 0
+    for line in rows + ["".join(col) for col in zip(*rows)]:
+        for run in QR_RUN_RE.finditer(line):
+            score += len(run.group()) - 2                  # N1 = 3, plus 1 a module past 5
+        score += 40 * len(QR_FINDER_LIKE_RE.findall("0000" + line + "0000"))
+    full = (1 << size) - 1
+    values = [int(line, 2) for line in rows]
+    for upper, lower in zip(values, values[1:]):           # 2x2 blocks of one colour
+        dark = upper & lower
+        light = ~(upper | lower) & full
+        score += 3 * (bin(dark & dark >> 1).count("1") + bin(light & light >> 1).count("1"))
+    dark = sum(line.count("1") for line in rows)
+    total = size * size
+    score += 10 * (abs(20 * dark - 10 * total) // total)   # each 5% away from half dark
+    return score
+
+
+def qr_matrix(data, version=None, mask=None):
+    """The QR code of bytes data as rows of booleans (True: dark), quiet zone not included.
+
+    Byte mode, level M.  The smallest version that fits is used unless one
+    is given, and the mask with the lowest penalty unless one is given.
+    Raises ValueError when data does not fit version 10 (213 bytes) or
+    the version given, or for a mask other than 0 to 7.
+    """
+    if mask is not None and mask not in range(8):
+        raise ValueError("no QR mask %r" % (mask,))
+    if version is None:
+        version = next((v for v in range(1, QR_MAX_VERSION + 1) if qr_fits(len(data), v)),
+                       None)
+        if version is None:
+            raise ValueError("%d bytes do not fit a QR code of version %d"
+                             % (len(data), QR_MAX_VERSION))
+    elif not 1 <= version <= QR_MAX_VERSION or not qr_fits(len(data), version):
+        raise ValueError("%d bytes do not fit a QR code of version %r" % (len(data), version))
+    modules, reserved = qr_function_patterns(version)
+    size = len(modules)
+    cells = []                          # data modules in placement order (§7.7.3)
+    col = size - 1
+    upward = True
+    while col > 0:
+        if col == 6:                    # the vertical timing pattern is skipped
+            col = 5
+        for row in (range(size - 1, -1, -1) if upward else range(size)):
+            for c in (col, col - 1):
+                if not reserved[row][c]:
+                    cells.append((row, c))
+        upward = not upward
+        col -= 2
+    bits = "".join(format(word, "08b") for word in qr_codewords(data, version))
+    for (row, c), bit in zip(cells, bits):     # remainder bits stay light
+        modules[row][c] = bit == "1"
+    best = None
+    for candidate in (range(8) if mask is None else [mask]):
+        masked = [row[:] for row in modules]
+        flip = QR_MASKS[candidate]
+        for row, c in cells:
+            if flip(row, c):
+                masked[row][c] = not masked[row][c]
+        qr_place_format(masked, candidate)
+        if mask is not None:
+            return masked
+        score = qr_penalty(masked)
+        if best is None or score < best[0]:
+            best = (score, masked)
+    return best[1]
+
+
+def qr_terminal(matrix):
+    """The symbol as text: two modules a character (half blocks), black on white.
+
+    Every line sets its own colours (256-colour black on white, which
+    themes rarely remap) and resets them at its end, so the code reads
+    the same on a dark terminal.
+    """
+    quiet = QR_QUIET_MODULES
+    width = len(matrix) + 2 * quiet
+    blank = [False] * width
+    rows = [blank] * quiet + [[False] * quiet + list(row) + [False] * quiet
+                              for row in matrix] + [blank] * quiet
+    if len(rows) % 2:
+        rows.append(blank)
+    chars = {(False, False): " ", (True, False): "\u2580", (False, True): "\u2584",
+             (True, True): "\u2588"}
+    return "".join("\x1b[38;5;16;48;5;231m%s\x1b[0m\n"
+                   % "".join(chars[pair] for pair in zip(top, bottom))
+                   for top, bottom in zip(rows[0::2], rows[1::2]))
+
+
+def qr_svg(matrix, size_px=QR_SVG_PX):
+    """The symbol as an inline <svg>: a white square and one path of the dark modules."""
+    quiet = QR_QUIET_MODULES
+    width = len(matrix) + 2 * quiet
+    runs = []
+    for y, row in enumerate(matrix):
+        x = 0
+        while x < len(row):
+            if not row[x]:
+                x += 1
+                continue
+            start = x
+            while x < len(row) and row[x]:
+                x += 1
+            runs.append("M%d %dh%dv1h-%dz" % (start + quiet, y + quiet, x - start, x - start))
+    return ('<svg viewBox="0 0 %d %d" width="%d" height="%d" role="img" aria-label="QR code" '
+            'shape-rendering="crispEdges"><rect width="%d" height="%d" fill="#fff"/>'
+            '<path d="%s" fill="#000"/></svg>'
+            % (width, width, size_px, size_px, width, width, "".join(runs)))
+
 
 # ---------------------------------------------------------------------------
 # 8. Pages: listing, error and landing pages
@@ -1328,6 +1636,7 @@ form.drag{border-color:#0550ae;background:#f0f6ff}
 progress{width:100%}
 footer{margin-top:1rem;color:#777;font-size:.8rem}
 @media (max-width:40rem){td.time{display:none}}
+details.qr summary{cursor:pointer}details.qr svg{display:block;max-width:100%;height:auto}
 """
 
 UPLOAD_SCRIPT = """
@@ -1423,7 +1732,7 @@ def render_upload_form():
             '<p id="upload-status"></p>\n</form>\n<script>%s</script>\n' % UPLOAD_SCRIPT)
 
 
-def render_listing_top(url_path, sort, order, at_top, upload):
+def render_listing_top(url_path, sort, order, at_top, upload, qr_block=""):
     """The listing page up to its first row; links are relative, so a prefix just works."""
     title = "Index of " + display_text(url_path)
     headings = []
@@ -1434,12 +1743,26 @@ def render_listing_top(url_path, sort, order, at_top, upload):
         headings.append('<th%s><a href="?sort=%s&amp;order=%s">%s</a>%s</th>'
                         % (css, key, next_order, label, arrow))
     form = render_upload_form() if upload else ""
+    form = qr_block + form              # the QR control comes right after the <h1>
     up = ""
     if not at_top:
         up = ('<tr><td><a href="../">../</a></td><td class="size">-</td>'
               '<td class="time"></td></tr>\n')
     return (page_head(title) + "<h1>%s</h1>\n%s<table>\n<thead><tr>%s</tr></thead>\n"
             "<tbody>\n%s" % (html.escape(title), form, "".join(headings), up))
+
+
+def render_qr_block(url):
+    """The listing's QR control: the page's URL as an inline SVG, shown on a click.
+
+    <details> opens without script, so the page's CSP stays as it is.
+    A URL too long for a QR code gets no control.
+    """
+    try:
+        svg = qr_svg(qr_matrix(url.encode("utf-8")))
+    except ValueError:
+        return ""
+    return '<details class="qr"><summary>QR</summary>%s</details>\n' % svg
 
 
 def render_listing_bottom(left_out):
@@ -1451,7 +1774,8 @@ def render_listing_bottom(left_out):
     return "</tbody>\n</table>\n" + note + page_tail()
 
 
-def listing_pieces(scandir_iter, config, url_path, sort, order, as_json, entries, exhausted):
+def listing_pieces(scandir_iter, config, url_path, sort, order, as_json, entries, exhausted,
+                   qr_block=""):
     """Yield a folder's listing as HTML or JSON, in bounded pieces.
 
     entries were read already (exhausted: all of them).  Reading the rest
@@ -1487,7 +1811,7 @@ def listing_pieces(scandir_iter, config, url_path, sort, order, as_json, entries
         yield b"\n]}\n"
         return
     yield render_listing_top(url_path, sort, order, url_path == config.prefix + "/",
-                             config.upload).encode("utf-8")
+                             config.upload, qr_block).encode("utf-8")
     minutes = {}
     for i in range(0, len(entries), step):
         yield render_listing_rows(entries[i:i + step], minutes).encode("utf-8")
@@ -1551,6 +1875,7 @@ class Context(object):
         self.dead_bytes = 0             # WebDAV: the size of all dead properties
         self.locks = {}                 # WebDAV: lock token -> Lock
         self.lock_roots = {}            # WebDAV: tree key -> the locks rooted there
+        self.qr_blocks = {}             # listing URL -> its QR control (render_qr_block)
 
 
 Route = collections.namedtuple("Route", [
@@ -1877,6 +2202,29 @@ def wants_json(request, query):
     return "application/json" in accept and "text/html" not in accept
 
 
+# A Host value fit to put in a URL as it is: a name or IP literal and a port.
+URL_HOST_RE = re.compile(r"\A(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(?::[0-9]{1,5})?\Z")
+
+
+def listing_url(request, ctx, url_path):
+    """The absolute URL of a listing, by the name its client used to reach it."""
+    host = (request.get_header("host") or "").strip()
+    if not URL_HOST_RE.match(host):     # HTTP/1.0 may send none; --host '*' lets odd ones in
+        host = request.local or "localhost"
+    return "%s://%s%s" % ("https" if ctx.config.tls else "http", host, url_quote(url_path))
+
+
+def listing_qr_block(request, ctx, url_path):
+    """The QR control of a listing page, kept per URL (encoding one takes milliseconds)."""
+    url = listing_url(request, ctx, url_path)
+    block = ctx.qr_blocks.get(url)
+    if block is None:
+        if len(ctx.qr_blocks) >= QR_CACHE_ENTRIES:
+            ctx.qr_blocks.clear()
+        block = ctx.qr_blocks[url] = render_qr_block(url)
+    return block
+
+
 def handle_listing(request, ctx, fs_dir, path, query_text):
     """A folder's listing as HTML, or JSON on request.
 
@@ -1901,8 +2249,9 @@ def handle_listing(request, ctx, fs_dir, path, query_text):
     except OSError:
         scandir_iter.close()
         raise HTTPError(403, "This folder cannot be read.")
+    qr_block = "" if as_json else listing_qr_block(request, ctx, config.prefix + path)
     pieces = listing_pieces(scandir_iter, config, config.prefix + path, sort, order, as_json,
-                            entries, exhausted)
+                            entries, exhausted, qr_block)
     if exhausted:
         scandir_iter.close()
         response = Response(200, headers, b"".join(pieces))
@@ -4053,6 +4402,7 @@ class Connection(object):
         self.sock = sock              # the selector's key
         self.transport = SocketTransport(sock)
         self.client = format_client(addr)
+        self.local = format_client(sock.getsockname())   # a page naming its own URL needs it
         self.state = None
         self.events = 0               # what the selector watches for now
         self.blocked = 0              # what the last transport call waited for
@@ -4313,6 +4663,7 @@ class Connection(object):
         request, consumed = result
         del self.inbuf[:consumed]
         request.client = self.client
+        request.local = self.local
         self.request = request
         self.begin_request(request)
         return True
@@ -5036,6 +5387,8 @@ def build_arg_parser():
                              "free port; 0 picks a free port)" % (DEFAULT_PORT, FALLBACK_PORT))
     parser.add_argument("-b", "--bind", default=None, metavar="ADDR",
                         help="address to listen on (default: all interfaces, IPv6 and IPv4)")
+    parser.add_argument("--qr", action="store_true",
+                        help="also print the address to type as a QR code, for a phone's camera")
     parser.add_argument("--no-listing", action="store_true",
                         help="answer 403 for folders without index.html instead of listing them")
     parser.add_argument("--hidden", action="store_true",
@@ -5253,18 +5606,184 @@ def open_listener(bind, port):
     raise last_error or OSError("no address to listen on")
 
 
-def lan_addresses():
-    """IPv4 addresses of this machine other than loopback, best effort, no traffic."""
+def parse_if_inet6(text, up=None):
+    """Global IPv6 addresses in the text of Linux's /proc/net/if_inet6, stable ones first.
+
+    A line holds the address (32 hex digits), the interface index, prefix
+    length, scope, flags (all hex) and the interface name.  Kept: scope 0
+    (global; loopback is 0x10, link-local 0x20), on an interface named in
+    up (None: any), with duplicate detection passed.  Lines that do not
+    parse are skipped.
+    """
     found = []
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) != 6 or len(fields[0]) != 32:
+            continue
+        try:
+            addr = ipaddress.IPv6Address(bytes.fromhex(fields[0]))
+            scope, flags = int(fields[3], 16), int(fields[4], 16)
+        except ValueError:
+            continue
+        if scope == 0 and not flags & IFA_F_UNUSABLE and (up is None or fields[5] in up):
+            found.append((bool(flags & IFA_F_TRANSIENT), str(addr)))
+    return [addr for _, addr in sorted(found, key=operator.itemgetter(0))]
+
+
+def usable_lan_addresses(candidates, preferred=()):
+    """The addresses others can reach this machine at: IPv4 first, preferred first.
+
+    candidates and preferred are address strings (a "%zone" is ignored).
+    Loopback, link-local, unspecified, multicast, IPv4-mapped, malformed
+    and repeated ones are dropped; the others keep their order within
+    their family, except that those in preferred (the default routes'
+    source addresses) lead it.
+    """
+    def parse(text):
+        try:
+            return ipaddress.ip_address(text.split("%")[0])
+        except ValueError:
+            return None
+    leading = set(parse(text) for text in preferred)
+    found = []
+    for addr in map(parse, candidates):
+        if addr is None or addr in found or addr.is_loopback or addr.is_link_local \
+                or addr.is_unspecified or addr.is_multicast \
+                or getattr(addr, "ipv4_mapped", None):
+            continue
+        found.append(addr)
+    found.sort(key=lambda addr: (addr.version, addr not in leading))   # stable
+    return [str(addr) for addr in found]
+
+
+def interface_addresses():
+    """(IPv4, IPv6) addresses of the interfaces that are up, from the Linux kernel.
+
+    SIOCGIFFLAGS and SIOCGIFADDR for each name in if_nameindex(), and
+    /proc/net/if_inet6; nothing is sent.  ([], []) elsewhere.
+    """
+    if fcntl is None or not sys.platform.startswith("linux"):
+        return [], []
+    ipv4, up = [], set()
     try:
-        infos = socket.getaddrinfo(socket.gethostname(), None, socket.AF_INET)
+        names = [name for _, name in socket.if_nameindex()]
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     except OSError:
-        infos = []
-    for info in infos:
-        addr = info[4][0]
-        if not addr.startswith("127.") and addr not in found:
-            found.append(addr)
+        return [], []
+    with sock:
+        for name in names:
+            ifreq = os.fsencode(name)[:15].ljust(IFREQ_BYTES, b"\0")
+            try:
+                flags = int.from_bytes(fcntl.ioctl(sock.fileno(), SIOCGIFFLAGS, ifreq)[16:18],
+                                       sys.byteorder)
+                if flags & IFF_UP_RUNNING != IFF_UP_RUNNING:
+                    continue
+                up.add(name)
+                ipv4.append(socket.inet_ntoa(
+                    fcntl.ioctl(sock.fileno(), SIOCGIFADDR, ifreq)[20:24]))
+            except OSError:             # gone since it was listed, or no IPv4 address
+                continue
+    try:
+        with open("/proc/net/if_inet6", "r") as f:
+            text = f.read()
+    except OSError:
+        text = ""
+    return ipv4, parse_if_inet6(text, up)
+
+
+def route_addresses():
+    """The source addresses of the default routes, IPv4 and IPv6; sends nothing."""
+    found = []
+    for addr in ROUTE_PROBES:
+        try:
+            sock = socket.socket(socket.AF_INET6 if ":" in addr[0] else socket.AF_INET,
+                                 socket.SOCK_DGRAM)
+        except OSError:
+            continue
+        try:
+            sock.connect(addr)          # UDP: only chooses a route
+            found.append(sock.getsockname()[0])
+        except OSError:                 # no route that way
+            pass
+        finally:
+            sock.close()
     return found
+
+
+def lan_addresses():
+    """Addresses other devices can reach this machine at, best first; sends no traffic.
+
+    On Linux, every interface that is up; the default route's own address
+    leads (before a container bridge, say).  Elsewhere, or when that finds
+    none, the default routes' source addresses alone.
+    """
+    routes = route_addresses()
+    ipv4, ipv6 = interface_addresses()
+    return usable_lan_addresses(ipv4 + ipv6, routes) or usable_lan_addresses(routes)
+
+
+def startup_hosts(bound, v6only, lan):
+    """(host for the first line, other hosts for the network, loopback host or None).
+
+    bound is the listener's address.  A wildcard names no machine one
+    could type, so it is never shown: the first LAN address of the
+    families it accepts stands for it, or loopback when there is none.
+    """
+    try:
+        wildcard = ipaddress.ip_address(bound.split("%")[0]).is_unspecified
+    except ValueError:
+        wildcard = False
+    if not wildcard:
+        return bound, [], None
+    if ":" not in bound:
+        lan, loopback = [a for a in lan if ":" not in a], "127.0.0.1"
+    elif v6only:
+        lan, loopback = [a for a in lan if ":" in a], "::1"
+    else:
+        loopback = "127.0.0.1"
+    if not lan:
+        return loopback, [], None
+    return lan[0], lan[1:], loopback
+
+
+def startup_lines(root, scheme, port, prefix, hosts, wildcard):
+    """What start-up prints: the contract line, then the other URLs to type, or a hint.
+
+    hosts is what startup_hosts() returned; wildcard says whether the
+    listener took every address (only then can no address be a problem).
+    """
+    host, others, loopback = hosts
+    # The first line is a contract: scripts and tests read the port from it.
+    lines = ["Serving %s on %s://%s:%d/" % (root, scheme, url_host(host), port)]
+    if prefix:
+        lines.append("  the folder is under %s/" % prefix)
+    for addr in others:
+        lines.append("  on the network:  %s://%s:%d%s/" % (scheme, url_host(addr), port, prefix))
+    if loopback:
+        lines.append("  on this machine: %s://%s:%d%s/"
+                     % (scheme, url_host(loopback), port, prefix))
+    elif wildcard:
+        lines.append("  no network address found: other devices cannot reach it (not "
+                     "connected to a network? a firewall may also block port %d)" % port)
+    return lines
+
+
+def is_v6only(sock):
+    """Whether a listener takes IPv6 only (an IPv6 socket without IPv4-mapped clients)."""
+    try:
+        return sock.family == socket.AF_INET6 and \
+            bool(sock.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY))
+    except (OSError, AttributeError):
+        return True
+
+
+def write_terminal_text(text):
+    """Write text to stdout, as UTF-8 where its encoding cannot hold it (3.6 in the C locale)."""
+    try:
+        sys.stdout.write(text)
+    except UnicodeEncodeError:
+        sys.stdout.flush()
+        sys.stdout.buffer.write(text.encode("utf-8"))
 
 
 def url_host(host):
@@ -5332,18 +5851,18 @@ def main(argv=None):
                              % (args.bind or "all interfaces", port,
                                 getattr(exc, "strerror", None) or exc))
             return 1
-    host, port = listener.getsockname()[:2]
+    bound, port = listener.getsockname()[:2]
+    wildcard = bound in ("::", "0.0.0.0")
+    hosts = startup_hosts(bound, is_v6only(listener), lan_addresses() if wildcard else [])
     scheme = "https" if config.tls else "http"
-    # The first line is a contract: scripts and tests read the port from it.
-    sys.stdout.write("Serving %s on %s://%s:%d/\n" % (root, scheme, url_host(host), port))
-    if config.prefix:
-        sys.stdout.write("  the folder is under %s/\n" % config.prefix)
-    if host in ("::", "0.0.0.0"):
-        sys.stdout.write("  on this machine: %s://127.0.0.1:%d%s/\n"
-                         % (scheme, port, config.prefix))
-        for addr in lan_addresses():
-            sys.stdout.write("  on the network:  %s://%s:%d%s/\n"
-                             % (scheme, addr, port, config.prefix))
+    for line in startup_lines(root, scheme, port, config.prefix, hosts, wildcard):
+        sys.stdout.write(line + "\n")
+    if args.qr:                         # the first line's URL, into the folder
+        url = "%s://%s:%d%s/" % (scheme, url_host(hosts[0]), port, config.prefix)
+        try:
+            write_terminal_text(qr_terminal(qr_matrix(url.encode("utf-8"))))
+        except ValueError:
+            sys.stderr.write("minihttpd: %s is too long for a QR code\n" % url)
     sys.stdout.flush()
 
     server = Server(config, listener, tls_context=tls_context)

@@ -24,6 +24,7 @@ import hashlib
 import html
 import html.parser
 import http.client
+import ipaddress
 import json
 import os
 import re
@@ -7932,6 +7933,500 @@ class TestUploadBrowser(unittest.TestCase):
     def test_drag_and_drop_in_headless_chromium(self):
         self._check_scripted_upload(["dropped-1.txt", "dropped-2.txt"],
                                     BROWSER_ACTION_DROP, "drag and drop")
+
+
+# ---------------------------------------------------------------------------
+# Sharing: QR codes, the addresses printed at start-up, the listing's QR
+# ---------------------------------------------------------------------------
+
+QR_BYTE_CAPACITY_M = (0, 14, 26, 42, 62, 84, 106, 122, 152, 180, 213)   # by version
+ANSI_SGR_RE = re.compile(r"\x1b\[[0-9;]*m")
+QR_TERMINAL_LINE_RE = re.compile(r"^\x1b\[38;5;16;48;5;231m([ \u2580\u2584\u2588]+)\x1b\[0m$")
+QR_SVG_RUN_RE = re.compile(r"M(\d+) (\d+)h(\d+)v1h-(\d+)z")
+QR_QUIET = 4
+
+
+def qr_reference_input(version, mask):
+    """The bytes of the reference symbol of a version and mask: at or near its capacity."""
+    n = QR_BYTE_CAPACITY_M[version] - (version + mask) % 3
+    return bytes((i * 73 + 11 * version + 5 * mask) % 256 for i in range(n))
+
+
+def qr_hex_rows(matrix):
+    """A symbol as one hex number per row (the first module the highest bit), space-separated."""
+    width = (len(matrix) + 3) // 4
+    return " ".join("%0*x" % (width, int("".join("1" if m else "0" for m in row), 2))
+                    for row in matrix)
+
+
+# Reference symbols made once by another encoder (the PyPI qrcode package, 8.2,
+# byte mode, level M, version and mask forced) from qr_reference_input(); a
+# symbol of each version, and so of each mask, in full ...
+QR_REFERENCE_ROWS = {
+    (1, 0): ("1fc97f 105b41 17405d 17495d 17515d 104941 1fd57f 000300 154612 0516e0 0f6d17 0fa50d "
+              "006bdc 0015a6 1fc3ad 104be4 1756c2 174f52 175971 104c5a 1fdb23"),
+    (2, 1): ("1fd887f 1043741 1753d5d 1742a5d 174d15d 1055641 1fd557f 0000e00 146af25 163d35d "
+              "0758206 1b2c80c 06d1821 0c308e9 1977369 01ad493 1cf0ff2 0012f1e 1fd2f53 104e315 "
+              "17461fe 1743326 1751d3f 104ecec 1fdd6b5"),
+    (3, 2): ("1fca937f 1049e441 175ed85d 175aae5d 1752ca5d 105c3d41 1fd5557f 00163700 17c9177c "
+              "1b18350a 11d00e06 10937368 125b7151 0536acfd 17ee93bf 13b70db6 14ed0698 1fa0b1d5 "
+              "1755e0d0 149e892d 12f161f7 001d2913 1fcf395a 10536512 17561df7 175cc727 1757c946 "
+              "1045e3aa 1fd6b9dc"),
+    (4, 3): ("1fd82ae7f 1052b4d41 174fe535d 17543295d 17485575d 104792641 1fd55557f 0012f2100 "
+              "16e5e2e4b 00b58ffed 1b468b068 04b72971d 1fea4ce85 0f37c8dc1 16fac15d3 14a3b947b "
+              "0be30f33c 0a37a0dac 06541786e 0937d4f18 17ef5ddda 1997bfb5b 066ba1a71 0f82c3d60 "
+              "17da85ffb 001724113 1fd6bad56 105f7511e 1743b0ff0 175764c49 1752bd230 1045af771 "
+              "1fd44576c"),
+    (5, 4): ("1fd260297f 104de18641 1740f3ba5d 1752c7045d 175551385d 1056f8db41 1fd555557f "
+              "00144e4700 117f21aef9 15ad0d90cb 0ed5bfa8a1 0e024d757e 1cdfd38497 073d34c5ef "
+              "1cf2c81f15 173f1223df 01ee97c076 1c26344de3 04c2c4974f 0c06a101a5 197eb5e274 "
+              "1a27eddc19 117e99ce6b 0703d4ec44 11d52075f7 11922b9315 0377550434 0688a6cf1a "
+              "1e67c255ff 001c720b1d 1fd622f150 1043b81b1a 175e4633fe 1749fa09f3 17482a3cc8 "
+              "10459a28c2 1fd9ac216f"),
+    (6, 5): ("1fccb248f7f 10533d71c41 175e977385d 175a046fc5d 1747bc7315d 104d9e42d41 1fd5555557f "
+              "0015e5e2900 1058dcc5ace 081cea61722 0168439ba5c 0183a807ee7 12efd23fc8a 04b54643b9c "
+              "07f0171d475 13080d0e38d 1c74240a26b 14a8981e930 167cc30f8e7 04a37f95772 0ac833df410 "
+              "19b8c42adbf 11601d73000 1296f22c5b4 15e781c76d2 068c72b9949 0dd59a849e2 1fb895b6958 "
+              "0c6faff5846 13338f9c66b 1d4b4fa16b1 12249837c17 16da3b605f5 0019b786311 1fc69759355 "
+              "1044f15a318 174f8f44bf4 174ab09652d 1743086a318 10460f0d135 1fd91dddb60"),
+    (7, 6): ("1fd763f8717f 105469bd3a41 175024cafa5d 174304c0835d 175837fe575d 104c7d1bf841 "
+              "1fd55555557f 00038b16b200 13fa05fc1097 0c00a6277ba6 0cf4849d77d8 039d01af72bb "
+              "1b4d7a174bbe 0701eac2acb0 174ffa0617ed 1714a2ae05ae 0a52ba8650eb 12a0fc5cb25e "
+              "127e040f1adf 1f9eec595457 1bfd3ff54dfa 19148d12231d 1b5f3353d95f 1f19bb1d4912 "
+              "07fa11f22ff2 1e120704fae2 08defbad1c18 1ca85c2d85eb 0cd228118624 03825131e40d "
+              "1463aec315ea 03b8639354a2 13c03af01971 1113d1a789a3 016b43df25b6 0f2d1e5ba4db "
+              "134e49ff77fd 001bf711af18 1fdeb55ffd5d 105931116d1d 175f67f4d3fd 1758a766b2a7 "
+              "174c2b52be8d 104735d0ef37 1fd4b1c68eac"),
+    (8, 7): ("1fc9e809c117f 1044b26f9c741 1749141f9635d 174a9aadac25d 1745bf7e8385d 105996462a441 "
+              "1fd555555557f 0007054748000 12d9a3fda67a0 068daf61c59f0 0f595871d69ac 1f81de3784952 "
+              "1c7e216572649 02a79509382b6 0f5dead3ba210 0d8aca3d9615d 164052598b120 0e9075fd57d10 "
+              "1dcf84a35c377 14232805aba1c 0b6616187b9f4 053e5f82b2e5f 05fd2b7d7a7f5 0714dc45b8915 "
+              "075a6ed49f952 0914c1c64fb1c 13f929fdb1df5 00b428fb71a1e 1bf6ebf7ff76c 04b07d72687d7 "
+              "10f4e96ab55bb 0e2a45b275042 00f0ed8fd01ce 0d0362336b105 06c82d9be99ea 1a023ab6522f0 "
+              "19c27937063ef 0886eadc29f6c 08fc33ea5f548 0e00fe0d9e318 1c574c7e65ff7 0013554402b1c "
+              "1fc0f7541ab5d 1050b7c51d71d 174d137cb77f4 1759ada941e4c 174ee418836e0 1040d488a7a28 "
+              "1fd18f95f8e33"),
+    (9, 0): ("1fc373e8cbdc7f 10563496487641 17493b9023025d 1745f266e19d5d 1752647f87e45d "
+              "104f2e31a0fc41 1fd5555555557f 000f4e71647f00 1545ea7f3f4a12 110de407b2d453 "
+              "1f6a1d1a5c38f8 1917d66fda85f5 0c723ac28d7aa9 03ba7d2bce5a9d 1973cf98ff18f8 "
+              "133ed757d60b49 106fde00b258b9 02a6ad10ca9137 1ae04b9b5128c9 039d50bb56b0a3 "
+              "18c48b4b90d89b 1631eaff4ad7f7 1df43abb6ea4f6 033452b39882ab 01f0d15fa0c7f5 "
+              "171ab31182f117 055f54554e1554 1b18e691220117 09fa8cdf91f5fa 120705240d789b "
+              "16db47c0ce2947 0c1ef1b91eccea 1bf8ed3772d45b 172be03b65bfb1 04c1f823e08547 "
+              "1a24caab126513 02d759ab58e6f8 141c55d46136bf 01e5f1cb4bb5c6 098d7038f1c814 "
+              "077eb2c7692616 068045c6a1bba3 1bfe9e47f1773c 0c3a6a2a7ec5e0 026df95f4b3df4 "
+              "001e2bf12d4d10 1fc83f95d18d5f 104142d1956718 1751635f481ffb 1741a080e78d6d "
+              "175fb2dad3b76c 104c5c9379a84e 1fd9af85db2c27"),
+    (10, 1): ("1fdb109b5d1867f 1049cb4d084d241 1753602a752065d 174fb76e0356a5d 174953b7f6e3a5d "
+              "105178ec6b7d441 1fd55555555557f 00029f6c4a13700 1465f517c257325 05365a3e67b31b3 "
+              "04cbe3e9faa2c9e 143ec3838a9bd6e 097882f32dfcbb0 0f893f80dd48a43 16db7d9644a2f91 "
+              "15aa3de94aa11a3 15e51e909306403 0532c32e33e67eb 1de944296a11dbb 0e07c9c5c659a6a "
+              "12d8b7d278adca0 1bb34141880dd13 1651dec76a23e80 18ade77d4ca98e5 185313d18613052 "
+              "07237a3b76ab2ab 15f9943fe91c5fa 07120f74406591f 0d5cd95d6db8d51 0d18b8544d55915 "
+              "11fb1ed7eb3fdf5 1d96f897bceda48 1fda1f5237463dd 1088c16ca2ff60e 0b52f97f190c6ac "
+              "0ebc813bb025774 1cfab316cce98df 1c88048b1900ffd 0fc33598fb0c400 1f10ed93b02de5c "
+              "104265b2e2175dd 1e075035f7ba11d 08da2a6f480e4fe 192f4a6bb822352 06fcf07659fceff "
+              "16bc4f925c458ed 14cd1dc9b80d451 1f39b189b421e69 006d8a37f7027fc 001f2f6472ee511 "
+              "1fd283f5422e75b 104d114c788a317 17451c3fc8a9dfe 1742e9020811fa8 17520e0f081d4b7 "
+              "104cd601f44224c 1fd7a33166532ad"),
+}
+# ... and of every version and mask, the first 16 hex digits of the SHA-256 of
+# qr_hex_rows(), masks 0 to 7 in order.
+QR_REFERENCE_DIGESTS = (
+    ("9c1fd1a1e53f2264 ab9856edb908330c 78952095076f321d 7b46f1a961ec08ea "
+     "e16c1c5e4da74f06 5a68306302c6ee64 c81c913775e3d484 b219717fda918529"),   # version 1
+    ("f8f27c0982c27211 4d4d2f393023154c bd7d31ed5444b6cd fdd84895d221439c "
+     "d73e37e3b4c419dc 3a0152a2b38b01a9 be77ea757ebdeea0 06fddd78cca9285d"),   # version 2
+    ("4ce58061eef22f92 78a38386a55bd8d9 1571eb77ee6dc65f c1f9b2c00e5fc4e8 "
+     "7fde5a4b43f97961 fa125ec316afe37c 11785190d73489cb d33881b005aeea25"),   # version 3
+    ("a754fabcacaa4c2f 40cb58b0801a4f2f ec23b5c418aa55ca 493d17840508f21b "
+     "6b7ba7ba86e1562d 049ca208985e9085 33412a4046a4354f 4169bde6bebedf94"),   # version 4
+    ("79d3352111bfa7f2 d84e8763b1592af7 becb4f2fe250d8e3 32e8c84bda32f8e5 "
+     "84cd950f706ae683 d51877478e53caf6 1892d80ebbf8aba4 c91d54809c00c5f8"),   # version 5
+    ("1b44541f2532af78 ceff4e6a724c3072 6fb8e0b36521c176 2ac502dff9cb9afe "
+     "984fc1a1e3664112 c69405e4c99f54b1 94e680de763c2b78 50bb2ab11fc81e7e"),   # version 6
+    ("70f37cc920d68c49 2241fdb58d0a2640 86e199229fade4b2 31a15fbf10b4e08d "
+     "fc2de66c4c172b77 6f4a6c6b2e333dc7 4b5ac7b839568964 3d24c11687c7d3b8"),   # version 7
+    ("72b7f94258d21443 9adc393b86ec1a1f 396160f749f67dfe 10428df2bfd3aeaa "
+     "828b761b5c6f5927 6b5dab3633d6deaa 3c6676f6a3abc8c1 0f34f829b77bb58a"),   # version 8
+    ("c6fe9094a13f7d5e 0fbe0274f82ffb13 5a9edb491ea2028c d716e886f11d9c45 "
+     "da61b3bee8f386a4 d05d66a0b9cddcf7 ce26f4c658e5699a 172e9231f6c1a198"),   # version 9
+    ("8fdf20400a95b011 507b58ffe8f2f827 6365fe1d1c3bd0fe 01f810c2c43385d0 "
+     "70cc4218ca00447b 76fb097a942b1cad 53ca5fe48e91c223 959629efbeb29bd5"),   # version 10
+)
+
+
+def with_quiet_zone(matrix):
+    """A symbol's rows of modules with the 4 light modules of quiet zone around them."""
+    width = len(matrix) + 2 * QR_QUIET
+    blank = [False] * width
+    return ([blank] * QR_QUIET + [[False] * QR_QUIET + list(row) + [False] * QR_QUIET
+                                  for row in matrix] + [blank] * QR_QUIET)
+
+
+def terminal_qr_modules(lines):
+    """The modules drawn by qr_terminal lines (half blocks), quiet zone included."""
+    tops = {" ": (False, False), "\u2580": (True, False), "\u2584": (False, True),
+            "\u2588": (True, True)}
+    rows = []
+    for line in lines:
+        pairs = [tops[ch] for ch in ANSI_SGR_RE.sub("", line)]
+        rows.append([top for top, _ in pairs])
+        rows.append([bottom for _, bottom in pairs])
+    if len(rows) > len(rows[0]):        # an odd size ends on a light half row
+        rows.pop()
+    return rows
+
+
+def svg_qr_modules(svg):
+    """Rasterise the path of a qr_svg picture back to modules, quiet zone included."""
+    width = int(re.search(r'viewBox="0 0 (\d+) \1"', svg).group(1))
+    rows = [[False] * width for _ in range(width)]
+    path = re.search(r'<path d="([^"]*)"', svg).group(1)
+    runs = QR_SVG_RUN_RE.findall(path)
+    assert "".join("M%s %sh%sv1h-%sz" % run for run in runs) == path, "path not of runs"
+    for x, y, length, back in runs:
+        assert length == back
+        for i in range(int(length)):
+            rows[int(y)][int(x) + i] = True
+    return rows
+
+
+def png_bytes(rows, scale):
+    """A black and white PNG of rows of modules (True: black), scale pixels a module."""
+    def chunk(kind, data):
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+    raw = b"".join(b"\x00" + bytes(0 if m else 255 for m in row for _ in range(scale))
+                   for row in rows for _ in range(scale))
+    header = struct.pack(">IIBBBBB", len(rows[0]) * scale, len(rows) * scale, 8, 0, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw))
+            + chunk(b"IEND", b""))
+
+
+def zbar_decode(testcase, rows, scale=3):
+    """What zbarimg reads from a picture of rows of modules (None: nothing)."""
+    folder = tempfile.mkdtemp(prefix="minihttpd-qr-")
+    testcase.addCleanup(shutil.rmtree, folder, True)
+    path = os.path.join(folder, "qr.png")
+    with open(path, "wb") as f:
+        f.write(png_bytes(rows, scale))
+    r = subprocess.run(["zbarimg", "--raw", "-q", path], stdout=subprocess.PIPE,
+                       stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, timeout=CLI_TIMEOUT_S)
+    if r.returncode != 0:
+        return None
+    return r.stdout.decode("utf-8", "replace").rstrip("\n")
+
+
+def need_zbarimg(testcase):
+    """Skip, saying why, where zbarimg is not installed."""
+    if not shutil.which("zbarimg"):
+        testcase.skipTest("zbarimg is not installed: the QR codes are not decoded")
+
+
+def read_terminal_qr(testcase, stream):
+    """Read the lines of a QR code a server prints after its address lines."""
+    lines = []
+    while True:
+        line = read_line_with_deadline(stream, START_TIMEOUT_S).rstrip("\n")
+        testcase.assertTrue(line, "the QR code ended early, after %d lines" % len(lines))
+        if not lines and not line.startswith("\x1b["):
+            continue                    # an address line
+        testcase.assertRegex(line, QR_TERMINAL_LINE_RE)
+        lines.append(line)
+        width = len(ANSI_SGR_RE.sub("", lines[0]))
+        if len(lines) == (width + 1) // 2:
+            return lines
+
+
+class TestQRCode(unittest.TestCase):
+    """The QR encoder against another encoder's symbols, and its drawings decoded."""
+
+    def test_reference_symbols_of_each_version(self):
+        for (version, mask), expected in sorted(QR_REFERENCE_ROWS.items()):
+            with self.subTest(version=version, mask=mask):
+                matrix = minihttpd.qr_matrix(qr_reference_input(version, mask), version, mask)
+                self.assertEqual(len(matrix), 17 + 4 * version)
+                self.assertEqual(qr_hex_rows(matrix).split(), expected.split())
+
+    def test_every_version_and_mask(self):
+        for version in range(1, 11):
+            expected = QR_REFERENCE_DIGESTS[version - 1].split()
+            for mask in range(8):
+                with self.subTest(version=version, mask=mask):
+                    matrix = minihttpd.qr_matrix(qr_reference_input(version, mask),
+                                                 version=version, mask=mask)
+                    digest = hashlib.sha256(qr_hex_rows(matrix).encode()).hexdigest()
+                    self.assertEqual(digest[:16], expected[mask])
+
+    def test_smallest_version_that_fits(self):
+        for version in range(1, 11):
+            capacity = QR_BYTE_CAPACITY_M[version]
+            with self.subTest(version=version):
+                self.assertEqual(len(minihttpd.qr_matrix(b"a" * capacity)), 17 + 4 * version)
+                if version < 10:
+                    self.assertEqual(len(minihttpd.qr_matrix(b"a" * (capacity + 1))),
+                                     21 + 4 * version)
+        with self.assertRaises(ValueError):
+            minihttpd.qr_matrix(b"a" * 214)
+        with self.assertRaises(ValueError):
+            minihttpd.qr_matrix(b"a" * 15, version=1)
+        with self.assertRaises(ValueError):
+            minihttpd.qr_matrix(b"a", version=11)
+        with self.assertRaises(ValueError):
+            minihttpd.qr_matrix(b"a", mask=8)
+
+    def test_the_mask_with_the_lowest_penalty_wins(self):
+        for data in (b"http://192.168.1.20:8000/", b"https://[fd00::2]:8443/a/b%20c/" * 3):
+            with self.subTest(data=data):
+                masked = [minihttpd.qr_matrix(data, mask=m) for m in range(8)]
+                scores = [minihttpd.qr_penalty(m) for m in masked]
+                self.assertEqual(minihttpd.qr_matrix(data), masked[scores.index(min(scores))])
+
+    def test_penalty_rules(self):
+        # 5x5 light: rule 1 gives 3 for each of 10 lines, rule 2 3 for each of 16
+        # blocks, rule 4 100 for 0% dark; a checkerboard scores nothing.
+        self.assertEqual(minihttpd.qr_penalty([[False] * 5 for _ in range(5)]), 30 + 48 + 100)
+        self.assertEqual(minihttpd.qr_penalty([[(i + j) % 2 == 0 for j in range(6)]
+                                               for i in range(6)]), 0)
+        # Rule 3: 1:1:3:1:1 beside 4 light modules, the quiet zone counting as light,
+        # counted once when light lies on both sides, not at all when on neither.
+        count = lambda line: len(minihttpd.QR_FINDER_LIKE_RE.findall(line))   # noqa: E731
+        self.assertEqual(count("000010111010000"), 1)
+        self.assertEqual(count("00001011101100001011101"), 2)
+        self.assertEqual(count("0001011101000"), 0)
+
+    def test_terminal_drawing(self):
+        matrix = minihttpd.qr_matrix(b"http://192.168.1.20:8000/")
+        text = minihttpd.qr_terminal(matrix)
+        self.assertTrue(text.endswith("\x1b[0m\n"))
+        lines = text[:-1].split("\n")
+        self.assertEqual(len(lines), (len(matrix) + 2 * QR_QUIET + 1) // 2)
+        for line in lines:      # black on white set on every line, reset at its end
+            self.assertRegex(line, QR_TERMINAL_LINE_RE)
+        self.assertEqual(terminal_qr_modules(lines), with_quiet_zone(matrix))
+
+    def test_svg_drawing(self):
+        matrix = minihttpd.qr_matrix(b"http://192.168.1.20:8000/")
+        svg = minihttpd.qr_svg(matrix, size_px=200)
+        width = len(matrix) + 2 * QR_QUIET
+        self.assertTrue(svg.startswith("<svg ") and svg.endswith("</svg>"), svg)
+        self.assertIn('viewBox="0 0 %d %d" width="200" height="200"' % (width, width), svg)
+        self.assertIn('shape-rendering="crispEdges"', svg)
+        self.assertIn('<rect width="%d" height="%d" fill="#fff"/>' % (width, width), svg)
+        self.assertEqual(svg.count("<path "), 1)
+        for outside in ("href", "url(", "://", "<script", "<image", "style"):
+            self.assertNotIn(outside, svg)
+        self.assertEqual(svg_qr_modules(svg), with_quiet_zone(matrix))
+
+    def test_drawings_decode_to_the_url(self):
+        need_zbarimg(self)
+        for length in (20, 57, 110, 160, 200):
+            url = ("http://192.168.100.200:8000/" + "files/%C3%A9t%C3%A9-" * 12)[:length - 1] + "/"
+            matrix = minihttpd.qr_matrix(url.encode("ascii"))
+            with self.subTest(length=length, drawing="terminal"):
+                lines = minihttpd.qr_terminal(matrix)[:-1].split("\n")
+                self.assertEqual(zbar_decode(self, terminal_qr_modules(lines)), url)
+            with self.subTest(length=length, drawing="svg"):
+                svg = minihttpd.qr_svg(matrix)
+                self.assertEqual(zbar_decode(self, svg_qr_modules(svg)), url)
+
+
+FAKE_IF_INET6 = """\
+fd000000000000000000000000000002 04 40 00 80     eth0
+fe8000000000000000fc00fffe000001 04 40 20 80     eth0
+00000000000000000000000000000001 01 80 10 80       lo
+20010db8000000000000000000000007 04 40 00 01     eth0
+20010db8000000000000000000000008 05 40 00 80    wlan0
+fec00000000000000000000000000009 04 40 40 80     eth0
+20010db800000000000000000000000a 04 40 00 c0     eth0
+20010db800000000000000000000000b 04 40 00 88     eth0
+20010db800000000000000000000000c 06 40 00 80     tun0
+not a line of the file
+20010db8zz0000000000000000000001 04 40 00 80     eth0
+"""
+
+
+def is_usable_address(text):
+    """Whether text is an IP address another device could reach (not loopback, link-local)."""
+    addr = ipaddress.ip_address(text)
+    return not (addr.is_loopback or addr.is_link_local or addr.is_unspecified
+                or addr.is_multicast)
+
+
+class TestAddresses(unittest.TestCase):
+    """The addresses found at start-up and the lines that show them."""
+
+    def test_parse_if_inet6_keeps_global_addresses(self):
+        # Kept: scope 00 (global, ULA included); dropped: link (20), host (10) and
+        # site (40) scope, duplicate detection pending (40) or failed (08), lines that
+        # do not parse; a temporary (01) address comes after the stable ones.
+        self.assertEqual(minihttpd.parse_if_inet6(FAKE_IF_INET6),
+                         ["fd00::2", "2001:db8::8", "2001:db8::c", "2001:db8::7"])
+        self.assertEqual(minihttpd.parse_if_inet6(FAKE_IF_INET6, up={"eth0", "lo"}),
+                         ["fd00::2", "2001:db8::7"])
+        self.assertEqual(minihttpd.parse_if_inet6(""), [])
+
+    def test_usable_addresses_filtered_and_ordered(self):
+        candidates = ["127.0.0.1", "fd00::2", "172.17.0.1", "169.254.3.4", "192.168.1.5",
+                      "::1", "fe80::1%eth0", "0.0.0.0", "224.0.0.1", "::ffff:10.0.0.1",
+                      "not an address", "192.168.1.5", "2001:db8::1"]
+        self.assertEqual(minihttpd.usable_lan_addresses(candidates),
+                         ["172.17.0.1", "192.168.1.5", "fd00::2", "2001:db8::1"])
+        # the default routes' source addresses lead their families
+        self.assertEqual(minihttpd.usable_lan_addresses(candidates,
+                                                        ["192.168.1.5", "2001:db8::1"]),
+                         ["192.168.1.5", "172.17.0.1", "2001:db8::1", "fd00::2"])
+        self.assertEqual(minihttpd.usable_lan_addresses(["127.0.1.1", "fe80::2"]), [])
+
+    def test_interface_addresses_from_the_kernel(self):
+        if not IS_LINUX:
+            self.skipTest("SIOCGIFADDR and /proc/net/if_inet6 are Linux's")
+        ipv4, ipv6 = minihttpd.interface_addresses()
+        self.assertIn("127.0.0.1", ipv4)        # lo is up; usable_lan_addresses drops it
+        for addr in ipv4:
+            self.assertEqual(ipaddress.ip_address(addr).version, 4)
+        for addr in ipv6:
+            self.assertTrue(is_usable_address(addr), addr)
+
+    def test_route_fallback_gives_only_usable_addresses(self):
+        routes = minihttpd.route_addresses()
+        for addr in routes:         # the machine may have no route at all: then none
+            ipaddress.ip_address(addr.split("%")[0])
+        found = minihttpd.usable_lan_addresses(routes)
+        self.assertLessEqual(len(found), 2)
+        for addr in found + minihttpd.lan_addresses():
+            self.assertTrue(is_usable_address(addr), addr)
+
+    def test_startup_hosts(self):
+        lan = ["192.168.1.5", "10.0.0.2", "fd00::2"]
+        cases = [
+            (("0.0.0.0", False, lan), ("192.168.1.5", ["10.0.0.2"], "127.0.0.1")),
+            (("::", False, lan), ("192.168.1.5", ["10.0.0.2", "fd00::2"], "127.0.0.1")),
+            (("::", True, lan), ("fd00::2", [], "::1")),
+            (("::", False, []), ("127.0.0.1", [], None)),
+            (("::", True, ["10.0.0.2"]), ("::1", [], None)),
+            (("127.0.0.1", False, []), ("127.0.0.1", [], None)),
+            (("::1", True, []), ("::1", [], None)),
+            (("10.0.0.2", False, []), ("10.0.0.2", [], None)),
+        ]
+        for args, expected in cases:
+            with self.subTest(args=args):
+                self.assertEqual(minihttpd.startup_hosts(*args), expected)
+
+    def test_startup_lines(self):
+        hosts = ("192.168.1.5", ["fd00::2"], "127.0.0.1")
+        self.assertEqual(minihttpd.startup_lines("/srv", "https", 8443, "/f", hosts, True), [
+            "Serving /srv on https://192.168.1.5:8443/",
+            "  the folder is under /f/",
+            "  on the network:  https://[fd00::2]:8443/f/",
+            "  on this machine: https://127.0.0.1:8443/f/"])
+        lines = minihttpd.startup_lines("/srv", "http", 8000, "", ("127.0.0.1", [], None), True)
+        self.assertEqual(lines[0], "Serving /srv on http://127.0.0.1:8000/")
+        self.assertEqual(len(lines), 2)
+        self.assertIn("other devices cannot reach it", lines[1])
+        self.assertIn("port 8000", lines[1])
+        self.assertEqual(minihttpd.startup_lines("/srv", "http", 80, "", ("::1", [], None),
+                                                 False), ["Serving /srv on http://[::1]:80/"])
+
+    def test_first_line_never_names_a_wildcard(self):
+        root = make_tree(self, {"a.txt": b"A"})
+        binds = ["0.0.0.0"] + (["::"] if ipv6_loopback_ok() else [])
+        for bind in binds:
+            with self.subTest(bind=bind):
+                srv = start_server(self, root, "-q", bind=bind)
+                host = SERVING_RE.match(srv.first_line).group(2)
+                self.assertNotIn(host, ("[::]", "0.0.0.0"))
+                self.assertTrue(ipaddress.ip_address(host.strip("[]")), host)
+                if bind == "0.0.0.0":
+                    self.assertNotIn(":", host)
+                second = read_line_with_deadline(srv.proc.stdout, SHORT_IO_TIMEOUT_S)
+                self.assertRegex(second, r"^  (on the network:  http://|on this machine: "
+                                         r"http://127\.0\.0\.1:%d/$|no network address)"
+                                 % srv.port)
+                self.assertEqual(get(srv.port, "/a.txt").body, b"A")
+                srv.stop()
+
+    def test_qr_option_prints_the_first_url(self):
+        root = make_tree(self, {"a.txt": b"A"})
+        srv = start_server(self, root, "-q", "--qr")
+        url = srv.first_line.split(" on ")[-1]
+        self.assertEqual(url, "http://127.0.0.1:%d/" % srv.port)
+        lines = read_terminal_qr(self, srv.proc.stdout)
+        matrix = minihttpd.qr_matrix(url.encode("ascii"))
+        self.assertEqual(terminal_qr_modules(lines), with_quiet_zone(matrix))
+        if shutil.which("zbarimg"):
+            self.assertEqual(zbar_decode(self, terminal_qr_modules(lines)), url)
+        else:
+            print("zbarimg is not installed: the printed QR code is not decoded")
+        self.assertEqual(get(srv.port, "/a.txt").body, b"A")
+
+
+class TestListingQR(SharedServerTestCase):
+    """The QR control of listing pages: the page's own URL, drawn inline."""
+
+    @classmethod
+    def set_up_shared(cls, fixture):
+        cls.root = make_tree(fixture, {"sub dir/a.txt": b"A", "b.txt": b"B",
+                                       "d" * 200 + "/c.txt": b"C"})
+        cls.srv = start_server(fixture, cls.root, "-q")
+
+    def qr_url_of(self, body):
+        """The URL the listing's QR control encodes, checked against its SVG."""
+        text = body.decode("utf-8")
+        m = re.search(r'</h1>\n<details class="qr"><summary>QR</summary>(<svg [^>]*>.*?</svg>)'
+                      r'</details>\n', text, re.S)
+        self.assertTrue(m, "no QR control right after the <h1>")
+        modules = svg_qr_modules(m.group(1))
+        if shutil.which("zbarimg"):
+            return zbar_decode(self, modules), modules
+        return None, modules
+
+    def check_page_qr(self, resp, url):
+        """The page's QR control draws url (and zbarimg, where installed, reads it)."""
+        self.assertEqual(resp.status, 200)
+        decoded, modules = self.qr_url_of(resp.body)
+        self.assertEqual(modules, with_quiet_zone(minihttpd.qr_matrix(url.encode("ascii"))))
+        if decoded is not None:
+            self.assertEqual(decoded, url)
+
+    def test_listing_shows_its_url_as_a_qr_code(self):
+        resp = get(self.port, "/sub%20dir/")
+        self.check_page_qr(resp, "http://127.0.0.1:%d/sub%%20dir/" % self.port)
+        self.assertNotIn(b"://", resp.body)     # nothing outside the page is referred to
+        self.assertNotIn(b"<script", resp.body)
+        self.assertIn("default-src 'none'", resp.headers["content-security-policy"])
+
+    def test_url_follows_the_host_header(self):
+        resp = request(self.port, "GET", "/", host="localhost:8123")
+        self.check_page_qr(resp, "http://localhost:8123/")
+        # HTTP/1.0 sends no Host: the address the client reached stands in
+        resp = parse_response(send_raw(self.port, build_request("GET", "/sub%20dir/",
+                                                                 version="HTTP/1.0",
+                                                                 host=False)))
+        self.check_page_qr(resp, "http://127.0.0.1:%d/sub%%20dir/" % self.port)
+        # a Host that check_host lets by (its name is an IP) but that is no URL's
+        resp = request(self.port, "GET", "/", host="127.0.0.1:1 x")
+        self.check_page_qr(resp, "http://127.0.0.1:%d/" % self.port)
+
+    def test_url_too_long_for_a_qr_code_gets_none(self):
+        resp = get(self.port, "/%s/" % ("d" * 200))
+        self.assertEqual(resp.status, 200)
+        self.assertIn(b"c.txt", resp.body)
+        self.assertNotIn(b"<details", resp.body)
+
+    def test_json_listing_has_no_qr(self):
+        resp = get(self.port, "/", {"Accept": "application/json"})
+        self.assertEqual(resp.status, 200)
+        self.assertEqual(json_body(resp)["path"], "/")
+        self.assertNotIn(b"<svg", resp.body)
+
+    def test_https_listing_encodes_https(self):
+        cert, key = make_test_certificate(make_tree(self))
+        srv = start_server(self, self.root, "-q", "--tls-cert", cert, "--tls-key", key)
+        context = client_context(cert)
+        resp = tls_get(srv.port, context, "/sub%20dir/")
+        self.check_page_qr(resp, "https://127.0.0.1:%d/sub%%20dir/" % srv.port)
 
 
 if __name__ == "__main__":
