@@ -59,6 +59,7 @@ import selectors
 import signal
 import socket
 import stat
+import struct
 import sys
 import tempfile
 import time
@@ -132,6 +133,12 @@ ACCEPTS_PER_EVENT = 64
 GZIP_MIN_BYTES = 1024                  # below this gzip's header outweighs the savings
 GZIP_IN_MEMORY_BYTES = 256 * 1024      # larger bodies are compressed as they are sent
 GZIP_LEVEL = 6
+TAR_BLOCK_BYTES = 512                  # POSIX tar's unit: headers, and data padded to it
+TAR_OCTAL_LIMIT = 8 ** 11              # ustar's 11 octal digits hold less (8 GiB); pax beyond
+ZIP64_LIMIT = 0xFFFFFFFF               # a 32-bit zip field at or past this is kept in ZIP64
+ZIP_COUNT_LIMIT = 0xFFFF               # members the classic end record can count; more: ZIP64
+MAX_ARCHIVE_DEPTH = MAX_PATH_SEGMENTS  # folders an archive descends (one open each); deeper
+                                       # ones could not be reached by a URL either
 UPLOAD_TMP_PREFIX = ".minihttpd-upload-"
 WRITEBACK_BYTES = 16 * 1024 * 1024     # an upload asks the kernel to write back this often
 STALE_UPLOAD_S = 24 * 3600             # a temporary this old is stale whoever made it
@@ -1616,6 +1623,416 @@ def qr_svg(matrix, size_px=QR_SVG_PX):
             'shape-rendering="crispEdges"><rect width="%d" height="%d" fill="#fff"/>'
             '<path d="%s" fill="#000"/></svg>'
             % (width, width, size_px, size_px, width, width, "".join(runs)))
+# -- folder archives: zip and tar made as the tree is walked --------------
+
+ArchiveMember = collections.namedtuple("ArchiveMember", [
+    "name",       # relative to the folder, "/"-separated; a folder's ends in "/"
+    "size",       # bytes (0 for a folder), fixed when its header is written
+    "mtime_ns",   # modification time, Unix nanoseconds
+    "mode",       # permission bits (no setuid, setgid or sticky bit)
+])
+
+
+def encode_member_name(name):
+    """A member name's bytes, and whether they are UTF-8.
+
+    A name the OS gave as bytes that are not UTF-8 holds surrogates; it
+    keeps its exact bytes, and the archive does not call it UTF-8.
+    """
+    try:
+        return name.encode("utf-8"), True
+    except UnicodeEncodeError:
+        return name.encode("utf-8", "surrogateescape"), False
+
+
+def format_dos_time(mtime_ns):
+    """The (time, date) fields of a zip header for a Unix time, in local time.
+
+    DOS dates run from 1980 to 2107 and count seconds in twos; times
+    outside are clamped to those ends.
+    """
+    try:
+        t = time.localtime(mtime_ns // 10 ** 9)
+    except (OverflowError, OSError, ValueError):
+        t = None
+    if t is None or t.tm_year < 1980:
+        return 0, (1 << 5) | 1                              # 1980-01-01 00:00:00
+    if t.tm_year > 2107:
+        return (23 << 11) | (59 << 5) | 29, (127 << 9) | (12 << 5) | 31
+    return ((t.tm_hour << 11) | (t.tm_min << 5) | min(t.tm_sec, 59) // 2,
+            ((t.tm_year - 1980) << 9) | (t.tm_mon << 5) | t.tm_mday)
+
+
+ZIP_MADE_BY = (3 << 8) | 63            # Unix attributes, APPNOTE 6.3 (UTF-8 names)
+ZIP_FLAG_DESCRIPTOR = 0x0008           # bit 3: CRC and sizes follow the data
+ZIP_FLAG_UTF8 = 0x0800                 # bit 11: the name is UTF-8
+
+
+class ZipWriter(object):
+    """Zip framing for a stream of members: stored, never compressed.
+
+    A file's CRC-32 is known only once its bytes have gone by, so each
+    file has a data descriptor (bit 3) after its data.  ZIP64 fields are
+    used for a member of 4 GiB or more, for members that start past 4 GiB
+    and for the end records of such an archive.  The central directory,
+    which zip puts at the end, is the one thing kept: about 50 bytes and
+    the name for each member.  The caller sends exactly member.size bytes
+    between begin() and end(), passing them to update().
+    """
+
+    content_type = "application/zip"
+
+    def __init__(self):
+        self.offset = 0                 # bytes of the archive so far
+        self.count = 0
+        self.central = bytearray()
+        self.crc = 0
+        self.current = None             # what begin() worked out for end()
+
+    def begin(self, member):
+        """The local header of a member."""
+        name, utf8 = encode_member_name(member.name)
+        is_dir = member.name.endswith("/")
+        zip64 = member.size >= ZIP64_LIMIT
+        flags = (ZIP_FLAG_UTF8 if utf8 else 0) | (0 if is_dir else ZIP_FLAG_DESCRIPTOR)
+        dos_time, dos_date = format_dos_time(member.mtime_ns)
+        # A zip64 extra field in the local header says the descriptor's sizes are
+        # 8 bytes (APPNOTE 4.3.9.2); with bit 3 its values, like the CRC, are 0.
+        extra = struct.pack("<HHQQ", 1, 16, 0, 0) if zip64 else b""
+        head = struct.pack("<IHHHHHIIIHH", 0x04034b50, 45 if zip64 else 20, flags, 0,
+                           dos_time, dos_date, 0, 0, 0, len(name), len(extra)) + name + extra
+        self.current = (name, flags, dos_time, dos_date, self.offset)
+        self.crc = 0
+        self.offset += len(head)
+        return head
+
+    def update(self, data):
+        """Note bytes of the member's data as they go by."""
+        self.crc = zlib.crc32(data, self.crc)
+
+    def end(self, member):
+        """The data descriptor after a file's data; its central record is kept."""
+        name, flags, dos_time, dos_date, header_offset = self.current
+        size = member.size
+        descriptor = b""
+        if flags & ZIP_FLAG_DESCRIPTOR:
+            descriptor = struct.pack("<IIQQ" if size >= ZIP64_LIMIT else "<IIII",
+                                     0x08074b50, self.crc, size, size)
+        fields = [size, size] if size >= ZIP64_LIMIT else []
+        if header_offset >= ZIP64_LIMIT:
+            fields.append(header_offset)
+        extra = struct.pack("<HH%dQ" % len(fields), 1, 8 * len(fields), *fields) \
+            if fields else b""
+        if member.name.endswith("/"):
+            attributes = ((stat.S_IFDIR | member.mode) << 16) | 0x10   # 0x10: MS-DOS folder
+        else:
+            attributes = (stat.S_IFREG | member.mode) << 16
+        self.central += struct.pack(
+            "<IHHHHHHIIIHHHHHII", 0x02014b50, ZIP_MADE_BY, 45 if fields else 20, flags, 0,
+            dos_time, dos_date, self.crc, min(size, ZIP64_LIMIT), min(size, ZIP64_LIMIT),
+            len(name), len(extra), 0, 0, 0, attributes, min(header_offset, ZIP64_LIMIT))
+        self.central += name + extra
+        self.count += 1
+        self.offset += size + len(descriptor)
+        self.current = None
+        return descriptor
+
+    def finish(self):
+        """The rest of the archive: the central directory, then the end records."""
+        cd_offset, cd_size, count = self.offset, len(self.central), self.count
+        tail = b""
+        if count >= ZIP_COUNT_LIMIT or cd_offset >= ZIP64_LIMIT or cd_size >= ZIP64_LIMIT:
+            tail = struct.pack("<IQHHIIQQQQ", 0x06064b50, 44, ZIP_MADE_BY, 45, 0, 0, count,
+                               count, cd_size, cd_offset)
+            tail += struct.pack("<IIQI", 0x07064b50, 0, cd_offset + cd_size, 1)
+        tail += struct.pack("<IHHHHIIH", 0x06054b50, 0, 0, min(count, ZIP_COUNT_LIMIT),
+                            min(count, ZIP_COUNT_LIMIT), min(cd_size, ZIP64_LIMIT),
+                            min(cd_offset, ZIP64_LIMIT), 0)
+        return [self.central, tail]
+
+
+def format_pax_record(key, value):
+    """One pax extended header record, b"LEN key=value\\n" (LEN counts itself)."""
+    body = b" " + key + b"=" + value + b"\n"
+    length = len(body) + 1
+    while len(b"%d" % length) + len(body) != length:
+        length = len(b"%d" % length) + len(body)
+    return b"%d" % length + body
+
+
+def format_ustar_block(name, mode, size, mtime, typeflag):
+    """One 512-byte ustar header block (uid, gid and owner names left empty)."""
+    block = (name.ljust(100, b"\0") + b"%07o\0" % mode + b"%07o\0" % 0 + b"%07o\0" % 0
+             + b"%011o\0" % size + b"%011o\0" % mtime + b" " * 8 + typeflag
+             + b"\0" * 100 + b"ustar\x0000" + b"\0" * 64 + b"%07o\0" % 0 + b"%07o\0" % 0)
+    block = block.ljust(TAR_BLOCK_BYTES, b"\0")
+    return block[:148] + b"%06o\0 " % sum(block) + block[156:]
+
+
+def format_tar_header(member):
+    """The header of one tar member (POSIX pax): a pax extended header first
+    when ustar cannot hold the name (long, not ASCII), the size (8 GiB or
+    more) or the mtime (fractions of a second, before 1970) exactly."""
+    name, utf8 = encode_member_name(member.name)
+    records = [] if utf8 else [format_pax_record(b"hdrcharset", b"BINARY")]
+    if len(name) > 100 or max(name or b"\0") >= 0x80:
+        records.append(format_pax_record(b"path", name))
+        name = bytes(c if 0x20 <= c < 0x7f else 0x5f for c in name[:100])   # for old readers
+    size = member.size
+    if size >= TAR_OCTAL_LIMIT:
+        records.append(format_pax_record(b"size", b"%d" % size))
+        size = 0
+    seconds, fraction = divmod(member.mtime_ns, 10 ** 9)
+    if fraction or not 0 <= seconds < TAR_OCTAL_LIMIT:
+        whole, nanos = divmod(abs(member.mtime_ns), 10 ** 9)
+        text = (b"-" if member.mtime_ns < 0 else b"") + (b"%d.%09d" % (whole, nanos))
+        records.append(format_pax_record(b"mtime", text.rstrip(b"0").rstrip(b".")))
+        seconds = min(max(seconds, 0), TAR_OCTAL_LIMIT - 1)
+    head = format_ustar_block(name, member.mode, size, seconds,
+                              b"5" if member.name.endswith("/") else b"0")
+    if not records:
+        return head
+    data = b"".join(records)
+    return (format_ustar_block(b"././@PaxHeader", 0o644, len(data), 0, b"x") + data
+            + b"\0" * (-len(data) % TAR_BLOCK_BYTES) + head)
+
+
+class TarWriter(object):
+    """POSIX pax (tar) framing for a stream of members; the same protocol
+    as ZipWriter: begin, exactly member.size bytes to update, end, finish."""
+
+    content_type = "application/x-tar"
+
+    def begin(self, member):
+        """The header blocks of a member."""
+        return format_tar_header(member)
+
+    def update(self, data):
+        """Tar needs nothing from the data."""
+
+    def end(self, member):
+        """Zeros that pad the data to a whole block."""
+        return b"\0" * (-member.size % TAR_BLOCK_BYTES)
+
+    def finish(self):
+        """Two zero blocks end a tar archive."""
+        return [b"\0" * (2 * TAR_BLOCK_BYTES)]
+
+
+ARCHIVE_WRITERS = {"zip": ZipWriter, "tar": TarWriter}
+
+
+def format_attachment(filename):
+    """A Content-Disposition for a download (RFC 6266): an ASCII filename=
+    for old clients, and the exact name in filename*= (RFC 8187)."""
+    shown = display_text(filename)
+    fallback = "".join(c if " " <= c < "\x7f" and c not in '"\\%' else "_" for c in shown)
+    return "attachment; filename=\"%s\"; filename*=UTF-8''%s" % (
+        fallback, urllib.parse.quote(shown, safe="!#$&+^`|~"))
+
+
+def quote_for_log(name):
+    """A name for a log line: quoted, with line breaks and other controls escaped."""
+    return json.dumps(display_text(name), ensure_ascii=False)
+
+
+# Errors that say nothing about one file but that the server is short of
+# something: an archive that went on without the file would look complete.
+ARCHIVE_FATAL_ERRNOS = frozenset([errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.EIO])
+
+
+class FolderArchive(object):
+    """A folder's tree as a zip or tar body, made in pieces as it is sent.
+
+    The tree is walked depth first with an explicit stack of os.scandir
+    iterators (one open folder per level, at most MAX_ARCHIVE_DEPTH) and
+    one open file, so memory stays flat.  Each piece reads at most
+    FILE_CHUNK_BYTES and looks at most at LISTING_STEP_ENTRIES entries.
+
+    Members follow the listing's rules: visible names only (is_visible),
+    no symlink leading out of the root unless follow_symlinks, no private
+    file, and only regular files and folders.  A folder already open
+    above (a symlink loop) is left out.  A file or folder that cannot be
+    read is left out with a line to log; running out of descriptors or
+    memory, or a read error, ends the transfer (an archive without them
+    would look complete).
+
+    A file's size is fixed when its header goes out: one that grows is
+    cut there, one that shrinks is padded with zeros, each with one line
+    to log, so the archive stays valid.  log(line) is how a generator,
+    running long after its handler returned, reports; label names the
+    archive in those lines.  close() releases every descriptor; closing
+    the generator from pieces() runs it too.
+    """
+
+    def __init__(self, fs_dir, st, scandir_iter, config, writer, log, label):
+        self.config = config
+        self.writer = writer
+        self.log = log
+        self.label = label
+        self.stack = [(scandir_iter, "", (st.st_dev, st.st_ino))]
+        self.file = None                # the file being copied, its member and
+        self.member = None              # the bytes of it still to send
+        self.left = 0
+        self.shrank = False
+        self.tail = None                # the writer's last buffers, once the walk ends
+        self.done = False
+
+    def pieces(self):
+        """Yield the archive piece by piece (a piece may be b"")."""
+        try:
+            while True:
+                piece = self.next_piece()
+                if piece is None:
+                    return
+                yield piece
+        finally:
+            self.close()
+
+    def next_piece(self):
+        """The next bounded piece of the archive, or None after its end."""
+        if self.done:
+            return None
+        out = []
+        read_budget = FILE_CHUNK_BYTES
+        scan_budget = LISTING_STEP_ENTRIES
+        while read_budget > 0 and scan_budget > 0:
+            if self.file is not None:
+                read_budget -= self.copy_file(out, read_budget)
+            elif self.stack:
+                scan_budget -= 1
+                self.scan_entry(out)
+            elif self.tail is None:
+                self.tail = collections.deque(memoryview(b) for b in self.writer.finish())
+            elif self.tail:
+                part = self.tail.popleft()
+                if len(part) > read_budget:
+                    self.tail.appendleft(part[read_budget:])
+                    part = part[:read_budget]
+                out.append(bytes(part))
+                read_budget -= len(part)
+            else:
+                self.done = True
+                break
+        return b"".join(out)
+
+    def scan_entry(self, out):
+        """Look at the next entry of the innermost open folder; a folder's
+        header goes out at once, a file is opened to be copied next."""
+        iterator, prefix, _ = self.stack[-1]
+        entry = next(iterator, None)
+        if entry is None:
+            self.stack.pop()
+            iterator.close()
+            return
+        config = self.config
+        if not is_visible(entry.name, config.hidden):
+            return
+        try:
+            if entry.is_symlink() and not is_confined(entry.path, config.root,
+                                                      config.follow_symlinks):
+                return
+            if is_private(entry.path, config):
+                return
+            is_dir = entry.is_dir()
+            is_file = not is_dir and entry.is_file()
+        except OSError:
+            return                      # a broken link, or raced away
+        if is_dir:
+            self.open_folder(entry.path, prefix + entry.name + "/", out)
+        elif is_file:                   # not a FIFO, socket or device
+            self.open_file(entry.path, prefix + entry.name, out)
+
+    def open_folder(self, path, name, out):
+        """Descend into a folder, after its header."""
+        if len(self.stack) >= MAX_ARCHIVE_DEPTH:
+            self.log("%s: %s left out: deeper than %d folders"
+                     % (self.label, quote_for_log(name), MAX_ARCHIVE_DEPTH))
+            return
+        try:
+            st = os.stat(path)
+            key = (st.st_dev, st.st_ino)
+            if any(key == k for _, _, k in self.stack):
+                return                  # a symlink back to a folder above: a loop
+            iterator = os.scandir(path)
+        except OSError as exc:
+            self.note_unreadable(name, exc)
+            return
+        self.stack.append((iterator, name, key))
+        member = ArchiveMember(name, 0, st.st_mtime_ns, stat.S_IMODE(st.st_mode) & 0o777)
+        out.append(self.writer.begin(member))
+        out.append(self.writer.end(member))
+
+    def open_file(self, path, name, out):
+        """Open a file (non-blocking: a FIFO swapped in never waits) and send its header."""
+        try:
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0)
+                         | getattr(os, "O_BINARY", 0))
+        except OSError as exc:
+            self.note_unreadable(name, exc)
+            return
+        f = os.fdopen(fd, "rb", buffering=0)
+        try:
+            st = os.fstat(fd)
+        except OSError:
+            f.close()
+            raise
+        if not stat.S_ISREG(st.st_mode):
+            f.close()
+            return
+        self.member = ArchiveMember(name, st.st_size, st.st_mtime_ns,
+                                    stat.S_IMODE(st.st_mode) & 0o777)
+        self.file, self.left, self.shrank = f, st.st_size, False
+        out.append(self.writer.begin(self.member))
+
+    def copy_file(self, out, budget):
+        """Copy up to budget bytes of the open file; returns how many went out.
+
+        Past the file's end (it shrank) zeros stand in for the missing
+        bytes.  At the size in the header the file is closed; bytes past
+        it (it grew) are left out.
+        """
+        member = self.member
+        want = min(self.left, budget)
+        data = b""
+        if want and not self.shrank:
+            data = self.file.read(want)
+            if not data:
+                self.shrank = True
+                self.log("%s: %s shrank while being sent; padded with zeros to the %d "
+                         "bytes in its header" % (self.label, quote_for_log(member.name),
+                                                   member.size))
+        if want and not data:
+            data = bytes(want)
+        self.writer.update(data)
+        out.append(data)
+        self.left -= len(data)
+        if self.left == 0:
+            if not self.shrank and os.fstat(self.file.fileno()).st_size > member.size:
+                self.log("%s: %s grew while being sent; cut at the %d bytes in its header"
+                         % (self.label, quote_for_log(member.name), member.size))
+            self.file.close()
+            self.file = None
+            out.append(self.writer.end(member))
+        return len(data)
+
+    def note_unreadable(self, name, exc):
+        """A file or folder that cannot be opened is left out, with a line to log;
+        one that vanished just now needs none.  Shortages end the transfer."""
+        if exc.errno in ARCHIVE_FATAL_ERRNOS:
+            raise exc
+        if exc.errno not in (errno.ENOENT, errno.ENOTDIR):
+            self.log("%s: %s left out: %s" % (self.label, quote_for_log(name),
+                                              exc.strerror or exc))
+
+    def close(self):
+        """Close the open file and folders (again: nothing happens)."""
+        self.done = True
+        if self.file is not None:
+            self.file.close()
+            self.file = None
+        while self.stack:
+            self.stack.pop()[0].close()
 
 
 # ---------------------------------------------------------------------------
@@ -1853,7 +2270,17 @@ Config = collections.namedtuple("Config", [
     "hosts",            # names accepted in Host besides IP literals and localhost; None: any
     "tls",              # served over HTTPS
     "private_files",    # real paths inside the root never served (the TLS key)
+    "archive",          # folders can be downloaded as zip or tar (?download=zip|tar)
 ])
+
+
+def log_to_stderr(line):
+    """Write one error line to stderr, the way the Server's log_error does."""
+    try:
+        sys.stderr.write("minihttpd: " + line + "\n")
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
 
 
 class Context(object):
@@ -1865,6 +2292,10 @@ class Context(object):
 
     def __init__(self, config):
         self.config = config
+        # log_error(line): how a body generator, running after its handler has
+        # returned, reports (a file that changed size in an archive).  The
+        # Server points it at its own log; alone, it writes to stderr.
+        self.log_error = log_to_stderr
         self.swept_folders = {}         # folder -> when stale temporaries were last removed
         self.active_temps = set()       # this process's upload temporaries in progress
         self.auth_failures = collections.OrderedDict()   # address -> AuthFailures
@@ -2165,6 +2596,11 @@ def handle_get(request, ctx):
         if not path.endswith("/"):
             location = url_quote(config.prefix + path) + "/"
             return redirect_response(location + ("?" + query if query else ""))
+        download = parse_query(query).get("download") if query else None
+        if download is not None:
+            if not config.archive:
+                raise HTTPError(404, "Folder downloads are turned off (--no-archive).")
+            return handle_archive(request, ctx, fs_path, path, download)
         index = os.path.join(fs_path, "index.html")
         try:
             index_st = os.stat(index)
@@ -2281,6 +2717,39 @@ class ListingSlot(object):
         if self.ctx is not None:
             self.ctx.large_listings -= 1
             self.ctx = None
+
+
+def handle_archive(request, ctx, fs_dir, path, kind):
+    """GET or HEAD FOLDER/?download=zip|tar: the folder's tree as one archive.
+
+    The body is made as the socket drains (FolderArchive), so its length
+    is not known beforehand: chunked for HTTP/1.1, and for HTTP/1.0 the
+    connection's end ends it.  Never gzipped.  400 for another kind; 403
+    when listings are off (an archive lists the folder too) or it cannot
+    be read.
+    """
+    config = ctx.config
+    writer_class = ARCHIVE_WRITERS.get(kind)
+    if writer_class is None:
+        raise HTTPError(400, "download= takes zip or tar.")
+    if not config.listing:
+        raise HTTPError(403, "Directory listing is turned off, and so are folder downloads.")
+    try:
+        st = os.stat(fs_dir)
+        scandir_iter = os.scandir(fs_dir)
+    except OSError:
+        raise HTTPError(403, "This folder cannot be read.")
+    name = os.path.basename(fs_dir.rstrip(os.sep)) or "folder"
+    headers = [("Content-Type", writer_class.content_type),
+               ("Content-Disposition", format_attachment(name + "." + kind)),
+               ("Cache-Control", "no-cache")]
+    if request.method == "HEAD":
+        scandir_iter.close()
+        return Response(200, headers, [iter(())])
+    archive = FolderArchive(fs_dir, st, scandir_iter, config, writer_class(), ctx.log_error,
+                            "archive of %s" % quote_for_log(config.prefix + path))
+    pieces = archive.pieces()           # the connection closes both when it ends
+    return Response(200, headers, [pieces], files=[archive, pieces])
 
 
 def check_conditions(request, etag, mtime):
@@ -5021,6 +5490,7 @@ class Server(object):
         self.accept_error_logged_at = None
         self.next_sweep = time.monotonic() + 1.0
         self.log_stream = log_stream or sys.stderr
+        self.ctx.log_error = self.log_error
         self._date_cache = (0, "")
         listener.setblocking(False)
         self.selector.register(listener, READ_EVENTS, None)
@@ -5410,6 +5880,10 @@ def build_arg_parser():
                         help="serve the folder under /PREFIX/ instead of /")
     parser.add_argument("--no-gzip", action="store_true",
                         help="never compress responses")
+    parser.add_argument("--no-archive", action="store_true",
+                        help="turn off folder downloads (FOLDER/?download=zip or tar, a whole "
+                             "tree streamed as one archive); they then get 404. --no-listing "
+                             "turns them off too (403)")
     parser.add_argument("--precompressed", action="store_true",
                         help="serve NAME.gz for NAME to gzip clients even with -u (on by "
                              "default without -u; off with it, so an upload never changes "
@@ -5832,7 +6306,7 @@ def main(argv=None):
                     max_connections=args.max_connections or default_max_connections(open_files),
                     users=users, auth_writes=args.auth_writes, cors=tuple(args.cors),
                     hosts=allowed_host_names(args.host), tls=tls_context is not None,
-                    private_files=private)
+                    private_files=private, archive=not args.no_archive)
 
     ports = [args.port] if args.port is not None else default_ports()
     listener = None

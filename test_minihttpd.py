@@ -8429,5 +8429,707 @@ class TestListingQR(SharedServerTestCase):
         self.check_page_qr(resp, "https://127.0.0.1:%d/sub%%20dir/" % srv.port)
 
 
+# ---------------------------------------------------------------------------
+# Folder archives: ?download=zip|tar
+# ---------------------------------------------------------------------------
+
+SLOW_TESTS = os.environ.get("MINIHTTPD_SLOW_TESTS") == "1"
+SLOW_REASON = "slow: set MINIHTTPD_SLOW_TESTS=1 to run"
+# External archivers read UTF-8 names only under a UTF-8 locale.
+TOOL_LOCALE = "C.UTF-8" if IS_LINUX else "en_US.UTF-8"
+
+
+class SparseReader(object):
+    """A read-only, seekable file of length bytes: pieces {offset: bytes}, zeros between.
+
+    zipfile and tarfile read an archive's structure through it without the
+    gigabytes of zeros (or data) a test does not want to hold or store.
+    """
+
+    def __init__(self, length, pieces):
+        self.length = length
+        self.pieces = sorted(pieces.items())
+        self.pos = 0
+
+    def seekable(self):
+        """Yes."""
+        return True
+
+    def seek(self, offset, whence=0):
+        """Move like a file does; returns the new position."""
+        base = {0: 0, 1: self.pos, 2: self.length}[whence]
+        self.pos = max(0, base + offset)
+        return self.pos
+
+    def tell(self):
+        """The position."""
+        return self.pos
+
+    def read(self, n=-1):
+        """Up to n bytes from the position (the rest when n < 0)."""
+        end = self.length if n is None or n < 0 else min(self.length, self.pos + n)
+        out = bytearray(max(0, end - self.pos))
+        for offset, data in self.pieces:
+            lo, hi = max(offset, self.pos), min(offset + len(data), end)
+            if lo < hi:
+                out[lo - self.pos:hi - self.pos] = data[lo - offset:hi - offset]
+        self.pos = max(self.pos, end)
+        return bytes(out)
+
+
+def zip_members(testcase, data):
+    """{name: bytes, or None for a folder} of a zip, checked entry by entry."""
+    import zipfile
+    members = {}
+    with zipfile.ZipFile(SparseReader(len(data), {0: data})) as z:
+        testcase.assertIsNone(z.testzip())
+        for info in z.infolist():
+            testcase.assertEqual(info.compress_type, zipfile.ZIP_STORED)
+            if info.filename.endswith("/"):
+                members[info.filename] = None
+            else:
+                testcase.assertTrue(info.flag_bits & 0x08, "no data descriptor: %r" % info)
+                members[info.filename] = z.read(info)
+            if not info.flag_bits & 0x800:       # then zipfile read the name as cp437
+                raw = info.filename.encode("cp437")
+                if max(raw) >= 0x80:
+                    testcase.assertRaises(UnicodeDecodeError, raw.decode, "utf-8")
+            parent = info.filename.rstrip("/").rpartition("/")[0]
+            testcase.assertTrue(not parent or parent + "/" in members,
+                                "%r comes before its folder" % info.filename)
+    return members
+
+
+def tar_members(testcase, data):
+    """{name: bytes, or None for a folder} of a tar (folders' names end in "/")."""
+    import tarfile
+    members = {}
+    with tarfile.open(fileobj=SparseReader(len(data), {0: data}), mode="r:") as t:
+        for m in t.getmembers():
+            testcase.assertTrue(m.isdir() or m.isfile(), "unexpected member %r" % m)
+            if m.isdir():
+                members[m.name + "/"] = None
+            else:
+                f = t.extractfile(m)
+                members[m.name] = f.read()
+                f.close()
+    testcase.assertTrue(data.endswith(b"\0" * 1024), "no two zero blocks at the end")
+    testcase.assertEqual(len(data) % 512, 0)
+    return members
+
+
+def folder_members(folder):
+    """{name: bytes, or None for a folder} of what an archiver extracted into folder."""
+    members = {}
+    for dirpath, dirnames, filenames in os.walk(folder):
+        rel = os.path.relpath(dirpath, folder).replace(os.sep, "/")
+        prefix = "" if rel == "." else rel + "/"
+        for name in dirnames:
+            members[prefix + name + "/"] = None
+        for name in filenames:
+            members[prefix + name] = read_file(os.path.join(dirpath, name))
+    return members
+
+
+def archive_config(root, **settings):
+    """A minihttpd.Config for root with every other setting as given or off."""
+    config = minihttpd.Config(**dict.fromkeys(minihttpd.Config._fields))
+    return config._replace(root=os.path.realpath(root), hidden=False, follow_symlinks=False,
+                           private_files=frozenset(), listing=True, archive=True)._replace(
+        **settings)
+
+
+class CountingIterator(object):
+    """An os.scandir iterator that counts the entries taken from it."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.taken = 0
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        entry = next(self.inner)
+        self.taken += 1
+        return entry
+
+    def close(self):
+        """Close the real iterator."""
+        self.inner.close()
+
+
+def run_folder_archive(root, folder, kind, between=None, scandir_iter=None, **settings):
+    """Run minihttpd.FolderArchive on root/folder directly; return (pieces, log lines).
+
+    between(i) runs after the i-th piece, before the next one is made.
+    """
+    config = archive_config(root, **settings)
+    fs_dir = os.path.join(config.root, folder) if folder else config.root
+    log = []
+    archive = minihttpd.FolderArchive(
+        fs_dir, os.stat(fs_dir), scandir_iter or os.scandir(fs_dir), config,
+        minihttpd.ARCHIVE_WRITERS[kind](), log.append, "test")
+    pieces = []
+    for i, piece in enumerate(archive.pieces()):
+        pieces.append(piece)
+        if between is not None:
+            between(i)
+    return pieces, log
+
+
+def open_paths(pid, folder):
+    """The paths of files and folders under folder that process pid holds open
+    (Linux: read from /proc/PID/fd), or None where that cannot be read."""
+    fd_dir = "/proc/%d/fd" % pid
+    try:
+        fds = os.listdir(fd_dir)
+    except OSError:
+        return None
+    found = set()
+    for fd in fds:
+        try:
+            target = os.readlink(os.path.join(fd_dir, fd))
+        except OSError:
+            continue                    # closed meanwhile
+        if target == folder or target.startswith(folder + os.sep):
+            found.add(os.path.relpath(target, folder).replace(os.sep, "/"))
+    return found
+
+
+def vm_rss_kib(pid):
+    """Resident set size of pid in KiB (Linux), or None."""
+    try:
+        with open("/proc/%d/status" % pid) as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except (IOError, OSError, ValueError):
+        return None
+    return None
+
+
+class ChunkedBodyStream(object):
+    """A file-like reader of a chunked response body as it arrives on a socket."""
+
+    def __init__(self, sock, buf=b""):
+        self.sock = sock
+        self.buf = bytearray(buf)
+        self.left = 0                   # bytes of the current chunk not yet read
+        self.after_chunk = False        # its CRLF is still to come
+        self.ended = False
+        self.total = 0
+
+    def fill(self, need):
+        """Receive until the buffer holds need bytes."""
+        while len(self.buf) < need:
+            data = self.sock.recv(1 << 20)
+            if not data:
+                raise ValueError("the connection ended inside the body")
+            self.buf += data
+
+    def read(self, n=-1):
+        """Up to n bytes of the body (b"" at its end)."""
+        while not self.ended and self.left == 0:
+            if self.after_chunk:
+                self.fill(2)
+                if self.buf[:2] != b"\r\n":
+                    raise ValueError("bad chunk framing")
+                del self.buf[:2]
+                self.after_chunk = False
+            while b"\r\n" not in self.buf:
+                self.fill(len(self.buf) + 1)
+            line, _, _ = bytes(self.buf[:self.buf.index(b"\r\n")]).partition(b";")
+            del self.buf[:self.buf.index(b"\r\n") + 2]
+            self.left = int(line, 16)
+            if self.left == 0:
+                self.fill(2)
+                if self.buf[:2] != b"\r\n":
+                    raise ValueError("trailers after the last chunk")
+                del self.buf[:2]
+                self.ended = True
+            self.after_chunk = True
+        if self.ended:
+            return b""
+        if not self.buf:
+            self.fill(1)
+        take = min(len(self.buf), self.left, self.left if n is None or n < 0 else n)
+        data = bytes(self.buf[:take])
+        del self.buf[:take]
+        self.left -= take
+        self.total += take
+        return data
+
+    def read_exact(self, n):
+        """Exactly n bytes of the body."""
+        parts = []
+        while n > 0:
+            data = self.read(n)
+            if not data:
+                raise ValueError("the body ended early")
+            parts.append(data)
+            n -= len(data)
+        return b"".join(parts)
+
+
+class TestArchives(SharedServerTestCase):
+    """GET FOLDER/?download=zip|tar: the whole tree, streamed, by the listing's rules."""
+
+    TREE = {
+        "tree/a.txt": b"hello\n",
+        "tree/empty.txt": b"",
+        "tree/with space.txt": b"spaces in the name\n",
+        "tree/\u00fcn\u00ef c\u00f6d\u00e9 \u0444\u043e\u0442\u043e.txt": "unicode \u00fc\n".encode(),
+        "tree/sub/deep/pattern.bin": byte_pattern(600 * 1024, 3),   # several pieces
+        "tree/sub/deep/x.txt": b"x\n",
+        "tree/empty folder": None,
+        "tree/.dotfile": b"hidden\n",
+        "tree/sub/.hidden/inside.txt": b"hidden too\n",
+        "tree/.minihttpd-upload-1-abc": b"an upload in progress",
+        "\u0444\u043e\u0442\u043e \u00fc/pic.txt": b"picture\n",
+        "big/a/b/huge.bin": b"",        # made sparse in set_up_shared
+        "changing/f.bin": b"",          # likewise
+        "dir with index/index.html": b"<p>index</p>",
+        "dir with index/f.txt": b"f\n",
+    }
+
+    @classmethod
+    def set_up_shared(cls, fixture):
+        cls.root = make_tree(fixture, cls.TREE)
+        tree = os.path.join(cls.root, "tree")
+        make_sparse(os.path.join(cls.root, "big", "a", "b", "huge.bin"), 64 * 1024 * 1024)
+        make_sparse(os.path.join(cls.root, "changing", "f.bin"), 16 * 1024 * 1024)
+        outside = make_tree(fixture, {"secret.txt": b"outside the root\n"})
+        cls.expected = {}
+        for rel, data in cls.TREE.items():
+            if rel.startswith("tree/") and "/." not in "/" + rel:
+                cls.expected[rel[len("tree/"):] + ("/" if data is None else "")] = data
+        cls.expected.update({"sub/": None, "sub/deep/": None})
+        cls.skipped = []
+        try:
+            os.symlink(os.path.join(outside, "secret.txt"), os.path.join(tree, "out.txt"))
+            os.symlink(outside, os.path.join(tree, "out-dir"))
+            os.symlink("a.txt", os.path.join(tree, "link.txt"))        # inside: its content
+            os.symlink("..", os.path.join(tree, "sub", "loop"))        # a loop: left out
+            cls.expected["link.txt"] = cls.TREE["tree/a.txt"]
+        except (OSError, NotImplementedError):
+            cls.skipped.append("symlinks")
+        if hasattr(os, "mkfifo"):
+            os.mkfifo(os.path.join(tree, "fifo"))
+        cls.srv = start_server(fixture, cls.root)
+
+    def fetch(self, path, method="GET", headers=None, version="HTTP/1.1"):
+        """One request on its own connection; the parsed response."""
+        data = build_request(method, path, headers, version=version, close=True)
+        return parse_response(send_raw(self.port, data), head_request=(method == "HEAD"))
+
+    def test_zip_and_tar_hold_the_tree(self):
+        for kind, reader, ctype in (("zip", zip_members, "application/zip"),
+                                    ("tar", tar_members, "application/x-tar")):
+            with self.subTest(kind=kind):
+                resp = self.fetch("/tree/?download=" + kind)
+                self.assertEqual(resp.status, 200, resp)
+                self.assertEqual(resp.headers["content-type"], ctype)
+                self.assertEqual(resp.headers.get("transfer-encoding"), "chunked")
+                self.assertEqual(resp.headers["content-disposition"],
+                                 "attachment; filename=\"tree.%s\"; "
+                                 "filename*=UTF-8''tree.%s" % (kind, kind))
+                self.assertEqual(reader(self, resp.body), self.expected)
+
+    def test_unzip_and_bsdtar_extract_the_same_bytes(self):
+        tools = [t for t in ("unzip", "bsdtar") if shutil.which(t)]
+        if not tools:
+            self.skipTest("neither unzip nor bsdtar is installed")
+        work = make_tree(self)
+        env = dict(os.environ, LC_ALL=TOOL_LOCALE)
+        commands = []
+        if "unzip" in tools:
+            commands.append(("zip", ["unzip", "-q", "{archive}", "-d", "{out}"]))
+        if "bsdtar" in tools:
+            commands += [("zip", ["bsdtar", "-xf", "{archive}", "-C", "{out}"]),
+                         ("tar", ["bsdtar", "-xf", "{archive}", "-C", "{out}"])]
+        for i, (kind, command) in enumerate(commands):
+            with self.subTest(command=command[0], kind=kind):
+                archive = os.path.join(work, "%d.%s" % (i, kind))
+                with open(archive, "wb") as f:
+                    f.write(self.fetch("/tree/?download=" + kind).body)
+                out = os.path.join(work, "out%d" % i)
+                os.mkdir(out)
+                done = subprocess.run([a.format(archive=archive, out=out) for a in command],
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                      stdin=subprocess.DEVNULL, env=env, timeout=30)
+                self.assertEqual(done.returncode, 0, done.stderr)
+                self.assertEqual(folder_members(out), self.expected)
+        if len(tools) < 2:
+            self.skipTest("%s is not installed; checked with %s only"
+                          % ("bsdtar" if "unzip" in tools else "unzip", tools[0]))
+
+    def test_names_in_content_disposition(self):
+        resp = self.fetch(url_quote_path("/\u0444\u043e\u0442\u043e \u00fc/") + "?download=tar")
+        self.assertEqual(resp.status, 200, resp)
+        self.assertEqual(resp.headers["content-disposition"],
+                         "attachment; filename=\"____ _.tar\"; "
+                         "filename*=UTF-8''%D1%84%D0%BE%D1%82%D0%BE%20%C3%BC.tar")
+        root = self.fetch("/?download=zip", "HEAD")
+        name = os.path.basename(os.path.realpath(self.root))
+        self.assertIn("filename*=UTF-8''%s.zip" % urllib.parse.quote(name),
+                      root.headers["content-disposition"])
+        cases = [("x.zip", 'filename="x.zip"'), ('a"b\\c%d\ne.zip', 'filename="a_b_c_d_e.zip"'),
+                 ('a"b\ne.zip', "filename*=UTF-8''a%22b%0Ae.zip")]
+        for name, part in cases:
+            with self.subTest(name=name):
+                self.assertIn(part, minihttpd.format_attachment(name))
+
+    def test_head_bad_value_gzip_and_http10(self):
+        sock = connect(self.port)
+        try:
+            sock.sendall(build_request("HEAD", "/tree/?download=zip") +
+                         build_request("GET", "/tree/a.txt"))
+            head, tail = read_responses(sock, 2, head_flags=[True])
+        finally:
+            sock.close()
+        self.assertEqual((head.status, head.body), (200, b""))
+        self.assertEqual(head.headers["content-type"], "application/zip")
+        self.assertIn("attachment", head.headers["content-disposition"])
+        self.assertEqual(tail.body, b"hello\n")           # the connection went on
+        for query in ("download=rar", "download=", "download=ZIP", "download"):
+            with self.subTest(query=query):
+                resp = self.fetch("/tree/?" + query)
+                self.assertEqual(resp.status, 400, resp)
+                self.assertIn(b"zip or tar", resp.body)
+        gz = self.fetch("/tree/?download=tar", headers={"Accept-Encoding": "gzip"})
+        self.assertNotIn("content-encoding", gz.headers)
+        self.assertEqual(tar_members(self, gz.body), self.expected)
+        old = self.fetch("/tree/?download=zip", version="HTTP/1.0")
+        self.assertEqual(old.status, 200)
+        self.assertNotIn("transfer-encoding", old.headers)
+        self.assertNotIn("content-length", old.headers)
+        self.assertEqual(old.headers["connection"], "close")          # ends with the body
+        self.assertEqual(zip_members(self, old.body), self.expected)
+        moved = self.fetch("/tree?download=zip")
+        self.assertEqual((moved.status, moved.headers["location"]), (301, "/tree/?download=zip"))
+        index = self.fetch("/dir%20with%20index/?download=zip")     # index.html: still the tree
+        self.assertEqual(zip_members(self, index.body),
+                         {"index.html": b"<p>index</p>", "f.txt": b"f\n"})
+        self.assertEqual(self.fetch("/tree/a.txt?download=zip").body, b"hello\n")
+
+    def test_client_gone_mid_archive_costs_one_line_and_no_descriptor(self):
+        pid = self.srv.proc.pid
+        root = os.path.realpath(self.root)
+        watched = open_paths(pid, root) is not None
+        sock = small_rcvbuf_socket(self.port)
+        target = "/big/?download=zip&try=gone"
+        try:
+            sock.sendall(build_request("GET", target))
+            head, _ = read_head(sock)
+            self.assertEqual(head_status(head), 200)
+            self.assertTrue(sock.recv(65536))
+            if watched:                     # mid-archive: three folders and the file are open
+                self.assertEqual(open_paths(pid, root),
+                                 {"big", "big/a", "big/a/b", "big/a/b/huge.bin"})
+        finally:
+            rst_close(sock)
+
+        def lines():
+            return [l for l in self.srv.stderr_text().splitlines() if "try=gone" in l]
+        self.assertTrue(wait_for(lambda: lines()), "no log line for the cut transfer")
+        if watched:
+            self.assertTrue(wait_for(lambda: not open_paths(pid, root)),
+                            "still open: %r" % open_paths(pid, root))
+        self.assertEqual(len(lines()), 1, lines())
+        self.assertIn("(cut: ", lines()[0])
+        self.assertNotIn('archive of "/big/"', self.srv.stderr_text())
+
+    def test_a_file_shrinking_mid_archive_is_padded_and_logged(self):
+        path = os.path.join(self.root, "changing", "f.bin")
+        size = 16 * 1024 * 1024
+        sock = small_rcvbuf_socket(self.port)
+        try:
+            sock.sendall(build_request("GET", "/changing/?download=zip", close=True))
+            head, early = read_head(sock)   # the server now waits for the client to read
+            self.assertEqual(head_status(head), 200)
+            os.truncate(path, 1024)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1024 * 1024)   # now fast
+            raw = early + recv_until_closed(sock)
+        finally:
+            sock.close()
+        body = parse_response(head.encode("latin-1") + b"\r\n\r\n" + raw).body
+        self.assertEqual(zip_members(self, body), {"f.bin": bytes(size)})
+        logged = [l for l in self.srv.stderr_text().splitlines() if "shrank" in l]
+        self.assertEqual(logged, ['minihttpd: archive of "/changing/": "f.bin" shrank while '
+                                  'being sent; padded with zeros to the %d bytes in its header'
+                                  % size])
+
+    def test_no_archive_and_no_listing(self):
+        root = make_tree(self, {"d/f.txt": b"f"})
+        off = start_server(self, root, "--no-archive")
+        resp = request(off.port, "GET", "/d/?download=zip")
+        self.assertEqual(resp.status, 404, resp)
+        self.assertIn(b"--no-archive", resp.body)
+        self.assertEqual(request(off.port, "GET", "/d/?download=rar").status, 404)
+        self.assertIn(b"f.txt", request(off.port, "GET", "/d/").body)   # the listing stays
+        self.assertIn("--no-archive", minihttpd.build_arg_parser().format_help())
+        # --no-listing hides what a folder holds, so archives are off too: 403.
+        ctx = minihttpd.Context(archive_config(root, listing=False))
+        get_d = minihttpd.Request("GET", "/d/?download=tar", "HTTP/1.1", [("Host", "x")])
+        with self.assertRaises(minihttpd.HTTPError) as caught:
+            minihttpd.handle_archive(get_d, ctx, os.path.join(root, "d"), "/d/", "tar")
+        self.assertEqual(caught.exception.status, 403)
+
+
+class TestArchiveStreams(unittest.TestCase):
+    """FolderArchive and the zip/tar header builders, without a server."""
+
+    def test_pieces_do_bounded_work(self):
+        files = dict(("many/f%04d.txt" % i, b"") for i in range(300))
+        files["many/big.bin"] = byte_pattern(700 * 1024)
+        root = make_tree(self, files)
+        counting = CountingIterator(os.scandir(os.path.join(root, "many")))
+        taken = []
+        pieces, log = run_folder_archive(root, "many", "zip", scandir_iter=counting,
+                                         between=lambda i: taken.append(counting.taken))
+        steps = [b - a for a, b in zip([0] + taken, taken)]
+        self.assertLessEqual(max(steps), minihttpd.LISTING_STEP_ENTRIES, steps)
+        self.assertLessEqual(max(len(p) for p in pieces),
+                             minihttpd.FILE_CHUNK_BYTES + 64 * 1024)
+        self.assertGreaterEqual(len(pieces), 300 // minihttpd.LISTING_STEP_ENTRIES + 3)
+        expected = dict((k[len("many/"):], v) for k, v in files.items())
+        self.assertEqual(zip_members(self, b"".join(pieces)), expected)
+        self.assertEqual(log, [])
+
+    def test_a_file_changing_size_is_cut_or_padded_with_one_line(self):
+        original = byte_pattern(600 * 1024, 5)
+        first = minihttpd.FILE_CHUNK_BYTES        # what the first piece copied
+        cases = [("grow", original + b"more" * 1000, original, "grew"),
+                 ("shrink", original[:1000], original[:first] + bytes(len(original) - first),
+                  "shrank")]
+        for kind, reader in (("zip", zip_members), ("tar", tar_members)):
+            for change, new, expected, word in cases:
+                with self.subTest(kind=kind, change=change):
+                    root = make_tree(self, {"d/f.bin": original})
+                    path = os.path.join(root, "d", "f.bin")
+
+                    def between(i):
+                        if i == 0:
+                            with open(path, "r+b") as f:
+                                f.write(new)
+                                f.truncate(len(new))
+                    pieces, log = run_folder_archive(root, "d", kind, between=between)
+                    self.assertEqual(reader(self, b"".join(pieces)), {"f.bin": expected})
+                    self.assertEqual(len(log), 1, log)
+                    self.assertIn(word, log[0])
+                    self.assertIn('"f.bin"', log[0])
+
+    def test_settings_and_odd_names_follow_the_listing_rules(self):
+        root = make_tree(self, {"d/a.txt": b"a", "d/.dot": b"dot", "d/key.pem": b"KEY",
+                                "d/.minihttpd-upload-9-x": b"tmp"})
+        key = os.path.realpath(os.path.join(root, "d", "key.pem"))
+        cases = [({}, {"a.txt": b"a", "key.pem": b"KEY"}),
+                 ({"hidden": True}, {"a.txt": b"a", "key.pem": b"KEY", ".dot": b"dot"}),
+                 ({"private_files": frozenset([key])}, {"a.txt": b"a"})]
+        for settings, expected in cases:
+            with self.subTest(settings=settings):
+                pieces, _ = run_folder_archive(root, "d", "tar", **settings)
+                self.assertEqual(tar_members(self, b"".join(pieces)), expected)
+
+    @unittest.skipUnless(IS_LINUX, "file names that are not UTF-8 need Linux")
+    def test_names_that_are_not_utf8(self):
+        import tarfile
+        root = make_tree(self, {"d": None})
+        folder = os.path.join(os.fsencode(root), b"d")
+        os.mkdir(os.path.join(folder, b"sub\xff"))
+        with open(os.path.join(folder, b"sub\xff", b"caf\xe9.txt"), "wb") as f:
+            f.write(b"latin-1 name")
+        pieces, log = run_folder_archive(root, "d", "tar")
+        with tarfile.open(fileobj=SparseReader(sum(map(len, pieces)),
+                                               {0: b"".join(pieces)})) as t:
+            names = [os.fsencode(m.name) for m in t.getmembers()]
+        self.assertEqual(sorted(names), [b"sub\xff", b"sub\xff/caf\xe9.txt"])
+        pieces, log = run_folder_archive(root, "d", "zip")
+        members = zip_members(self, b"".join(pieces))      # names not UTF-8 are not flagged
+        self.assertEqual(sorted(n.encode("cp437") for n in members),
+                         [b"sub\xff/", b"sub\xff/caf\xe9.txt"])
+        self.assertEqual(log, [])
+
+    def test_tar_header_uses_pax_where_ustar_cannot_hold_it(self):
+        import tarfile
+        name = "d/" + "\u00e9" * 80 + "/" + "n" * 120 + ".bin"
+        size = 9 * 1024 ** 3                     # past ustar's 8 GiB
+        mtime_ns = 1234567890123456789
+        member = minihttpd.ArchiveMember(name, size, mtime_ns, 0o640)
+        head = minihttpd.format_tar_header(member)
+        self.assertEqual(len(head) % 512, 0)
+        length = len(head) + size + 1024
+        with tarfile.open(fileobj=SparseReader(length, {0: head}), mode="r:") as t:
+            (info,) = t.getmembers()
+        self.assertEqual((info.name, info.size, info.mode), (name, size, 0o640))
+        self.assertEqual(info.pax_headers["mtime"], "1234567890.123456789")
+        plain = minihttpd.format_tar_header(minihttpd.ArchiveMember("a/", 0, 10 ** 9 * 7, 0o755))
+        self.assertEqual(len(plain), 512)          # no pax header when ustar holds it all
+        for n in range(1, 1200):
+            record = minihttpd.format_pax_record(b"path", b"x" * n)
+            self.assertEqual(int(record.split(b" ", 1)[0]), len(record))
+
+    def test_zip64_fields_past_4_gib(self):
+        import zipfile
+        writer = minihttpd.ZipWriter()
+        pieces = {}
+        offset = 0
+        huge = minihttpd.ArchiveMember("huge.bin", 5 * 1024 ** 3, 0, 0o644)
+        small = minihttpd.ArchiveMember("small.txt", 5, 0, 0o644)
+        for member, data in ((huge, None), (small, b"after")):
+            pieces[offset] = writer.begin(member)
+            offset += len(pieces[offset])
+            if data is not None:
+                writer.update(data)
+                pieces[offset] = data
+            offset += member.size
+            pieces[offset] = writer.end(member)
+            offset += len(pieces[offset])
+        self.assertEqual(len(pieces[len(pieces[0]) + huge.size]), 24)    # 8-byte sizes
+        for part in writer.finish():
+            pieces[offset] = bytes(part)
+            offset += len(part)
+        with zipfile.ZipFile(SparseReader(offset, pieces)) as z:
+            infos = dict((i.filename, i) for i in z.infolist())
+            self.assertEqual(infos["huge.bin"].file_size, huge.size)
+            self.assertGreater(infos["small.txt"].header_offset, 0xFFFFFFFF)
+            self.assertEqual(z.read("small.txt"), b"after")
+        self.assertEqual(minihttpd.format_dos_time(0), (0, (1 << 5) | 1))       # 1980-01-01
+        self.assertEqual(minihttpd.format_dos_time(7 * 10 ** 18)[1] >> 9, 127)  # 2107
+
+    @unittest.skipUnless(SLOW_TESTS, SLOW_REASON)
+    def test_slow_zip64_and_tar_over_4_gib_with_flat_memory(self):
+        if vm_rss_kib(os.getpid()) is None:
+            self.skipTest("no /proc/PID/status VmRSS")
+        root = make_tree(self, {"small/s.txt": b"small\n"})
+        make_sparse(os.path.join(root, "huge.bin"), 4 * 1024 ** 3 + 4097)
+        make_sparse(os.path.join(root, "mid.bin"), 300 * 1024 * 1024)
+        for i in range(50):                      # some member must come after huge.bin
+            with open(os.path.join(root, "z%02d.txt" % i), "wb") as f:
+                f.write(b"file %d\n" % i)
+            if os.listdir(root)[-1] != "huge.bin":
+                break
+        sizes = {}
+        for dirpath, _, filenames in os.walk(root):
+            for name in filenames:
+                path = os.path.join(dirpath, name)
+                sizes[os.path.relpath(path, root).replace(os.sep, "/")] = os.path.getsize(path)
+        srv = start_server(self, root, "-q")
+        for kind in ("zip", "tar"):
+            with self.subTest(kind=kind):
+                started = time.monotonic()
+                sock = connect(srv.port, timeout=60)
+                try:
+                    sock.sendall(build_request("GET", "/?download=" + kind, close=True))
+                    head, rest = read_head(sock)
+                    self.assertEqual(head_status(head), 200)
+                    stream = ChunkedBodyStream(sock, rest)
+                    baseline = vm_rss_kib(srv.proc.pid)
+                    peak = [baseline]
+
+                    def sample():
+                        peak[0] = max(peak[0], vm_rss_kib(srv.proc.pid) or 0)
+                    check = self.check_zip_stream if kind == "zip" else self.check_tar_stream
+                    check(stream, root, sizes, sample)
+                finally:
+                    sock.close()
+                took = time.monotonic() - started
+                growth_mib = (peak[0] - baseline) / 1024.0
+                sys.stderr.write("\n  %s of %.2f GiB: %.1f s, server RSS grew %.1f MiB\n"
+                                 % (kind, stream.total / 1024.0 ** 3, took, growth_mib))
+                self.assertLess(growth_mib, 60)
+
+    def check_zip_stream(self, stream, root, sizes, sample):
+        """Read a zip as it streams: CRC each member, then check the central directory."""
+        import zipfile
+        zeros = bytes(1 << 20)
+        seen, pieces, pos = {}, {}, 0
+        while True:
+            signature = stream.read_exact(4)
+            if signature != b"PK\x03\x04":
+                break
+            fixed = stream.read_exact(26)
+            flags, name_len, extra_len = struct.unpack("<2xH18xHH", fixed)
+            name = stream.read_exact(name_len).decode("utf-8")
+            extra = stream.read_exact(extra_len)
+            pieces[pos] = signature + fixed + name.encode("utf-8") + extra
+            start, pos = pos, pos + 30 + name_len + extra_len
+            crc, left = 0, sizes.get(name, 0)
+            content = []
+            while left:
+                data = stream.read(min(left, len(zeros)))
+                crc = zlib.crc32(data, crc)
+                left -= len(data)
+                if sizes[name] > len(zeros):
+                    self.assertEqual(data, zeros[:len(data)])
+                    sample()
+                else:
+                    content.append(data)
+            if content:
+                pieces[pos] = b"".join(content)
+                self.assertEqual(pieces[pos], read_file(os.path.join(root, name)))
+            pos += sizes.get(name, 0)
+            if flags & 0x08:
+                zip64 = extra[:2] == b"\x01\x00"
+                descriptor = stream.read_exact(24 if zip64 else 16)
+                fmt = "<IIQQ" if zip64 else "<IIII"
+                self.assertEqual(struct.unpack(fmt, descriptor),
+                                 (0x08074b50, crc, sizes[name], sizes[name]))
+                pos += len(descriptor)
+            seen[name] = (start, crc)
+        tail = signature + stream.read()
+        while True:
+            more = stream.read()
+            if not more:
+                break
+            tail += more
+        pieces[pos] = tail
+        with zipfile.ZipFile(SparseReader(pos + len(tail), pieces)) as z:
+            infos = z.infolist()
+            for info in infos:
+                self.assertEqual((info.header_offset, info.CRC), seen[info.filename])
+                if not info.filename.endswith("/"):
+                    self.assertEqual(info.file_size, sizes[info.filename])
+                    if info.file_size < len(zeros):
+                        self.assertEqual(z.read(info), read_file(os.path.join(root,
+                                                                              info.filename)))
+        self.assertEqual(set(i.filename for i in infos if not i.filename.endswith("/")),
+                         set(sizes))
+        self.assertTrue(any(i.header_offset > 0xFFFFFFFF for i in infos))
+        self.assertTrue(any(i.file_size > 0xFFFFFFFF for i in infos))
+
+    def check_tar_stream(self, stream, root, sizes, sample):
+        """Read a tar as it streams with tarfile, comparing every byte."""
+        import tarfile
+        zeros = bytes(1 << 20)
+        found = {}
+        with tarfile.open(fileobj=stream, mode="r|") as t:
+            for m in t:
+                if not m.isfile():
+                    continue
+                f = t.extractfile(m)
+                total = 0
+                content = []
+                while True:
+                    data = f.read(len(zeros))
+                    if not data:
+                        break
+                    total += len(data)
+                    if m.size > len(zeros):
+                        self.assertEqual(data, zeros[:len(data)])
+                        sample()
+                    else:
+                        content.append(data)
+                if content:
+                    self.assertEqual(b"".join(content), read_file(os.path.join(root, m.name)))
+                found[m.name] = total
+        self.assertEqual(found, sizes)
+
+
+def url_quote_path(path):
+    """A path percent-encoded as UTF-8, slashes kept."""
+    return urllib.parse.quote(path.encode("utf-8"))
+
 if __name__ == "__main__":
     unittest.main()
