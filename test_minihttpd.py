@@ -8204,8 +8204,8 @@ class TestUploadOutcomes(SharedServerTestCase):
 BROWSER_OUTCOME_PAGE = """<!DOCTYPE html>
 <html><head><meta charset="utf-8"><title>autotest</title>
 <style>html,body{margin:0;height:100%%}iframe{border:0;width:100%%;height:100%%;display:block}
-#status{position:absolute;left:-9999px}</style></head><body>
-<div id="status">STARTED</div>
+#status,#during{position:absolute;left:-9999px}</style></head><body>
+<div id="status">STARTED</div><div id="during"></div>
 <iframe id="f" src="/up/"></iframe>
 <script>
 var st = document.getElementById("status");
@@ -8247,6 +8247,10 @@ BROWSER_ACTION_MIXED = """
     var input = doc.querySelector('form input[type=file][name=file]');
     input.files = dt.files;
     input.form.requestSubmit();
+    var rows = Array.prototype.map.call(doc.querySelectorAll("#upload-files li"),
+                                        function (li) { return li.textContent; });
+    document.getElementById("during").textContent = "button disabled=" +
+      input.form.querySelector("button").disabled + ", rows=" + rows.join(",");
 """
 
 # Drop a folder: Chromium cannot make FileSystemEntry objects from a script, so the
@@ -8297,8 +8301,10 @@ class TestUploadOutcomesBrowser(unittest.TestCase):
         # The page at phone size is kept as a picture too (MINIHTTPD_SCREENSHOTS=DIR keeps it).
         shot = os.path.join(os.environ.get("MINIHTTPD_SCREENSHOTS") or make_tree(self),
                             "upload-mixed-390x844.png")
-        status, _, err = self._run(chromium, s.url("/autotest.html"), flags=[
+        status, dom, err = self._run(chromium, s.url("/autotest.html"), flags=[
             "--window-size=390,844", "--hide-scrollbars", "--screenshot=" + shot])
+        self.assertIn('<div id="during">button disabled=true, rows=new.txtwaiting,old.txtwaiting'
+                      '</div>', dom)
         self.assertEqual(status, "UPLOAD-DONE Saved 0 of 2 files. | "
                          "new.txt=bad:not saved:Not saved: a form is saved all or nothing. | "
                          "old.txt=bad:not saved: exists:A file named old.txt exists. | "
