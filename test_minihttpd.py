@@ -8154,6 +8154,10 @@ class TestUploadOutcomes(SharedServerTestCase):
         self.assertIn('<span class="name">old.txt</span><span class="state">not saved: exists'
                       '</span><span class="why">A file named old.txt exists.</span>', page)
         self.assertIn("--rename", page)
+        styles = csp_directives(r.headers["content-security-policy"])["style-src"]
+        self.assertEqual(len(inline_element_texts(page, "style")), 2)
+        for text in inline_element_texts(page, "style"):
+            self.assertIn(csp_hash(text), styles)
         for what, raw, status in (("cut", form_request("/pages/", [("file", "a.txt", b"a")],
                                                        accept_json=False, unclosed=True), 400),
                                   ("too large", form_request("/pages/", [
