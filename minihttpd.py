@@ -105,6 +105,8 @@ MAX_LARGE_LISTINGS = 4                 # listings too large for one step, at onc
 LISTING_STEP_ENTRIES = 256             # entries stat()ed or rendered per body piece
 MAX_FORM_PARTS = 1000                  # parts in one form post; more get 413
 FORM_PARTS_PER_TURN = 4                # part starts and ends (each end an fsync) per turn
+MAX_RENAME_TRIES = 1000                # --rename: "name (1).ext" up to "(999)", one lstat
+                                       # each; a part start per turn is bounded, so is this
 MAX_CHUNK_LINE_BYTES = 4096            # a chunk-size line with its extensions
 MAX_TRAILER_BYTES = 16 * 1024
 MAX_PART_HEADER_BYTES = 16 * 1024      # one multipart part's header block
@@ -2056,28 +2058,127 @@ footer{margin-top:1rem;color:#777;font-size:.8rem}
 details.qr summary{cursor:pointer}details.qr svg{display:block;max-width:100%;height:auto}
 """
 
+# The upload form's own rules, sent with the form (and the outcome page), so
+# the listing's style can change without it.
+UPLOAD_STYLE = """
+.upload{margin:1rem 0;padding:1rem;border:2px dashed #bbb;border-radius:.5rem}
+.upload.drag{border-color:#0550ae;background:rgba(5,80,174,.08)}
+.upload .hint{margin:0 0 .6rem}.upload .limit{opacity:.7}
+.upload .pick{display:flex;flex-wrap:wrap;gap:.5rem;align-items:center}
+.upload input[type=file]{max-width:100%}
+.upload button{min-height:2.75rem;padding:0 1.2rem;font:inherit}
+.upload progress{width:100%;margin-top:.6rem}
+.upload ul{list-style:none;margin:.6rem 0 0;padding:0}
+.upload li{display:flex;flex-wrap:wrap;gap:.1rem .8rem;padding:.4rem 0;
+border-top:1px solid rgba(128,128,128,.3)}
+.upload li .name{flex:1 1 10rem;word-break:break-all}
+.upload li .state{white-space:nowrap;font-variant-numeric:tabular-nums}
+.upload li .why{flex-basis:100%;font-size:.9em;opacity:.85}
+.upload li.ok .state{color:#1a7f37}.upload li.bad .state,.upload li.bad .why{color:#cf222e}
+.upload .total,.upload .status{margin:.6rem 0 0}
+.upload ul:empty,.upload .status:empty{display:none}
+"""
+
 UPLOAD_SCRIPT = """
 (function(){
-var f=document.getElementById('upload');if(!f||!window.FormData)return;
-var input=f.querySelector('input[type=file]'),bar=document.getElementById('progress'),
-msg=document.getElementById('upload-status');
-function send(files){
- if(!files.length)return;var data=new FormData();
- for(var i=0;i<files.length;i++)data.append('file',files[i],files[i].name);
- var x=new XMLHttpRequest();x.open('POST',location.pathname);
- x.setRequestHeader('Accept','application/json');
- bar.hidden=false;bar.value=0;
- x.upload.onprogress=function(e){if(e.lengthComputable)bar.value=e.loaded/e.total;};
- x.onload=function(){if(x.status<300){location.reload();}else{
-  bar.hidden=true;msg.textContent='Upload failed: '+x.status+' '+x.statusText;}};
- x.onerror=function(){bar.hidden=true;msg.textContent='Upload failed: connection lost';};
- x.send(data);}
-f.addEventListener('submit',function(e){e.preventDefault();send(input.files);});
+var f=document.getElementById('upload');
+if(!f||!window.FormData||!window.Promise)return;
+var input=f.querySelector('input[type=file]'),button=f.querySelector('button'),
+bar=document.getElementById('progress'),totalLine=document.getElementById('upload-total'),
+list=document.getElementById('upload-files'),msg=document.getElementById('upload-status'),
+limit=+f.getAttribute('data-max')||0,keepHidden=f.getAttribute('data-hidden')==='1',busy=false;
+function human(n){if(n<1024)return n+' B';var u=['KiB','MiB','GiB','TiB'],i=-1;
+ do{n/=1024;i++;}while(n>=1024&&i<3);return n.toFixed(1)+' '+u[i];}
+function el(tag,cls,text,parent){var e=document.createElement(tag);if(cls)e.className=cls;
+ if(text!=null)e.textContent=text;if(parent)parent.appendChild(e);return e;}
+function flat(lists){return [].concat.apply([],lists);}
+function folderUrl(dir){var p=location.pathname;p=p.slice(0,p.lastIndexOf('/')+1);
+ dir.split('/').forEach(function(s){if(s)p+=encodeURIComponent(s)+'/';});return p;}
+function skipped(dir,name,why){return [{dir:dir,name:name,why:why}];}
+function readAll(reader){return new Promise(function(ok,fail){var all=[];(function more(){
+ reader.readEntries(function(batch){if(!batch.length)return ok(all);
+ all=all.concat(Array.prototype.slice.call(batch));more();},fail);})();});}
+function walk(entry,dir){
+ if(entry.name.charAt(0)==='.'&&!keepHidden&&(dir||entry.isDirectory))
+  return Promise.resolve(skipped(dir,entry.name+(entry.isDirectory?'/':''),
+   'Hidden names are not kept by this server.'));
+ if(entry.isFile)return new Promise(function(ok){entry.file(function(file){
+  ok([{dir:dir,file:file}]);},function(){
+  ok(skipped(dir,entry.name,'It could not be read.'));});});
+ if(!entry.isDirectory)return Promise.resolve([]);
+ return readAll(entry.createReader()).then(function(children){
+  return Promise.all(children.map(function(c){return walk(c,dir+entry.name+'/');}));
+ }).then(flat,function(){return skipped(dir,entry.name+'/','The folder could not be read.');});}
+function collect(dt){var items=dt.items,found=[],loose=[];
+ for(var i=0;items&&i<items.length;i++){if(items[i].kind!=='file')continue;
+  var entry=items[i].webkitGetAsEntry&&items[i].webkitGetAsEntry();
+  if(entry){found.push(walk(entry,''));continue;}
+  var file=items[i].getAsFile();if(file)loose.push(file);}
+ if(!found.length&&!loose.length)loose=Array.prototype.slice.call(dt.files||[]);
+ return Promise.all(found).then(function(lists){
+  return loose.map(function(file){return {dir:'',file:file};}).concat(flat(lists));});}
+function row(it){var li=el('li',it.file?'':'bad',null,list);
+ el('span','name',it.dir+(it.file?it.file.name:it.name),li);
+ it.state=el('span','state',it.file?'waiting':'skipped',li);
+ it.why=el('span','why',it.why||'',li);it.li=li;}
+function settle(it,ok,state,why,url){it.li.className=ok?'ok':'bad';it.state.textContent='';
+ if(url)el('a','',state,it.state).href=url;else it.state.textContent=state;
+ it.why.textContent=why||'';}
+function progress(group,run,e){var part=e.lengthComputable&&e.total?e.loaded/e.total:0,
+ sent=part*group.bytes,at=0,speed=(run.done+sent)/Math.max(Date.now()-run.start,1)*1000;
+ group.items.forEach(function(it){var size=it.file.size,mine=Math.min(Math.max(sent-at,0),size);
+  at+=size;var pct=size?Math.floor(mine*100/size):(part>=1?100:0);
+  it.state.textContent=pct+'%'+(pct>0&&pct<100?' \\u00b7 '+human(speed)+'/s':'');});
+ bar.value=run.bytes?(run.done+sent)/run.bytes:0;
+ totalLine.textContent=human(run.done+sent)+' of '+human(run.bytes)+' \\u00b7 '+
+  Math.floor(bar.value*100)+'% \\u00b7 '+human(speed)+'/s';}
+function answered(group,run,x){var j=null;try{j=JSON.parse(x.responseText);}catch(err){}
+ var answers=j&&j.files||[];
+ group.items.forEach(function(it,i){var a=answers[i];
+  if(a&&a.name!==it.file.name)a=answers.filter(function(b){return b.name===it.file.name;})[0];
+  if(a&&a.saved_as!=null){run.saved++;
+   settle(it,true,a.outcome==='replaced'?'replaced':'saved',a.saved_as===a.name?'':
+    'Saved as '+a.saved_as+(a.reason?'. '+a.reason:''),a.url);}
+  else settle(it,false,a&&a.outcome==='exists'?'not saved: exists':'not saved',
+   a&&a.reason||j&&j.message||'The server answered '+x.status+' '+x.statusText+'.');});
+ if(x.status>=300&&j&&j.message&&run.notes.indexOf(j.message)<0)run.notes.push(j.message);}
+function send(group,run){return new Promise(function(done){
+ var data=new FormData(),x=new XMLHttpRequest();
+ group.items.forEach(function(it){data.append('file',it.file,it.file.name);});
+ x.open('POST',folderUrl(group.dir));x.setRequestHeader('Accept','application/json');
+ x.upload.onprogress=function(e){progress(group,run,e);};
+ x.onload=function(){answered(group,run,x);run.done+=group.bytes;done();};
+ x.onerror=function(){group.items.forEach(function(it){
+  settle(it,false,'not saved','The connection was lost.');});run.done+=group.bytes;done();};
+ x.send(data);});}
+function start(items){if(busy||!items.length)return;
+ busy=button.disabled=input.disabled=true;list.textContent=msg.textContent='';
+ var groups={},order=[],run={bytes:0,done:0,saved:0,notes:[],start:Date.now()},
+ files=items.filter(function(it){return it.file;});
+ items.forEach(row);
+ files.forEach(function(it){var g=groups[it.dir];
+  if(!g){g=groups[it.dir]={dir:it.dir,items:[],bytes:0};order.push(g);}
+  g.items.push(it);g.bytes+=it.file.size;});
+ order=order.filter(function(g){if(!limit||g.bytes<=limit){run.bytes+=g.bytes;return true;}
+  g.items.forEach(function(it){settle(it,false,'not saved','Too large: '+human(g.bytes)+
+   (g.dir?' in '+g.dir:'')+'; one upload may be at most '+human(limit)+'.');});});
+ bar.hidden=totalLine.hidden=false;bar.value=0;totalLine.textContent='';
+ order.reduce(function(p,g){return p.then(function(){return send(g,run);});},Promise.resolve())
+ .then(function(){busy=button.disabled=input.disabled=false;input.value='';bar.hidden=true;
+  totalLine.textContent='Saved '+run.saved+' of '+files.length+' file'+
+   (files.length===1?'':'s')+(items.length>files.length?'; '+
+   (items.length-files.length)+' skipped':'')+'.';
+  run.notes.forEach(function(t){el('span','',t+' ',msg);});
+  if(run.saved)el('a','','Reload to see them in the list.',msg).href=
+   location.pathname+location.search;});}
+f.addEventListener('submit',function(e){e.preventDefault();
+ start(Array.prototype.map.call(input.files,function(file){return {dir:'',file:file};}));});
 ['dragenter','dragover'].forEach(function(t){document.addEventListener(t,function(e){
- e.preventDefault();f.className='drag';});});
-document.addEventListener('dragleave',function(){f.className='';});
-document.addEventListener('drop',function(e){e.preventDefault();f.className='';
- send(e.dataTransfer.files);});
+ e.preventDefault();f.classList.add('drag');});});
+document.addEventListener('dragleave',function(){f.classList.remove('drag');});
+document.addEventListener('drop',function(e){e.preventDefault();f.classList.remove('drag');
+ if(busy){msg.textContent='Wait for the upload in progress to end.';return;}
+ if(e.dataTransfer)collect(e.dataTransfer).then(start);});
 })();
 """
 
@@ -2090,9 +2191,9 @@ def csp_hash(text):
 
 # Our pages run only their own inline style and script (hashes, not 'unsafe-inline'),
 # talk only to this server, and can't be framed by another site.
-PAGE_CSP = ("default-src 'none'; style-src %s; script-src %s; img-src 'self' data:; "
+PAGE_CSP = ("default-src 'none'; style-src %s %s; script-src %s; img-src 'self' data:; "
             "connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'self'"
-            % (csp_hash(PAGE_STYLE), csp_hash(UPLOAD_SCRIPT)))
+            % (csp_hash(PAGE_STYLE), csp_hash(UPLOAD_STYLE), csp_hash(UPLOAD_SCRIPT)))
 PAGE_HEADERS = [("Content-Type", "text/html; charset=utf-8"),
                 ("Content-Security-Policy", PAGE_CSP)]
 
@@ -2140,13 +2241,67 @@ def render_listing_rows(entries, minutes):
     return "".join(rows)
 
 
-def render_upload_form():
-    """The upload form of a listing, with the script that sends it in the background."""
-    return ('<form id="upload" method="post" enctype="multipart/form-data">\n'
-            '<input type="file" name="file" multiple>\n'
-            '<button type="submit">Upload</button>\n'
+def render_upload_form(config=None):
+    """The upload form of a listing, with the script that sends it in the background.
+
+    With config, it states the --max-upload limit and tells the script
+    the limit and whether hidden names are kept (so that a dropped folder's
+    dotfiles are skipped when the server would refuse them).
+    """
+    max_upload = config.max_upload if config is not None else None
+    keep_hidden = config is not None and config.hidden
+    limit = ""
+    if max_upload is not None:
+        limit = ' <span class="limit">(at most %s per upload)</span>' % html.escape(
+            format_size(max_upload))
+    return ('<style>%s</style>\n'
+            '<form id="upload" class="upload" method="post" enctype="multipart/form-data"'
+            ' data-max="%d" data-hidden="%d">\n'
+            '<p class="hint"><strong>Drop files or folders here, or choose them</strong>%s</p>\n'
+            '<div class="pick"><input type="file" name="file" multiple>\n'
+            '<button type="submit">Upload</button></div>\n'
             '<progress id="progress" max="1" value="0" hidden></progress>\n'
-            '<p id="upload-status"></p>\n</form>\n<script>%s</script>\n' % UPLOAD_SCRIPT)
+            '<p id="upload-total" class="total" hidden></p>\n'
+            '<ul id="upload-files"></ul>\n'
+            '<p id="upload-status" class="status" role="status"></p>\n</form>\n'
+            '<script>%s</script>\n'
+            % (UPLOAD_STYLE, max_upload or 0, keep_hidden, limit, UPLOAD_SCRIPT))
+
+
+UPLOAD_OUTCOME_LABELS = {"saved": "saved", "renamed": "saved", "replaced": "replaced",
+                         "exists": "not saved: exists", "not saved": "not saved"}
+
+
+def render_upload_outcome(status, message, files, folder_href):
+    """The page a form post without script gets: what became of each file, and a way back.
+
+    files are the dicts of a form answer (FormFile.answer); folder_href
+    is the folder's URL, already quoted.
+    """
+    title = "Uploaded" if status < 300 else "%d %s" % (status, reason_phrase(status))
+    rows = []
+    for item in files:
+        saved = item.get("saved_as") is not None
+        label = html.escape(UPLOAD_OUTCOME_LABELS.get(item.get("outcome"), "not saved"))
+        if saved and item.get("url"):
+            label = '<a href="%s">%s</a>' % (html.escape(item["url"]), label)
+        why = item.get("reason") or ""
+        if saved and item["saved_as"] != item["name"]:
+            why = "Saved as %s.%s" % (item["saved_as"], " " + why if why else "")
+        rows.append('<li class="%s"><span class="name">%s</span><span class="state">%s</span>'
+                    '<span class="why">%s</span></li>\n'
+                    % ("ok" if saved else "bad", html.escape(display_name(item["name"])), label,
+                       html.escape(display_name(why))))
+    body = ('<h1>%s</h1>\n<section class="upload">\n<p>%s</p>\n%s'
+            '<p><a href="%s">Back to the folder</a></p>\n</section>\n'
+            % (html.escape(title), html.escape(message),
+               "<ul>\n%s</ul>\n" % "".join(rows) if rows else "", html.escape(folder_href)))
+    return html_page(title, body, "<style>%s</style>" % UPLOAD_STYLE)
+
+
+def display_name(text):
+    """A client-given name for a page: control characters shown as U+FFFD."""
+    return re.sub(r"[\x00-\x1f\x7f]", "\ufffd", text)
 
 
 def render_listing_top(url_path, sort, order, at_top, upload, qr_block=""):
@@ -2254,6 +2409,7 @@ Config = collections.namedtuple("Config", [
     "quiet",            # no access log
     "upload",           # accept PUT/POST uploads
     "overwrite",        # uploads may replace existing files
+    "rename",           # a form's taken names are saved as "name (1).ext"
     "max_upload",       # largest upload in bytes, or None
     "echo",             # /echo/, /user-agent and /request on
     "prefix",           # route prefix like "/files", or ""
@@ -2362,11 +2518,29 @@ def open_regular_file(fs_path, config):
 
 
 def error_response(error, request, ctx):
-    """Turn an HTTPError into an HTML error response.
+    """Turn an HTTPError into an error response: JSON, a form's outcome page, or HTML.
 
-    A 404 uses the root's 404.html when it is a regular file inside the
-    root; it is streamed like any file, never read whole into memory.
+    A client that asks for JSON (wants_json) gets {"status", "error",
+    "message"}, plus "files" when a form upload's error carries them.  A
+    browser's form post gets a page that says what became of its files
+    and links back to the folder.  A 404 uses the root's 404.html when it
+    is a regular file inside the root; it is streamed like any file, never
+    read whole into memory.
     """
+    files = getattr(error, "files", None)     # set by FormUpload for its errors
+    message = error.message or reason_phrase(error.status)
+    if wants_json(request, parse_query(request_query(request))):
+        answer = collections.OrderedDict([("status", error.status),
+                                          ("error", reason_phrase(error.status)),
+                                          ("message", message)])
+        if files is not None:
+            answer["files"] = files
+        return json_response(error.status, answer, error.headers)
+    folder = form_folder(request, ctx.config, error.status)
+    if folder is not None:
+        return Response(error.status, PAGE_HEADERS + error.headers,
+                        render_upload_outcome(error.status, message, files or [],
+                                              url_quote(folder)))
     if error.status == 404:
         f = open_regular_file(os.path.join(ctx.config.root, "404.html"), ctx.config)
         if f is not None:                # the site's own page: its own rules, no CSP of ours
@@ -2375,6 +2549,37 @@ def error_response(error, request, ctx):
                             FileRegion(f, 0, size), files=[f])
     return Response(error.status, PAGE_HEADERS + error.headers,
                     render_error_page(error.status, error.message))
+
+
+def request_query(request):
+    """The raw query of a request, also when it failed before it was routed."""
+    if request.route is not None:
+        return request.route.query
+    return request.target.split("#", 1)[0].partition("?")[2]
+
+
+def form_folder(request, config, status):
+    """For a browser's form post, the URL path of the folder to go back to; else None.
+
+    The folder the form was posted to, or its parent when that is what
+    was not found (404).
+    """
+    if request.method != "POST":
+        return None
+    try:
+        if parse_header_params(request.get_header("content-type") or "")[0] != \
+                "multipart/form-data":
+            return None
+        path = parse_target(request.target)[0]
+    except HTTPError:
+        return None
+    top = config.prefix + "/"
+    if not path.startswith(top):
+        return top
+    path = path.rstrip("/") + "/"
+    if status == 404 and path != top:
+        path = path[:path.rstrip("/").rindex("/") + 1]
+    return path
 
 
 # -- access: Host names, passwords, origins --------------------------------
@@ -2970,36 +3175,67 @@ def handle_write(request, ctx):
 # 10. Uploads: temporary file in the target folder, atomic publish
 # ---------------------------------------------------------------------------
 
-def shorten_name(name, limit=MAX_NAME_BYTES):
-    """Cut a name to at most limit bytes of UTF-8, keeping its extension."""
-    if len(name.encode("utf-8", "surrogateescape")) <= limit:
-        return name
+def split_extension(name):
+    """Split a name into (stem, extension), keeping ".tar.gz" (".tar.xz"...) whole."""
     stem, ext = os.path.splitext(name)
     if stem.lower().endswith(".tar"):   # keep ".tar.gz" whole
         stem, ext = stem[:-4], stem[-4:] + ext
     if len(ext.encode("utf-8", "surrogateescape")) > 32:
         stem, ext = name, ""            # not an extension, just a long tail
-    room = limit - len(ext.encode("utf-8", "surrogateescape"))
+    return stem, ext
+
+
+def shorten_name(name, limit=MAX_NAME_BYTES, suffix=""):
+    """Cut a name to at most limit bytes of UTF-8, keeping its extension.
+
+    suffix (" (2)") goes between the stem and the extension, and is never cut.
+    """
+    if not suffix and len(name.encode("utf-8", "surrogateescape")) <= limit:
+        return name
+    stem, ext = split_extension(name)
+    room = limit - len((suffix + ext).encode("utf-8", "surrogateescape"))
     stem = stem.encode("utf-8", "surrogateescape")[:room].decode("utf-8", "ignore")
-    return stem + ext
+    return stem + suffix + ext
+
+
+CONTROL_CHARS_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+WINDOWS_INVALID_RE = re.compile(r'[<>:"|?*]')
+WINDOWS_DEVICE_NAMES = frozenset(["CON", "PRN", "AUX", "NUL"] + [
+    "%s%d" % (kind, i) for kind in ("COM", "LPT") for i in range(1, 10)])
 
 
 def safe_upload_name(name, hidden=False):
-    """Reduce a client-given file name to a safe base name, or None.
+    """Reduce a client-given file name to a safe base name; None only for None.
 
-    Folders are dropped (browsers send backslashes as they are), a name
-    too long for any file system is shortened keeping its extension, and
-    what is left must pass the visibility rule.
+    Never refused, only reduced: folders are dropped (browsers send
+    backslashes as they are), so are control characters, a leading dot
+    unless hidden (".." included, repeatedly: "..x" becomes "x"), and on
+    Windows the characters it cannot hold; a name too long for any file
+    system is shortened keeping its extension.  What is left passes the
+    visibility rule; an empty result becomes "upload-<hex>".
     """
     if name is None:
         return None
-    name = name.replace("\\", "/").rsplit("/", 1)[-1].strip()
-    if re.search(r"[\x00-\x1f\x7f]", name):
-        return None
-    if IS_WINDOWS and re.search(r'[*?"<>|]', name):
-        return None
+    name = name.replace("\\", "/").rsplit("/", 1)[-1]
+    name = CONTROL_CHARS_RE.sub("", name).strip()
+    if IS_WINDOWS:                      # it would drop trailing dots and spaces silently
+        name = WINDOWS_INVALID_RE.sub("", name).rstrip(". ")
+        if split_extension(name)[0].upper() in WINDOWS_DEVICE_NAMES:
+            name = "_" + name           # "NUL.txt" opens the null device
+    if not hidden or name in (".", "..") or name.lstrip(".").startswith(UPLOAD_TMP_PREFIX[1:]):
+        name = name.lstrip(". ").rstrip()
     name = shorten_name(name)
-    return name if is_visible(name, hidden) else None
+    if not is_visible(name, hidden):
+        name = "upload-" + os.urandom(4).hex()
+    return name
+
+
+def numbered_name(name, number):
+    """The --rename candidate number of a name: "a.txt", 2 -> "a (2).txt"; 0: the name itself.
+
+    ".tar.gz" stays whole ("x (2).tar.gz"), and the result fits MAX_NAME_BYTES.
+    """
+    return shorten_name(name, suffix=" (%d)" % number) if number else name
 
 
 def write_error(exc, path):
@@ -3142,17 +3378,8 @@ class TempFile(object):
                     except OSError:
                         backup = None
                 os.replace(self.path, target)
-            elif IS_WINDOWS:
-                os.rename(self.path, target)        # fails if the target exists
             else:
-                try:
-                    os.link(self.path, target)      # atomic and never clobbers
-                except OSError as exc:
-                    if exc.errno in (errno.EEXIST,):
-                        raise
-                    if os.path.lexists(target):     # no hard links here (FAT, some FUSE)
-                        raise FileExistsError(errno.EEXIST, "exists")
-                    os.rename(self.path, target)
+                link_new(self.path, target)
         except FileExistsError:
             raise HTTPError(409, "A file named %s exists." % display_text(
                 os.path.basename(target)))
@@ -3166,6 +3393,31 @@ class TempFile(object):
             self.discard()
         return backup
 
+    def publish_first_free(self, folder, name, number=0):
+        """Give the complete file the first free name of numbered_name(name, number),
+        (number + 1), ... (0: name itself); returns the name given.
+
+        Each try is atomic (link_new never replaces a file that appeared
+        meanwhile).  Raises 409 after MAX_RENAME_TRIES taken names.
+        """
+        self.complete()
+        target = None
+        try:
+            os.chmod(self.path, self.mode)
+            for number in range(number, number + MAX_RENAME_TRIES):
+                given = numbered_name(name, number)
+                target = os.path.join(folder, given)
+                try:
+                    link_new(self.path, target)
+                    return given
+                except (FileExistsError, IsADirectoryError):
+                    continue
+            raise HTTPError(409, "No free name like %s is left." % display_text(name))
+        except OSError as exc:
+            raise write_error(exc, target or folder)
+        finally:
+            self.discard()
+
     def discard(self):
         """Close and delete the temporary (safe to call more than once)."""
         try:
@@ -3174,6 +3426,21 @@ class TempFile(object):
             pass
         discard_path(self.path)
         self.ctx.active_temps.discard(self.path)
+
+
+def link_new(path, target):
+    """Give the file at path the name target too, never replacing a file: FileExistsError."""
+    if IS_WINDOWS:
+        os.rename(path, target)         # fails if the target exists
+        return
+    try:
+        os.link(path, target)           # atomic and never clobbers
+    except OSError as exc:
+        if exc.errno in (errno.EEXIST,):
+            raise
+        if os.path.lexists(target):     # no hard links here (FAT, some FUSE)
+            raise FileExistsError(errno.EEXIST, "exists")
+        os.rename(path, target)
 
 
 def discard_path(path):
@@ -3285,18 +3552,66 @@ class RawUpload(object):
         check_upload_target(self.request, self.config, self.fs_path)
         replaced = os.path.lexists(self.fs_path)
         discard_path(self.temp.publish(self.fs_path, self.config.overwrite))
-        if replaced:
-            return text_response(200, "Replaced %s (%d bytes)\n"
-                                 % (display_text(self.url_path), self.received))
-        location = url_quote(self.url_path)
-        return text_response(201, "Created %s (%d bytes)\n"
-                             % (display_text(self.url_path), self.received),
-                             headers=[("Location", location)])
+        status, location = (200, []) if replaced else \
+            (201, [("Location", url_quote(self.url_path))])
+        message = "%s %s (%d bytes)" % ("Replaced" if replaced else "Created",
+                                        display_text(self.url_path), self.received)
+        if wants_json(self.request, parse_query(self.request.route.query)):
+            name = display_text(os.path.basename(self.fs_path))
+            folder = self.url_path[:self.url_path.rindex("/") + 1]
+            return json_response(status, collections.OrderedDict([
+                ("status", status), ("message", message), ("folder", url_quote(folder)),
+                ("files", [collections.OrderedDict([
+                    ("name", name), ("saved_as", name), ("size", self.received),
+                    ("url", url_quote(self.url_path)),
+                    ("outcome", "replaced" if replaced else "saved"), ("reason", None)])])]),
+                headers=location)
+        return text_response(status, message + "\n", headers=location)
 
     def abort(self):
         """The upload failed: leave nothing behind."""
         self.temp.discard()
         remove_folders(self.created)
+
+
+class FormFile(object):
+    """One file part of a form: what the client called it, the name it gets, what became of it."""
+
+    __slots__ = ("name", "safe_name", "saved_as", "number", "size", "outcome", "reason",
+                 "temp", "url")
+
+    def __init__(self, name, safe_name):
+        self.name = name                # as the client sent it
+        self.safe_name = safe_name      # reduced by safe_upload_name
+        self.saved_as = safe_name       # the name it is to get (numbered under --rename)
+        self.number = 0                 # numbered_name's number for saved_as
+        self.size = 0
+        self.outcome = None             # None while pending; see FORM_OUTCOMES
+        self.reason = None
+        self.temp = None                # its complete (or growing) TempFile
+        self.url = None
+
+    def drop(self, outcome, reason):
+        """This file will not be saved: say why and delete its temporary."""
+        self.outcome, self.reason = outcome, reason
+        if self.temp is not None:
+            self.temp.discard()
+            self.temp = None
+
+    def answer(self):
+        """The file as the JSON answer (and the outcome page) shows it."""
+        saved = self.outcome in ("saved", "renamed", "replaced")
+        return collections.OrderedDict([
+            ("name", self.name), ("saved_as", self.saved_as if saved else None),
+            ("size", self.size), ("url", self.url if saved else None),
+            ("outcome", self.outcome), ("reason", self.reason)])
+
+
+# What became of a form's file: saved under its (reduced) name, saved under a
+# numbered one (--rename), replaced a file (--overwrite), refused because the
+# name is taken, or not saved because something else refused the form.
+FORM_OUTCOMES = ("saved", "renamed", "replaced", "exists", "not saved")
+NOT_SAVED_REASON = "Not saved: a form is saved all or nothing."
 
 
 class FormUpload(object):
@@ -3306,7 +3621,11 @@ class FormUpload(object):
     ends.  Only when the closing delimiter has arrived and every part is
     accepted do the files get their names; if one fails, those already
     published are taken back (and replaced ones restored), so a form never
-    half succeeds.
+    half succeeds.  A taken name (without --overwrite or --rename) refuses
+    the form, but the rest of the body is still parsed, its data dropped
+    without temporaries, so that the answer names every file and what
+    became of it (409).  Errors raised for the form carry .files, the same
+    list, for error_response.
     """
 
     def __init__(self, request, ctx, fs_folder, url_folder, boundary):
@@ -3318,9 +3637,10 @@ class FormUpload(object):
         self.parser = MultipartParser(boundary)
         self.received = 0
         self.parts = 0
-        self.temp = None                # the file part being received
-        self.name = None
-        self.files = collections.OrderedDict()    # name -> complete TempFile
+        self.files = []                 # a FormFile per file part, in the form's order
+        self.current = None             # the FormFile being received
+        self.names = {}                 # name to be given -> its FormFile
+        self.refusal = None             # why the form is refused, once a name is taken
         self.pending = False
         self.created = make_folder(self.config.root, fs_folder)
         remove_stale_temporaries(fs_folder, ctx)
@@ -3328,89 +3648,202 @@ class FormUpload(object):
     def write(self, data):
         """Feed body bytes through the multipart parser to temporary files."""
         self.received += len(data)
-        events = self.parser.feed(data, FORM_PARTS_PER_TURN)
-        self.pending = self.parser.pending
-        for kind, value in events:
-            if kind == "part":
-                self.start_part(value)
-            elif kind == "data":
-                if self.temp is not None:
-                    self.temp.write(value)
-            elif self.temp is not None:
-                self.end_part()
+        try:
+            events = self.parser.feed(data, FORM_PARTS_PER_TURN)
+            self.pending = self.parser.pending
+            for kind, value in events:
+                if kind == "part":
+                    self.start_part(value)
+                elif self.current is None:
+                    continue                    # a field that is not a file
+                elif kind == "data":
+                    self.current.size += len(value)
+                    if self.current.temp is not None:
+                        self.current.temp.write(value)
+                else:
+                    self.end_part()
+        except HTTPError as exc:
+            raise self.with_files(exc)
 
     def start_part(self, headers):
-        """A new part: file parts get a temporary, other fields are ignored."""
+        """A new part: a file part gets its name and a temporary, other fields are ignored."""
+        self.current = None
         self.parts += 1
         if self.parts > MAX_FORM_PARTS:
             raise HTTPError(413, "A form may have at most %d parts." % MAX_FORM_PARTS)
         _, params = parse_header_params(headers.get("content-disposition", ""), unescape=False)
-        if "filename" not in params:
-            return
-        name = safe_upload_name(params["filename"], self.config.hidden)
-        if name is None:
-            if params["filename"] == "":
-                return                          # an empty file input
-            raise HTTPError(400, "Unsafe file name %r." % params["filename"])
+        if not params.get("filename"):
+            return                              # a field, or an empty file input
+        self.current = FormFile(params["filename"],
+                                safe_upload_name(params["filename"], self.config.hidden))
+        self.files.append(self.current)
+        self.place(self.current)
+        if self.refusal is None:                # after a refusal, data is only counted
+            self.current.temp = TempFile(self.fs_folder, self.ctx)
+
+    def taken(self, name):
+        """Why name cannot be given to a file of this form, or None if it can."""
         target = os.path.join(self.fs_folder, name)
-        if os.path.isdir(target) or (not self.config.overwrite and os.path.lexists(target)):
-            raise HTTPError(409, "Exists already: %s." % name)   # before its bytes arrive
-        if name in self.files and not self.config.overwrite:
-            raise HTTPError(409, "The form holds two files named %s." % name)
-        self.name = name
-        self.temp = TempFile(self.fs_folder, self.ctx)
+        if os.path.isdir(target):
+            return "A folder named %s exists." % display_text(name)
+        if self.config.overwrite:
+            return None
+        if name in self.names:
+            return "Another file in this form is named %s." % display_text(name)
+        if os.path.lexists(target):
+            return "A file named %s exists." % display_text(name)
+        return None
+
+    def place(self, form_file):
+        """Choose the name a file will get (the first free numbered one under
+        --rename), or refuse the form because the name is taken."""
+        reason = self.taken(form_file.safe_name)
+        number = 0
+        while reason is not None:
+            if not self.config.rename or number + 1 >= MAX_RENAME_TRIES:
+                form_file.drop("exists", reason)
+                self.refuse(reason)
+                return
+            number += 1
+            if self.taken(numbered_name(form_file.safe_name, number)) is None:
+                form_file.reason = reason
+                break
+        form_file.number = number
+        form_file.saved_as = numbered_name(form_file.safe_name, number)
+        earlier = self.names.get(form_file.saved_as)
+        if earlier is not None:                 # --overwrite: the last of a name wins
+            earlier.drop("not saved", "A later file in this form has the same name.")
+        self.names[form_file.saved_as] = form_file
+
+    def refuse(self, reason):
+        """A name is taken: nothing will be saved; drop what was received so far."""
+        if self.refusal is None:
+            self.refusal = reason
+        for form_file in self.files:
+            if form_file.outcome is None and form_file.temp is not None:
+                form_file.temp.discard()
+                form_file.temp = None
 
     def end_part(self):
         """A file part is complete: flush it; it waits for the whole form."""
-        temp, self.temp = self.temp, None
-        temp.complete()
-        previous = self.files.pop(self.name, None)
-        if previous is not None:
-            previous.discard()                  # --overwrite: the last of a name wins
-        self.files[self.name] = temp
+        form_file, self.current = self.current, None
+        if form_file.temp is not None:
+            form_file.temp.complete()
 
     def finish(self):
-        """The body is complete: publish every file, then 303 or 201 JSON."""
-        if not self.parser.done:
-            raise HTTPError(400, "The multipart body ended early.")
-        if not self.files:
-            raise HTTPError(400, "The form held no file.")
-        published = []                          # (target, backup or None)
+        """The body is complete: publish every file; 201 (303 for a page), or 409
+        naming every file when a name was taken."""
         try:
-            for name, temp in self.files.items():
-                target = os.path.join(self.fs_folder, name)
-                published.append((target, temp.publish(target, self.config.overwrite)))
-        except HTTPError:
-            for target, backup in reversed(published):
+            if not self.parser.done:
+                raise HTTPError(400, "The multipart body ended early.")
+            if not self.files:
+                raise HTTPError(400, "The form held no file.")
+            if self.refusal is None:
+                self.publish_all()
+        except HTTPError as exc:
+            raise self.with_files(exc)
+        return self.answer()
+
+    def publish_all(self):
+        """Give every file its name; on a failure take back those already published.
+
+        A name taken meanwhile refuses the form (it is not an error: the
+        answer is the 409 that names the files), other failures raise.
+        """
+        published = []                          # (FormFile, target, backup or None)
+        form_file = None
+        try:
+            for form_file in self.files:
+                temp, form_file.temp = form_file.temp, None
+                if temp is None:
+                    continue                    # dropped: a later file took its name
+                if self.config.rename:
+                    form_file.saved_as = temp.publish_first_free(
+                        self.fs_folder, form_file.safe_name, form_file.number)
+                    target, backup = os.path.join(self.fs_folder, form_file.saved_as), None
+                    form_file.outcome = "saved" if form_file.number == 0 and \
+                        form_file.saved_as == form_file.safe_name else "renamed"
+                else:
+                    target = os.path.join(self.fs_folder, form_file.saved_as)
+                    replaced = self.config.overwrite and os.path.lexists(target)
+                    backup = temp.publish(target, self.config.overwrite)
+                    form_file.outcome = "replaced" if replaced else "saved"
+                published.append((form_file, target, backup))
+        except HTTPError as exc:
+            for done, target, backup in reversed(published):
                 if backup is not None:
                     os.replace(backup, target)  # put the replaced file back
                 else:
                     discard_path(target)
-            raise
+                done.outcome = None
+            if exc.status != 409:
+                raise
+            form_file.drop("exists", exc.message)
+            self.refuse(exc.message)
+            return
         finally:
-            for temp in self.files.values():
-                temp.discard()
-        saved = []
-        for (target, backup), (name, temp) in zip(published, self.files.items()):
+            for other in self.files:
+                if other.temp is not None:
+                    other.temp.discard()
+                    other.temp = None
+        for form_file, target, backup in published:
             discard_path(backup)
-            saved.append({"name": display_text(name), "size": temp.size,
-                          "url": url_quote(self.url_folder + name)})
-        self.files = collections.OrderedDict()
-        if "application/json" in (self.request.get_header("accept") or ""):
-            return json_response(201, {"saved": saved})
-        location = url_quote(self.url_folder)
-        body = html_page("303 See Other", '<p>Uploaded. <a href="%s">Back</a></p>'
-                         % html.escape(location))
-        return Response(303, [("Location", location)] + PAGE_HEADERS, body)
+            if form_file.outcome == "renamed" and form_file.reason is None:
+                form_file.reason = "A file named %s appeared meanwhile." % display_text(
+                    form_file.safe_name)
+            elif form_file.saved_as != form_file.name and form_file.reason is None:
+                form_file.reason = "The name was reduced to a safe one."
+            form_file.url = url_quote(self.url_folder + form_file.saved_as)
+
+    def file_answers(self, reason):
+        """Every file with its outcome; pending ones are "not saved", for reason."""
+        for form_file in self.files:
+            if form_file.outcome is None:
+                form_file.drop("not saved", reason)
+        return [form_file.answer() for form_file in self.files]
+
+    def with_files(self, exc):
+        """exc, carrying what became of each file (nothing is saved)."""
+        exc.files = self.file_answers(exc.message or reason_phrase(exc.status))
+        return exc
+
+    def answer(self):
+        """201 with every file (303 to the folder for a page), or 409 naming each file."""
+        folder = url_quote(self.url_folder)
+        if self.refusal is not None:
+            taken = [f.safe_name for f in self.files if f.outcome == "exists"]
+            files = self.file_answers(NOT_SAVED_REASON)
+            remove_folders(self.created)        # only if nothing was saved into them
+            status = 409
+            message = ("Nothing was saved. %s%s To keep both, the server can be started "
+                       "with --rename (it saves \"%s\"); to replace files, with --overwrite."
+                       % (self.refusal, " %d names are taken." % len(taken) if len(taken) > 1
+                          else "", numbered_name(taken[0] if taken else "name", 1)))
+        else:
+            files = self.file_answers(NOT_SAVED_REASON)
+            status = 201
+            saved = [f for f in files if f["saved_as"] is not None]
+            moved = [f for f in saved if f["saved_as"] != f["name"]]
+            message = "Saved %d file%s%s." % (len(saved), "" if len(saved) == 1 else "s",
+                                              " (%d under another name)" % len(moved)
+                                              if moved else "")
+        if wants_json(self.request, parse_query(self.request.route.query)):
+            answer = collections.OrderedDict([("status", status)])
+            if status >= 400:
+                answer["error"] = reason_phrase(status)
+            answer.update([("message", message), ("folder", folder), ("files", files)])
+            return json_response(status, answer)
+        body = render_upload_outcome(status, message, files, folder)
+        if status == 201:
+            return Response(303, [("Location", folder)] + PAGE_HEADERS, body)
+        return Response(status, PAGE_HEADERS, body)
 
     def abort(self):
         """The upload failed: remove every temporary; publish nothing."""
-        if self.temp is not None:
-            self.temp.discard()
-            self.temp = None
-        for temp in self.files.values():
-            temp.discard()
-        self.files = collections.OrderedDict()
+        for form_file in self.files:
+            if form_file.temp is not None:
+                form_file.temp.discard()
+                form_file.temp = None
         remove_folders(self.created)    # only if nothing was saved into them
 
 
@@ -5870,6 +6303,9 @@ def build_arg_parser():
                              "posted to a folder")
     parser.add_argument("--overwrite", action="store_true",
                         help="let uploads replace existing files (atomically; 409 otherwise)")
+    parser.add_argument("--rename", action="store_true",
+                        help="save a form's files whose names are taken as \"name (1).ext\", "
+                             "\"name (2).ext\", ... (a PUT still names its target exactly)")
     parser.add_argument("--max-upload", type=size_argument, default=None, metavar="SIZE",
                         help="largest upload accepted, in bytes or with K, M, G suffix "
                              "(binary: 2G = 2*2^30); larger ones get 413")
@@ -6276,6 +6712,10 @@ def main(argv=None):
         parser.error("not a directory: %s" % args.directory)
     if args.overwrite and not args.upload:
         parser.error("--overwrite needs -u/--upload")
+    if args.rename and not args.upload:
+        parser.error("--rename needs -u/--upload")
+    if args.rename and args.overwrite:
+        parser.error("--rename and --overwrite exclude each other: keep both files, or replace")
     if bool(args.tls_cert) != bool(args.tls_key):
         parser.error("--tls-cert and --tls-key go together")
     try:
@@ -6297,6 +6737,7 @@ def main(argv=None):
     config = Config(root=os.path.realpath(root), listing=not args.no_listing,
                     hidden=args.hidden, follow_symlinks=args.follow_symlinks,
                     quiet=args.quiet, upload=args.upload, overwrite=args.overwrite,
+                    rename=args.rename,
                     max_upload=args.max_upload, echo=args.echo, prefix=args.route_prefix or "",
                     gzip=not args.no_gzip,
                     precompressed=args.precompressed or not args.upload,

@@ -4278,17 +4278,32 @@ class TestUploadNames(unittest.TestCase):
             with self.subTest(name=name):
                 self.assertEqual(minihttpd.safe_upload_name(name, False), expected, repr(name))
 
-    def test_rejected_names(self):
-        for name in ("", ".", "..", "a/..", "dir/", "..\\..", "/", "a\x00b.txt", "a\nb.txt",
-                     "a\rb.txt", "a\x1bb.txt", ".hidden", "x/.hidden", "..\\.hidden"):
+    def test_unsafe_names_are_reduced(self):
+        # Never refused: control characters and leading dots go, and so does "." or "..".
+        cases = [("a\x00b.txt", "ab.txt"), ("a\nb.txt", "ab.txt"), ("a\rb.txt", "ab.txt"),
+                 ("a\x1bb.txt", "ab.txt"), ("\x85next\x7f.txt", "next.txt"),
+                 (".hidden", "hidden"), ("x/.hidden", "hidden"), ("..\\.hidden", "hidden"),
+                 ("..x", "x"), ("...x.txt", "x.txt"), (" . .x", "x"),
+                 (".minihttpd-upload-1-abc", "minihttpd-upload-1-abc")]
+        for name, expected in cases:
             with self.subTest(name=name):
-                self.assertIsNone(minihttpd.safe_upload_name(name, False), repr(name))
+                self.assertEqual(minihttpd.safe_upload_name(name, False), expected, repr(name))
+        for name in ("", ".", "..", "a/..", "dir/", "..\\..", "/", "\x01\x02", " . "):
+            with self.subTest(generated=name):
+                self.assertRegex(minihttpd.safe_upload_name(name, False),
+                                 r"\Aupload-[0-9a-f]{8}\Z", repr(name))
+        self.assertIsNone(minihttpd.safe_upload_name(None, False))
 
     def test_hidden_allowed_with_flag(self):
         self.assertEqual(minihttpd.safe_upload_name(".hidden", True), ".hidden")
         self.assertEqual(minihttpd.safe_upload_name("../.hidden", True), ".hidden")
-        self.assertIsNone(minihttpd.safe_upload_name("..", True))
-        self.assertIsNone(minihttpd.safe_upload_name(".", True))
+        self.assertEqual(minihttpd.safe_upload_name("..x", True), "..x")
+        # Never "." or "..", nor an upload temporary's name, even with --hidden.
+        self.assertEqual(minihttpd.safe_upload_name(".minihttpd-upload-1-abc", True),
+                         "minihttpd-upload-1-abc")
+        for name in ("..", "."):
+            with self.subTest(name=name):
+                self.assertRegex(minihttpd.safe_upload_name(name, True), r"\Aupload-[0-9a-f]{8}\Z")
 
     def test_bad_max_upload_exits_2(self):
         proc = run_cli("-p", "0", "-b", "127.0.0.1", "-u", "--max-upload", "lots", timeout=10)
@@ -4565,7 +4580,7 @@ class TestUploads(unittest.TestCase):
         r = post_multipart(s.port, "/up/", boundary, body, accept_json=True)
         self.assertEqual(r.status, 201, r)
         self.assertTrue(r.headers.get("content-type", "").startswith("application/json"), r.headers)
-        saved = json_body(r)["saved"]
+        saved = json_body(r)["files"]
         self.assertEqual([(e["name"], e["size"]) for e in saved],
                          [("a b.txt", 3), ("c.bin", len(b"\r\n\r\n--xYzBoundar"))])
         self.assertEqual(urllib.parse.urlsplit(saved[0]["url"]).path, "/up/a%20b.txt")
@@ -4581,7 +4596,7 @@ class TestUploads(unittest.TestCase):
         r = post_multipart(s.port, "/up/", boundary,
                                build_multipart(boundary, [("file", name, b"unicode")]), accept_json=True)
         self.assertEqual(r.status, 201, r)
-        self.assertEqual(json_body(r)["saved"][0]["name"], name)
+        self.assertEqual(json_body(r)["files"][0]["saved_as"], name)
         self.assertEqual(read_file(os.path.join(root, "up", name)), b"unicode")
 
     def test_multipart_boundary_split_across_segments(self):
@@ -5016,15 +5031,24 @@ class TestUploadSafety(unittest.TestCase):
                 self.assertEqual(r.status, 201, (name, r))
                 added = sorted(set(list_tree(base)) - set(before_root))
                 self.assertEqual(added, ["root/up/" + basename], name)
-                self.assertEqual([e["name"] for e in json_body(r)["saved"]], [basename])
-        for name in (".hidden", "..", ".", "../.bashrc", "a/"):
-            with self.subTest(rejected=name):
+                self.assertEqual([(e["name"], e["saved_as"]) for e in json_body(r)["files"]],
+                                 [(name, basename)])
+        # Names that were refused with a 400 before are reduced too; "." and ".." are never kept.
+        for name, basename in ((".hidden", "hidden"), ("../.bashrc", "bashrc"), ("..", None),
+                               (".", None), ("a/", None)):
+            with self.subTest(reduced=name):
                 boundary = b"nosafe"
                 before_root = list_tree(base)
                 r = post_multipart(s.port, "/up/", boundary,
                                    build_multipart(boundary, [("file", name, b"payload")]), accept_json=True)
-                self.assertEqual(r.status, 400, (name, r))
-                self.assertEqual(list_tree(base), before_root, name)
+                self.assertEqual(r.status, 201, (name, r))
+                saved_as = json_body(r)["files"][0]["saved_as"]
+                if basename is None:
+                    self.assertRegex(saved_as, r"\Aupload-[0-9a-f]{8}\Z")
+                else:
+                    self.assertEqual(saved_as, basename)
+                added = sorted(set(list_tree(base)) - set(before_root))
+                self.assertEqual(added, ["root/up/" + saved_as], name)
         self.assertEqual(read_file(os.path.join(base, "outside", "secret.txt")), b"secret")
         self.assertFalse(os.path.exists(os.path.join(base, "evil.txt")))
         assert_no_temps(self, up)
@@ -7180,7 +7204,7 @@ class TestPageHeaders(SharedServerTestCase):
         self.assertEqual(r.status, 200)
         page = r.body.decode("utf-8")
         self.assertEqual(len(inline_element_texts(page, "script")), 1, "upload script expected")
-        self.assertEqual(len(inline_element_texts(page, "style")), 1)
+        self.assertEqual(len(inline_element_texts(page, "style")), 2, "page and upload form")
         directives = self.assert_csp_allows_only_own_inline(r)
         # The upload script POSTs with XMLHttpRequest: default-src 'none' would block it.
         self.assertIn("'self'", directives.get("connect-src", []))
@@ -9130,6 +9154,391 @@ class TestArchiveStreams(unittest.TestCase):
 def url_quote_path(path):
     """A path percent-encoded as UTF-8, slashes kept."""
     return urllib.parse.quote(path.encode("utf-8"))
+
+
+# ---------------------------------------------------------------------------
+# Upload outcomes: JSON answers, --rename, reduced names, pages that explain
+# ---------------------------------------------------------------------------
+
+GENERATED_NAME_RE = r"\Aupload-[0-9a-f]{8}\Z"
+
+
+def form_request(path, parts, boundary=b"outcomeBoundary", accept_json=True, unclosed=False):
+    """The bytes of a form POST of parts (as build_multipart takes them) to path.
+
+    unclosed: the body ends at the last delimiter, without the closing "--".
+    """
+    body = build_multipart(boundary, parts)
+    if unclosed:
+        body = body[:body.rindex(b"--" + boundary + b"--")] + b"--" + boundary
+    headers = [("Content-Type", "multipart/form-data; boundary=" + boundary.decode("ascii")),
+               ("Content-Length", str(len(body)))]
+    if accept_json:
+        headers.append(("Accept", "application/json"))
+    return build_request("POST", path, headers, body, close=True)
+
+
+def post_form(port, path, parts, accept_json=True):
+    """POST a form of parts to path; return the Response."""
+    return parse_response(send_raw(port, form_request(path, parts, accept_json=accept_json)))
+
+
+def outcomes(resp):
+    """(name, saved_as, outcome) of every file in a form's JSON answer."""
+    return [(f["name"], f["saved_as"], f["outcome"]) for f in json_body(resp)["files"]]
+
+
+class TestUploadOutcomes(SharedServerTestCase):
+    """What a form post answers: JSON for every outcome, --rename, reduced names, pages."""
+
+    @classmethod
+    def set_up_shared(cls, fixture):
+        cls.root = make_tree(fixture, {"taken/old.txt": b"OLD", "renames/r.txt": b"R0",
+                                       "renames/r (1).txt": b"R1", "renames/r.tar.gz": b"TGZ",
+                                       "put/exists.txt": b"E", "pages/old.txt": b"OLD"})
+        cls.srv = start_server(fixture, cls.root, "-u", "--max-upload", "4K")
+        cls.renaming = start_server(fixture, cls.root, "-u", "--rename")
+
+    def path(self, *parts):
+        """A path below the shared root."""
+        return os.path.join(self.root, *parts)
+
+    def test_saved_answer(self):
+        r = post_form(self.port, "/saved/", [("file", "a.txt", b"abc"), ("note", None, b"x")])
+        self.assertEqual(r.status, 201, r)
+        self.assertEqual(r.headers["content-type"], "application/json")
+        answer = json_body(r)
+        self.assertEqual(answer, {"status": 201, "message": "Saved 1 file.", "folder": "/saved/",
+                                  "files": [{"name": "a.txt", "saved_as": "a.txt", "size": 3,
+                                             "url": "/saved/a.txt", "outcome": "saved",
+                                             "reason": None}]})
+        self.assertEqual(read_file(self.path("saved", "a.txt")), b"abc")
+
+    def test_rename_several_clashes(self):
+        r = post_form(self.renaming.port, "/renames/", [
+            ("file", "r.txt", b"first"), ("file", "r.txt", b"second"),
+            ("file", "r.tar.gz", b"archive"), ("file", "fresh.txt", b"fresh")])
+        self.assertEqual(r.status, 201, r)
+        self.assertEqual(outcomes(r), [("r.txt", "r (2).txt", "renamed"),
+                                       ("r.txt", "r (3).txt", "renamed"),
+                                       ("r.tar.gz", "r (1).tar.gz", "renamed"),
+                                       ("fresh.txt", "fresh.txt", "saved")])
+        files = json_body(r)["files"]
+        self.assertEqual(files[0]["reason"], "A file named r.txt exists.")
+        self.assertEqual(files[1]["reason"], "A file named r.txt exists.")
+        self.assertEqual(files[0]["url"], "/renames/r%20%282%29.txt")
+        expected = {"r.txt": b"R0", "r (1).txt": b"R1", "r (2).txt": b"first",
+                    "r (3).txt": b"second", "r.tar.gz": b"TGZ", "r (1).tar.gz": b"archive",
+                    "fresh.txt": b"fresh"}
+        self.assertEqual(sorted(os.listdir(self.path("renames"))), sorted(expected))
+        for name, data in expected.items():
+            with self.subTest(name=name):
+                self.assertEqual(read_file(self.path("renames", name)), data)
+
+    def test_put_ignores_rename(self):
+        r = request(self.renaming.port, "PUT", "/put/exists.txt", {"Accept": "application/json"},
+                    body=b"new")
+        self.assertEqual(r.status, 409, r)
+        self.assertEqual(json_body(r)["error"], "Conflict")
+        self.assertEqual(read_file(self.path("put", "exists.txt")), b"E")
+        r = request(self.renaming.port, "PUT", "/put/made.txt", {"Accept": "application/json"},
+                    body=b"made")
+        self.assertEqual(r.status, 201, r)
+        self.assertEqual(outcomes(r), [("made.txt", "made.txt", "saved")])
+
+    def test_conflict_names_every_file(self):
+        # The clash is in the middle: the file before it is dropped, the one after never
+        # gets a temporary, and the answer still names all three.
+        parts = [("file", "new.txt", b"N" * 1500), ("file", "old.txt", b"clash"),
+                 ("file", "later.txt", b"L" * 1500)]
+        data = form_request("/taken/", parts)
+        cut_new = data.index(b"N" * 1500) + 1000
+        cut_later = data.index(b"L" * 1500) + 1000
+        sock = connect(self.port)
+        try:
+            sock.sendall(data[:cut_new])
+            self.assertTrue(wait_for(lambda: len(upload_temps(self.path("taken"))) == 1, 5),
+                            "no temporary for new.txt")
+            sock.sendall(data[cut_new:cut_later])
+            self.assertTrue(wait_for(lambda: upload_temps(self.path("taken")) == [], 5),
+                            "temporaries kept after the clash: %r" % upload_temps(self.root))
+            sock.sendall(data[cut_later:])
+            r, _, _ = read_final_response(sock)
+        finally:
+            sock.close()
+        self.assertEqual(r.status, 409, r)
+        answer = json_body(r)
+        self.assertEqual((answer["status"], answer["error"]), (409, "Conflict"))
+        self.assertEqual(outcomes(r), [("new.txt", None, "not saved"), ("old.txt", None, "exists"),
+                                       ("later.txt", None, "not saved")])
+        self.assertEqual([f["size"] for f in answer["files"]], [1500, 5, 1500])
+        self.assertEqual(answer["files"][1]["reason"], "A file named old.txt exists.")
+        self.assertIn("--rename", answer["message"])
+        self.assertIn("--overwrite", answer["message"])
+        self.assertEqual(sorted(os.listdir(self.path("taken"))), ["old.txt"])
+        self.assertEqual(read_file(self.path("taken", "old.txt")), b"OLD")
+
+    def test_reduced_names_reported(self):
+        r = post_form(self.port, "/reduced/", [("file", "../up.txt", b"1"), ("file", ".dot", b"2"),
+                                               ("file", "c\x01d.txt", b"3"), ("file", "..", b"4")])
+        self.assertEqual(r.status, 201, r)
+        files = json_body(r)["files"]
+        self.assertEqual([f["name"] for f in files], ["../up.txt", ".dot", "c\x01d.txt", ".."])
+        self.assertEqual([f["saved_as"] for f in files[:3]], ["up.txt", "dot", "cd.txt"])
+        self.assertRegex(files[3]["saved_as"], GENERATED_NAME_RE)
+        for f in files:
+            with self.subTest(name=f["name"]):
+                self.assertEqual(f["outcome"], "saved")
+                self.assertEqual(f["reason"], "The name was reduced to a safe one.")
+                self.assertEqual(read_file(self.path("reduced", f["saved_as"])),
+                                 str(files.index(f) + 1).encode())
+        self.assertEqual(json_body(r)["message"], "Saved 4 files (4 under another name).")
+
+    def test_folders_are_made_and_checked(self):
+        r = post_form(self.port, "/made/deep/er/", [("file", "f.txt", b"f")])
+        self.assertEqual(r.status, 201, r)
+        self.assertEqual(json_body(r)["files"][0]["url"], "/made/deep/er/f.txt")
+        self.assertEqual(read_file(self.path("made", "deep", "er", "f.txt")), b"f")
+        # A folder's name follows the path rules: a hidden one is not found, and not made.
+        r = post_form(self.port, "/made/.git/", [("file", "config", b"c")])
+        self.assertEqual(r.status, 404, r)
+        self.assertEqual(json_body(r), {"status": 404, "error": "Not Found",
+                                        "message": "Not found."})
+        self.assertFalse(os.path.exists(self.path("made", ".git")))
+
+    def test_413_as_json(self):
+        r = post_form(self.port, "/big/", [("file", "big.bin", b"x" * 5000)])
+        self.assertEqual(r.status, 413, r)
+        answer = json_body(r)
+        self.assertEqual(answer["error"], minihttpd.reason_phrase(413))
+        self.assertEqual(answer["message"], "The upload is larger than 4096 bytes.")
+        self.assertFalse(os.path.exists(self.path("big")))
+
+    def test_form_error_names_its_files(self):
+        # A body that ends before its closing delimiter: 400, and each file is "not saved".
+        r = parse_response(send_raw(self.port, form_request("/cut/", [("file", "a.txt", b"a")],
+                                                            unclosed=True)))
+        self.assertEqual(r.status, 400, r)
+        self.assertEqual(json_body(r)["message"], "The multipart body ended early.")
+        self.assertEqual(json_body(r)["files"], [
+            {"name": "a.txt", "saved_as": None, "size": 1, "url": None, "outcome": "not saved",
+             "reason": "The multipart body ended early."}])
+
+    def test_json_errors_for_json_clients(self):
+        for headers, query in (({"Accept": "application/json"}, ""), ({}, "?format=json")):
+            with self.subTest(headers=headers, query=query):
+                r = get(self.port, "/missing.txt" + query, headers)
+                self.assertEqual(r.status, 404, r)
+                self.assertEqual(r.headers["content-type"], "application/json")
+                self.assertEqual(json_body(r), {"status": 404, "error": "Not Found",
+                                                "message": "Not found."})
+        r = request(self.port, "DELETE", "/saved/", {"Accept": "application/json"})
+        self.assertEqual(r.status, 405, r)
+        self.assertEqual(json_body(r)["error"], "Method Not Allowed")
+        self.assertEqual(r.headers["allow"], "GET, HEAD, OPTIONS, PUT, POST")
+        # A browser asks for HTML first: it gets the page.
+        r = get(self.port, "/missing.txt", {"Accept": "text/html,application/json;q=0.9"})
+        self.assertTrue(r.headers["content-type"].startswith("text/html"), r.headers)
+
+    def test_pages_without_script_link_back(self):
+        link = '<a href="/pages/">Back to the folder</a>'
+        r = post_form(self.port, "/pages/", [("file", "new.txt", b"n"), ("file", "old.txt", b"o")],
+                      accept_json=False)
+        self.assertEqual(r.status, 409, r)
+        page = r.body.decode("utf-8")
+        self.assertTrue(r.headers["content-type"].startswith("text/html"), r.headers)
+        self.assertIn(link, page)
+        self.assertIn('<span class="name">new.txt</span><span class="state">not saved</span>', page)
+        self.assertIn('<span class="name">old.txt</span><span class="state">not saved: exists'
+                      '</span><span class="why">A file named old.txt exists.</span>', page)
+        self.assertIn("--rename", page)
+        styles = csp_directives(r.headers["content-security-policy"])["style-src"]
+        self.assertEqual(len(inline_element_texts(page, "style")), 2)
+        for text in inline_element_texts(page, "style"):
+            self.assertIn(csp_hash(text), styles)
+        for what, raw, status in (("cut", form_request("/pages/", [("file", "a.txt", b"a")],
+                                                       accept_json=False, unclosed=True), 400),
+                                  ("too large", form_request("/pages/", [
+                                      ("file", "b.bin", b"b" * 5000)], accept_json=False), 413)):
+            with self.subTest(what):
+                r = parse_response(send_raw(self.port, raw))
+                self.assertEqual(r.status, status, r)
+                self.assertIn(link, r.body.decode("utf-8"))
+        r = post_form(self.port, "/pages/", [("file", "fine.txt", b"f")], accept_json=False)
+        self.assertEqual((r.status, r.headers["location"]), (303, "/pages/"))
+        self.assertIn(link, r.body.decode("utf-8"))
+        self.assertEqual(sorted(os.listdir(self.path("pages"))), ["fine.txt", "old.txt"])
+
+    def test_form_states_the_limit(self):
+        config = minihttpd.Config(**dict.fromkeys(minihttpd.Config._fields))
+        form = minihttpd.render_upload_form(config._replace(max_upload=2 * 1024 ** 3,
+                                                           hidden=True))
+        self.assertIn("Drop files or folders here, or choose them", form)
+        self.assertIn("(at most 2.0 GiB per upload)", form)
+        self.assertIn('data-max="2147483648" data-hidden="1"', form)
+        form = minihttpd.render_upload_form(config._replace(max_upload=None, hidden=False))
+        self.assertNotIn('class="limit"', form)
+        self.assertIn('data-max="0" data-hidden="0"', form)
+
+    def test_publish_first_free_never_replaces(self):
+        folder = make_tree(self, {"a.txt": b"A", "a (1).txt": b"A1", "a (2)": None})
+        ctx = minihttpd.Context(minihttpd.Config(**dict.fromkeys(minihttpd.Config._fields)))
+        given = []
+        for data in (b"x", b"y"):
+            temp = minihttpd.TempFile(folder, ctx)
+            temp.write(data)
+            given.append(temp.publish_first_free(folder, "a.txt"))
+        self.assertEqual(given, ["a (2).txt", "a (3).txt"])
+        self.assertEqual([read_file(os.path.join(folder, n)) for n in ("a.txt", "a (1).txt")],
+                         [b"A", b"A1"])
+        self.assertEqual(upload_temps(folder), [])
+
+    def test_rename_and_overwrite_exclude_each_other(self):
+        line = cli_failure(self, "-p", "0", "-b", "127.0.0.1", "-d", self.root, "-u",
+                           "--rename", "--overwrite")
+        self.assertIn("--rename and --overwrite", line)
+        line = cli_failure(self, "-p", "0", "-b", "127.0.0.1", "-d", self.root, "--rename")
+        self.assertIn("--rename needs -u", line)
+
+
+# A page that drives the listing's own script in a frame (its CSP allows only that
+# script): it uploads, waits for the outcome list, then reports it in #status.
+BROWSER_OUTCOME_PAGE = """<!DOCTYPE html>
+<html><head><meta charset="utf-8"><title>autotest</title>
+<style>html,body{margin:0;height:100%%}iframe{border:0;width:100%%;height:100%%;display:block}
+#status,#during{position:absolute;left:-9999px}</style></head><body>
+<div id="status">STARTED</div><div id="during"></div>
+<iframe id="f" src="/up/"></iframe>
+<script>
+var st = document.getElementById("status");
+var frame = document.getElementById("f");
+var started = false, tries = 0;
+function report(doc) {
+  var total = doc.getElementById("upload-total").textContent;
+  if (total.indexOf("Saved ") !== 0) {
+    if (++tries < 200) { setTimeout(function () { report(doc); }, 50); }
+    else { st.textContent = "UPLOAD-TIMEOUT " + total; }
+    return;
+  }
+  var rows = Array.prototype.map.call(doc.querySelectorAll("#upload-files li"), function (li) {
+    var q = function (c) { return li.querySelector("." + c).textContent; };
+    var a = li.querySelector(".state a");
+    return q("name") + "=" + li.className + ":" + q("state") +
+      (a ? "@" + a.getAttribute("href") : "") + (q("why") ? ":" + q("why") : "");
+  });
+  st.textContent = "UPLOAD-DONE " + total + " | " + rows.join(" | ") + " | " +
+    doc.getElementById("upload-status").textContent;
+}
+frame.addEventListener("load", function () {
+  if (started) { return; }
+  started = true;
+  try {
+    var doc = frame.contentDocument, W = frame.contentWindow;
+    %(action)s
+    report(doc);
+  } catch (e) { st.textContent = "UPLOAD-ERROR " + e; }
+});
+</script></body></html>
+"""
+
+# Choose a new file and one that exists, and submit with the page's script on.
+BROWSER_ACTION_MIXED = """
+    var dt = new W.DataTransfer();
+    dt.items.add(new W.File(["fresh"], "new.txt", {type: "text/plain"}));
+    dt.items.add(new W.File(["clash"], "old.txt", {type: "text/plain"}));
+    var input = doc.querySelector('form input[type=file][name=file]');
+    input.files = dt.files;
+    input.form.requestSubmit();
+    var rows = Array.prototype.map.call(doc.querySelectorAll("#upload-files li"),
+                                        function (li) { return li.textContent; });
+    document.getElementById("during").textContent = "button disabled=" +
+      input.form.querySelector("button").disabled + ", rows=" + rows.join(",");
+"""
+
+# Drop a folder: Chromium cannot make FileSystemEntry objects from a script, so the
+# drop event carries a small tree of stand-ins with the same interface (name, isFile,
+# isDirectory, file(), createReader().readEntries() in batches), plus one plain file.
+BROWSER_ACTION_FOLDER_DROP = """
+    function file(name, text) {
+      return {name: name, isFile: true, isDirectory: false, file: function (ok) {
+        ok(new W.File([text], name, {type: "text/plain"})); }};
+    }
+    function dir(name, children) {
+      return {name: name, isFile: false, isDirectory: true, createReader: function () {
+        var batches = [children.slice(0, 2), children.slice(2), []];
+        return {readEntries: function (ok) {
+          var batch = batches.shift();
+          setTimeout(function () { ok(batch); }, 0);
+        }};
+      }};
+    }
+    var tree = dir("dropped", [file("a.txt", "A"), file(".hidden.txt", "H"),
+      dir("sub dir", [file("b.txt", "B"), file("c d.txt", "CD")]),
+      dir(".git", [file("config", "G")])]);
+    var loose = new W.File(["T"], "top.txt", {type: "text/plain"});
+    var items = [{kind: "file", webkitGetAsEntry: function () { return tree; },
+                  getAsFile: function () { return null; }},
+                 {kind: "file", webkitGetAsEntry: function () { return null; },
+                  getAsFile: function () { return loose; }}];
+    var drop = new W.Event("drop", {bubbles: true, cancelable: true});
+    Object.defineProperty(drop, "dataTransfer", {value: {items: items, files: []}});
+    doc.dispatchEvent(drop);
+"""
+
+
+class TestUploadOutcomesBrowser(unittest.TestCase):
+    """Headless Chromium runs the listing's upload script: outcomes on the page, folder drops."""
+
+    _chromium = TestUploadBrowser._chromium
+    _run = TestUploadBrowser._run
+
+    def _serve(self, action):
+        chromium = self._chromium()
+        page = BROWSER_OUTCOME_PAGE % {"action": action}
+        root = make_tree(self, {"up/old.txt": b"old", "autotest.html": page.encode("utf-8")})
+        return chromium, root, start_server(self, root, "-u")
+
+    def test_mixed_upload_shows_both_outcomes(self):
+        chromium, root, s = self._serve(BROWSER_ACTION_MIXED)
+        # The page at phone size is kept as a picture too (MINIHTTPD_SCREENSHOTS=DIR keeps it).
+        shot = os.path.join(os.environ.get("MINIHTTPD_SCREENSHOTS") or make_tree(self),
+                            "upload-mixed-390x844.png")
+        status, dom, err = self._run(chromium, s.url("/autotest.html"), flags=[
+            "--window-size=390,844", "--hide-scrollbars", "--screenshot=" + shot])
+        self.assertIn('<div id="during">button disabled=true, rows=new.txtwaiting,old.txtwaiting'
+                      '</div>', dom)
+        self.assertEqual(status, "UPLOAD-DONE Saved 0 of 2 files. | "
+                         "new.txt=bad:not saved:Not saved: a form is saved all or nothing. | "
+                         "old.txt=bad:not saved: exists:A file named old.txt exists. | "
+                         "Nothing was saved. A file named old.txt exists. To keep both, the server "
+                         "can be started with --rename (it saves \"old (1).txt\"); to replace "
+                         "files, with --overwrite. ", "chromium stderr: %s" % err)
+        self.assertEqual(sorted(os.listdir(os.path.join(root, "up"))), ["old.txt"])
+        with open(shot, "rb") as f:
+            png = f.read()
+        self.assertEqual(png[:8], b"\x89PNG\r\n\x1a\n")
+        self.assertEqual(struct.unpack(">II", png[16:24]), (390, 844))
+        self.assertGreater(len(png), 10000)
+
+    def test_folder_drop_fills_matching_folders(self):
+        chromium, root, s = self._serve(BROWSER_ACTION_FOLDER_DROP)
+        status, _, err = self._run(chromium, s.url("/autotest.html"))
+        self.assertTrue(status and status.startswith("UPLOAD-DONE Saved 4 of 4 files; 2 skipped."),
+                        "status %r; chromium stderr: %s" % (status, err))
+        self.assertIn("dropped/sub dir/c d.txt=ok:saved@/up/dropped/sub%20dir/c%20d.txt", status)
+        self.assertIn("dropped/.hidden.txt=bad:skipped:Hidden names are not kept", status)
+        self.assertIn("dropped/.git/=bad:skipped", status)
+        self.assertEqual(list_tree(os.path.join(root, "up")),
+                         list_tree(make_tree(self, {"old.txt": b"", "top.txt": b"",
+                                                    "dropped/a.txt": b"",
+                                                    "dropped/sub dir/b.txt": b"",
+                                                    "dropped/sub dir/c d.txt": b""})))
+        for rel, data in (("top.txt", b"T"), ("dropped/a.txt", b"A"),
+                          ("dropped/sub dir/b.txt", b"B"), ("dropped/sub dir/c d.txt", b"CD")):
+            with self.subTest(rel=rel):
+                self.assertEqual(read_file(os.path.join(root, "up", *rel.split("/"))), data)
+        self.assertEqual(upload_temps(root), [])
+
 
 if __name__ == "__main__":
     unittest.main()
