@@ -9335,7 +9335,8 @@ class TestUploadOutcomes(SharedServerTestCase):
         r = request(self.port, "DELETE", "/saved/", {"Accept": "application/json"})
         self.assertEqual(r.status, 405, r)
         self.assertEqual(json_body(r)["error"], "Method Not Allowed")
-        self.assertEqual(r.headers["allow"], "GET, HEAD, OPTIONS, PUT, POST")
+        self.assertEqual(r.headers["allow"], "GET, HEAD, OPTIONS, PROPFIND, PUT, POST, MKCOL, "
+                                             "COPY, MOVE, PROPPATCH, LOCK, UNLOCK")
         # A browser asks for HTML first: it gets the page.
         r = get(self.port, "/missing.txt", {"Accept": "text/html,application/json;q=0.9"})
         self.assertTrue(r.headers["content-type"].startswith("text/html"), r.headers)
