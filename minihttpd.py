@@ -107,7 +107,7 @@ WRITE_TIMEOUT_FACTOR = 6.0             # a reader that takes nothing for 60 s is
                                        # (the head: T from its first byte; a body pause: T)
 LINGER_S = 2.0                         # read and drop input after our FIN so the
                                        # client sees our answer, not a reset
-SHUTDOWN_GRACE_S = 5.0                 # in-flight responses may finish on SIGTERM
+SHUTDOWN_GRACE_S = 5.0                 # in-flight responses may finish on SIGINT or SIGTERM
 LISTEN_BACKLOG = 1024                  # socketserver's 5 drops SYNs under load
 RECV_BYTES = 256 * 1024                # at most this much is read per connection per turn
 FILE_CHUNK_BYTES = 256 * 1024          # read/sendfile step: bounded memory per client
@@ -3578,8 +3578,12 @@ class Server(object):
             if conn.state != CLOSED and conn.deadline < self.next_sweep:
                 self.next_sweep = conn.deadline
 
-    def request_stop(self):
-        """Stop accepting; let responses in flight finish for a while."""
+    def request_stop(self, signum=None):
+        """Stop accepting; let responses in flight finish for a while.
+
+        Says at once what it waits for, so a Ctrl+C that seems to do
+        nothing for SHUTDOWN_GRACE_S is never a mystery.
+        """
         if self.stopping:
             return
         self.stopping = True
@@ -3594,6 +3598,13 @@ class Server(object):
             if conn.state in (HANDSHAKE, CLOSING) or (
                     conn.state == READING_HEAD and not conn.inbuf and conn.request is None):
                 conn.close()                  # nothing asked: nothing to finish
+        in_flight = describe_in_flight(self.connections)
+        if not in_flight:
+            self.log("Stopping.")
+            return
+        again = "Ctrl+C again" if signum == signal.SIGINT else "send SIGTERM again"
+        self.log("Stopping: finishing %s, up to %g s; %s to quit now."
+                 % (in_flight, SHUTDOWN_GRACE_S, again))
 
     def run_slice(self, conn, step):
         """Run one event handler of a connection; a bug closes it, not the loop."""
@@ -3603,11 +3614,21 @@ class Server(object):
             self.log_error("closing %s after an internal error: %r" % (conn.client, exc))
             conn.close()
 
-    def serve(self, should_stop):
-        """Run until should_stop() turns true and the connections are done."""
+    def serve(self, signals):
+        """Run until stopped; returns the exit code.
+
+        signals is the list install_stop_signals appends to: the first
+        signal stops gracefully (exit 0 once the connections are done or
+        SHUTDOWN_GRACE_S has passed), a second quits at once (128 + its
+        number, as a shell reports a process a signal ended).
+        """
+        exit_code = 0
         while True:
-            if should_stop() and not self.stopping:
-                self.request_stop()
+            if signals and not self.stopping:
+                self.request_stop(signals[0])
+            if len(signals) > 1:
+                exit_code = 128 + signals[1]
+                break
             if self.stopping:
                 if not self.connections or time.monotonic() >= self.stop_deadline:
                     break
@@ -3637,9 +3658,50 @@ class Server(object):
             now = time.monotonic()
             if now >= self.next_sweep:
                 self.sweep(now)
+        unfinished = describe_in_flight(self.connections)
         for conn in list(self.connections):
             conn.abort("server stopping")
+        if unfinished:
+            self.log("Stopped %s: cut %s." % ("at once" if exit_code else "after %g s"
+                                              % SHUTDOWN_GRACE_S, unfinished))
         self.selector.close()
+        return exit_code
+
+
+def describe_in_flight(connections):
+    """What a stop waits for, e.g. "2 downloads and 1 upload"; "" for nothing.
+
+    A request still arriving counts as a download: it will be answered.
+    """
+    downloads = uploads = 0
+    for conn in connections:
+        if conn.state == READING_BODY:
+            uploads += 1
+        elif conn.state in (READING_HEAD, WRITING):
+            downloads += 1
+    parts = []
+    for count, word in ((downloads, "download"), (uploads, "upload")):
+        if count:
+            parts.append("%d %s%s" % (count, word, "" if count == 1 else "s"))
+    return " and ".join(parts)
+
+
+def install_stop_signals(signals):
+    """Make SIGINT and SIGTERM append their number to signals (Server.serve reads it).
+
+    The handler only takes note: the loop, woken by install_wakeup, acts
+    at its next turn, where stopping is safe (an upload aborted there
+    leaves no temporary).  A third signal means the loop is not reacting,
+    and the handler leaves by itself.
+    """
+    def on_signal(signum, frame):
+        """Note a request to stop."""
+        signals.append(signum)
+        if len(signals) > 2:
+            os._exit(128 + signum)
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
 
 
 def drain_wakeup(sock):
@@ -4097,21 +4159,13 @@ def main(argv=None):
     sys.stdout.flush()
 
     server = Server(config, listener, tls_context=tls_context)
-    stop = {"requested": 0}
-
-    def on_signal(signum, frame):
-        stop["requested"] += 1
-        if stop["requested"] > 1 and signum == signal.SIGINT:
-            os._exit(130)                   # a second Ctrl+C: leave now
-
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
+    signals = []
+    install_stop_signals(signals)
     install_wakeup(server)
     try:
-        server.serve(lambda: stop["requested"] > 0)
+        return server.serve(signals)
     except KeyboardInterrupt:
         return 130
-    return 0
 
 
 def install_wakeup(server):

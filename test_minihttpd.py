@@ -7933,5 +7933,112 @@ class TestUploadBrowser(unittest.TestCase):
                                     BROWSER_ACTION_DROP, "drag and drop")
 
 
+
+# ---------------------------------------------------------------------------
+# Stopping, start-up checks, error logging, quiet aborts
+# ---------------------------------------------------------------------------
+
+SLOW_TESTS = os.environ.get("MINIHTTPD_SLOW_TESTS") == "1"
+STOP_MESSAGE_S = 3       # the stop message is printed at once; 3: a loaded machine
+QUICK_EXIT_S = 3         # nothing to finish, or a second signal: far under the 5 s grace
+STALLED_BYTES = 16 * 1024 * 1024   # more than the socket buffers hold: a download in flight
+
+
+def stderr_line_with(server, text, timeout=STOP_MESSAGE_S):
+    """The first line of the server's stderr holding text, waited for; None if none came."""
+    def find():
+        for line in server.stderr_text().splitlines():
+            if text in line:
+                return line
+        return None
+    return wait_for(find, timeout=timeout)
+
+
+def start_stalled_download(testcase, srv, path="/big.bin"):
+    """GET path with a small receive buffer and read only its head.
+
+    Returns (socket, the body bytes that came with the head); the rest of
+    the body stays in flight until the test reads it.
+    """
+    sock = small_rcvbuf_socket(srv.port, rcvbuf=4096)
+    testcase.addCleanup(sock.close)
+    sock.sendall(build_request("GET", path))
+    head, body = read_head(sock)
+    testcase.assertEqual(head_status(head), 200, head)
+    return sock, body
+
+
+@unittest.skipIf(os.name == "nt", "POSIX signals")
+class TestStopping(unittest.TestCase):
+    """SIGINT/SIGTERM: say at once what is left, finish it and exit 0; a second one quits."""
+
+    def setUp(self):
+        self.root = make_tree(self, {"up/": None})
+        make_sparse(os.path.join(self.root, "big.bin"), STALLED_BYTES)
+
+    def test_sigint_says_what_it_finishes_then_exits_0_when_done(self):
+        srv = start_server(self, self.root, "-q")
+        sock, start = start_stalled_download(self, srv)
+        srv.proc.send_signal(signal.SIGINT)
+        self.assertEqual(stderr_line_with(srv, "Stopping"),
+                         "Stopping: finishing 1 download, up to 5 s; Ctrl+C again to quit now.")
+        self.assertIsNone(srv.proc.poll(), "exited before the download finished")
+        rest = recv_until_closed(sock)          # the client reads on: the download completes
+        self.assertEqual(len(start) + len(rest), STALLED_BYTES)
+        self.assertEqual(srv.proc.wait(timeout=QUICK_EXIT_S), 0)
+        self.assertNotIn("Stopped", srv.stderr_text())      # nothing was cut
+
+    def test_second_signal_quits_at_once(self):
+        for sig, code, hint in [(signal.SIGINT, 130, "Ctrl+C again to quit now."),
+                                (signal.SIGTERM, 143, "send SIGTERM again to quit now.")]:
+            with self.subTest(signal=sig):
+                srv = start_server(self, self.root, "-q", "-u")
+                start_stalled_download(self, srv)
+                upload = open_request(srv.port, "PUT", "/up/part.bin",
+                                      {"Content-Length": str(1 << 20)})
+                self.addCleanup(upload.close)
+                upload.sendall(b"u" * 65536)
+                self.assertTrue(wait_for(lambda: upload_temps(self.root), timeout=5),
+                                "the upload did not start")
+                srv.proc.send_signal(sig)
+                self.assertEqual(stderr_line_with(srv, "Stopping"),
+                                 "Stopping: finishing 1 download and 1 upload, up to 5 s; "
+                                 + hint)
+                t0 = time.monotonic()
+                srv.proc.send_signal(sig)
+                self.assertEqual(srv.proc.wait(timeout=10), code)
+                self.assertLess(time.monotonic() - t0, QUICK_EXIT_S, "did not quit at once")
+                self.assertIn("Stopped at once: cut 1 download and 1 upload.",
+                              srv.stderr_text())
+                self.assertEqual(upload_temps(self.root), [], "the upload left its temporary")
+                self.assertFalse(os.path.exists(os.path.join(self.root, "up", "part.bin")))
+
+    def test_nothing_in_flight_exits_0_quickly(self):
+        srv = start_server(self, self.root, "-q")
+        idle = connect(srv.port)                # a keep-alive connection between requests
+        self.addCleanup(idle.close)
+        idle.sendall(build_request("GET", "/up/"))
+        self.assertEqual(read_response(idle).status, 200)
+        t0 = time.monotonic()
+        srv.proc.send_signal(signal.SIGINT)
+        self.assertEqual(srv.proc.wait(timeout=10), 0)
+        self.assertLess(time.monotonic() - t0, QUICK_EXIT_S)
+        self.assertEqual(srv.stderr_text().splitlines(), ["Stopping."])
+        self.assertTrue(is_closed(idle, 1))
+
+    def test_grace_ends_cuts_and_exits_0(self):
+        if not SLOW_TESTS:
+            self.skipTest("waits out the 5 s grace; set MINIHTTPD_SLOW_TESTS=1")
+        srv = start_server(self, self.root)
+        start_stalled_download(self, srv)       # never read: the grace must end it
+        t0 = time.monotonic()
+        srv.proc.send_signal(signal.SIGTERM)
+        self.assertEqual(srv.proc.wait(timeout=15), 0)
+        self.assertGreaterEqual(time.monotonic() - t0, 4.5)
+        text = srv.stderr_text()
+        self.assertIn("Stopped after 5 s: cut 1 download.", text)
+        self.assertIn("(cut: server stopping)", text)
+
+
 if __name__ == "__main__":
     unittest.main()
