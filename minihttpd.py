@@ -3832,6 +3832,11 @@ class ArgumentParser(argparse.ArgumentParser):
         """Print "minihttpd: error: MESSAGE (see --help)" and exit 2."""
         self.exit(2, "%s: error: %s (see --help)\n" % (self.prog, message))
 
+    def fail(self, message):
+        """Print "minihttpd: error: MESSAGE" and exit 1: the arguments are well
+        formed, but this machine cannot do what they ask (as a taken port)."""
+        self.exit(1, "%s: error: %s\n" % (self.prog, message))
+
 
 def build_arg_parser():
     """The command-line interface."""
@@ -3916,6 +3921,42 @@ def build_arg_parser():
                         help="no access log on stderr")
     parser.add_argument("--version", action="version", version="minihttpd " + __version__)
     return parser
+
+
+def check_folder(root, shown, upload):
+    """Why the server cannot serve the folder root; None when it can.
+
+    It must exist, be a folder, and be listable and enterable; with
+    uploads, writable too.  shown is the folder as the user typed it.
+    Checked at start-up so a mistake is one line now, not a 403 on a
+    phone later.  os.access asks the kernel with this process's rights
+    (root's included); it gives no errno, so a read-only file system is
+    told apart with statvfs.
+    """
+    try:
+        st = os.stat(root)
+    except FileNotFoundError:
+        return "folder not found: %s" % shown
+    except OSError as exc:
+        return "cannot reach folder %s: %s" % (shown, exc.strerror or exc)
+    if not stat.S_ISDIR(st.st_mode):
+        return "not a folder: %s" % shown
+    try:
+        with os.scandir(root) as entries:
+            next(entries, None)
+    except OSError as exc:
+        return "cannot list folder %s: %s" % (shown, exc.strerror or exc)
+    if not os.access(root, os.X_OK):
+        return "cannot enter folder %s: %s" % (shown, os.strerror(errno.EACCES))
+    if upload and not os.access(root, os.W_OK | os.X_OK):
+        reason = errno.EACCES
+        try:
+            if os.statvfs(root).f_flag & getattr(os, "ST_RDONLY", 1):
+                reason = errno.EROFS
+        except (AttributeError, OSError):    # no statvfs on Windows
+            pass
+        return "cannot write into folder %s (needed by -u): %s" % (shown, os.strerror(reason))
+    return None
 
 
 def password_digest(password):
@@ -4089,10 +4130,9 @@ def main(argv=None):
     parser = build_arg_parser()
     args = parser.parse_args(argv)
     root = os.path.abspath(args.directory)
-    if not os.path.exists(root):
-        parser.error("directory not found: %s" % args.directory)
-    if not os.path.isdir(root):
-        parser.error("not a directory: %s" % args.directory)
+    problem = check_folder(root, args.directory, args.upload)
+    if problem:
+        parser.fail(problem)
     if args.overwrite and not args.upload:
         parser.error("--overwrite needs -u/--upload")
     if bool(args.tls_cert) != bool(args.tls_key):

@@ -203,21 +203,30 @@ def make_tree(testcase, files=None):
 
 
 def run_cli(*args, **kwargs):
-    """Run minihttpd.py with args to completion; return CompletedProcess (text)."""
+    """Run minihttpd.py with args to completion; return CompletedProcess (text).
+
+    kwargs: timeout (default 20 s), preexec_fn (as for start_server).
+    """
     timeout = kwargs.get("timeout", 20)
+    extra = {"preexec_fn": kwargs["preexec_fn"]} if kwargs.get("preexec_fn") else {}
     return subprocess.run([sys.executable, SERVER] + list(args),
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                           stdin=subprocess.DEVNULL, timeout=timeout,
-                          universal_newlines=True)
+                          universal_newlines=True, **extra)
 
 
-def cli_failure(testcase, *args):
-    """Run minihttpd with exactly args, expecting exit 2, no stdout, one stderr line; return it."""
+def cli_failure(testcase, *args, **kwargs):
+    """Run minihttpd with exactly args, expecting exit 2, no stdout, one stderr line; return it.
+
+    kwargs: status, the exit code expected instead of 2 (1: the arguments are
+    well formed but the machine refuses, e.g. a folder it cannot read);
+    preexec_fn, passed to run_cli.
+    """
     try:
-        r = run_cli(*args, timeout=CLI_TIMEOUT_S)
+        r = run_cli(*args, timeout=CLI_TIMEOUT_S, preexec_fn=kwargs.get("preexec_fn"))
     except subprocess.TimeoutExpired:
         testcase.fail("server started instead of rejecting %r" % (args,))
-    testcase.assertEqual(r.returncode, 2, r.stderr)
+    testcase.assertEqual(r.returncode, kwargs.get("status", 2), r.stderr)
     testcase.assertNotIn("Traceback", r.stderr)
     testcase.assertEqual(r.stdout, "")
     lines = [l for l in r.stderr.splitlines() if l.strip()]
@@ -1763,11 +1772,7 @@ class TestCommandLine(unittest.TestCase):
 
     def test_bad_arguments_exit_2_with_one_line(self):
         root = make_tree(self, {"f.txt": b"x"})
-        missing = os.path.join(root, "no-such-dir")
-        afile = os.path.join(root, "f.txt")
         cases = [
-            ("missing_dir", ["-d", missing, "-p", "0", "-b", "127.0.0.1"]),
-            ("file_as_dir", ["-d", afile, "-p", "0", "-b", "127.0.0.1"]),
             ("port_abc", ["-d", root, "-p", "abc", "-b", "127.0.0.1"]),
             ("port_70000", ["-d", root, "-p", "70000", "-b", "127.0.0.1"]),
             ("port_negative", ["-d", root, "--port=-5", "-b", "127.0.0.1"]),
@@ -8038,6 +8043,56 @@ class TestStopping(unittest.TestCase):
         text = srv.stderr_text()
         self.assertIn("Stopped after 5 s: cut 1 download.", text)
         self.assertIn("(cut: server stopping)", text)
+
+
+def mode_bound_preexec(testcase, folder):
+    """A preexec_fn under which folder modes bind the server (dropping root's
+    override on Linux), after checking that 0o555 on folder refuses writes;
+    skips the test, with the reason, when nothing makes modes bind here."""
+    if os.name == "nt":
+        testcase.skipTest("folder modes do not stop reads or writes on Windows")
+    os.chmod(folder, 0o555)
+    preexec = unwritable_folder_preexec()
+    try:
+        bound = not can_write_into(folder, preexec)
+    finally:
+        os.chmod(folder, 0o755)
+    if not bound:
+        testcase.skipTest("cannot make a folder unreadable or unwritable for the server here")
+    return preexec
+
+
+class TestStartupChecks(unittest.TestCase):
+    """A folder the server cannot serve is one line on stderr and exit 1, before serving."""
+
+    def test_missing_folder_or_a_file(self):
+        root = make_tree(self, {"f.txt": b"x"})
+        for given, words in [(os.path.join(root, "no-such-dir"), "folder not found"),
+                             (os.path.join(root, "f.txt"), "not a folder")]:
+            with self.subTest(given=given):
+                line = cli_failure(self, "-d", given, "-p", "0", "-b", "127.0.0.1", status=1)
+                self.assertEqual(line, "minihttpd: error: %s: %s" % (words, given))
+
+    def test_unreadable_unenterable_unwritable(self):
+        root = make_tree(self, {"f/a.txt": b"a"})
+        folder = os.path.join(root, "f")
+        preexec = mode_bound_preexec(self, folder)
+        self.addCleanup(os.chmod, folder, 0o755)
+        denied = os.strerror(errno.EACCES)
+        cases = [(0o000, [], "cannot list folder"),
+                 (0o444, [], "cannot enter folder"),
+                 (0o555, ["-u"], "cannot write into folder")]
+        for mode, extra, words in cases:
+            with self.subTest(mode=oct(mode), extra=extra):
+                os.chmod(folder, mode)
+                line = cli_failure(self, "-d", folder, "-p", "0", "-b", "127.0.0.1", *extra,
+                                   status=1, preexec_fn=preexec)
+                self.assertTrue(line.startswith("minihttpd: error: %s %s" % (words, folder)),
+                                line)
+                self.assertTrue(line.endswith(": " + denied), line)
+        os.chmod(folder, 0o555)                 # read-only sharing is fine without -u
+        srv = start_server(self, folder, "-q", preexec_fn=preexec)
+        self.assertEqual(get(srv.port, "/a.txt").body, b"a")
 
 
 if __name__ == "__main__":
