@@ -2167,14 +2167,19 @@ def safe_upload_name(name, hidden=False):
 
 
 def write_error(exc, path):
-    """Map a write failure to an HTTPError: 507 for a full disk, else 500.
+    """Map a write failure to an HTTPError: 507 for a full disk, 403 for a
+    folder the server may not write (modes, a read-only disk), else 500.
 
-    The 500 carries the OS error and the path for the error log.
+    The 403 and the 500 carry the OS error and the path for the error log:
+    the client is told what it can act on, the log tells the owner why.
     """
-    if getattr(exc, "errno", None) in (errno.ENOSPC, getattr(errno, "EDQUOT", -1), errno.EFBIG):
+    code = getattr(exc, "errno", None)
+    if code in (errno.ENOSPC, getattr(errno, "EDQUOT", -1), errno.EFBIG):
         return HTTPError(507, "Not enough space to store the upload.")
-    return HTTPError(500, "The upload could not be stored.",
-                     detail="cannot store %s: %s" % (path, exc))
+    detail = "cannot store %s: %s" % (path, exc)
+    if code in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return HTTPError(403, "The server cannot write into this folder.", detail=detail)
+    return HTTPError(500, "The upload could not be stored.", detail=detail)
 
 
 def remove_stale_temporaries(folder, ctx):
@@ -3083,7 +3088,8 @@ class Connection(object):
             self.respond_error(exc)
             return
         except Exception as exc:  # a bug must cost one request, not the server
-            self.server.log_error("error handling %s: %r" % (request.request_line(), exc))
+            self.server.log_error("500 for %s: %s" % (display_text(request.request_line()),
+                                                      describe_exception(exc)))
             self.respond_error(HTTPError(500, "Internal error."), close=True)
             return
         if isinstance(result, Response):
@@ -3137,7 +3143,9 @@ class Connection(object):
             self.fail(exc)
             return True
         except Exception as exc:
-            self.server.log_error("error storing upload: %r" % (exc,))
+            self.server.log_error("500 for %s: cannot store the upload: %s"
+                                  % (display_text(self.request.request_line()),
+                                     describe_exception(exc)))
             self.fail(HTTPError(500, "The upload could not be stored."))
             return True
         self.sink = None
@@ -3146,8 +3154,8 @@ class Connection(object):
         return True
 
     def respond_error(self, error, close=False):
-        """Answer an HTTPError (logging the detail of a 5xx)."""
-        if error.status >= 500 and error.detail:
+        """Answer an HTTPError (logging its detail: the OS error and path)."""
+        if error.detail:
             self.server.log_error(error.detail)
         response = error_response(error, self.request or _PSEUDO_REQUEST, self.ctx)
         response.close = close
@@ -3387,6 +3395,15 @@ def format_client(addr):
     return str(addr or "-")
 
 
+def describe_exception(exc):
+    """One log line's worth of an unexpected exception: for an OSError its
+    class, errno, message and file name ("PermissionError: [Errno 13]
+    Permission denied: '/srv/a'"), which repr() would leave out."""
+    if isinstance(exc, OSError):
+        return "%s: %s" % (exc.__class__.__name__, exc)
+    return repr(exc)
+
+
 # ---------------------------------------------------------------------------
 # 13. Server and loop: listeners, one selector, deadlines, signals
 # ---------------------------------------------------------------------------
@@ -3611,7 +3628,10 @@ class Server(object):
         try:
             step()
         except Exception as exc:  # one connection's bug never stops the loop
-            self.log_error("closing %s after an internal error: %r" % (conn.client, exc))
+            during = " (%s)" % display_text(conn.request.request_line()) \
+                if conn.request is not None else ""
+            self.log_error("closing %s after an internal error%s: %s"
+                           % (conn.client, during, describe_exception(exc)))
             conn.close()
 
     def serve(self, signals):

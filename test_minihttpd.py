@@ -5253,10 +5253,16 @@ class TestUploadSafety(unittest.TestCase):
             resource.prlimit(pid, resource.RLIMIT_NOFILE, old)
         self.assertEqual(r.status, 500, r)
         self.assertEqual(os.listdir(os.path.join(root, "up")), [])
+        up = os.path.join(os.path.realpath(root), "up")
+        self.assertTrue(wait_for(lambda: any(os.strerror(errno.EMFILE) in line and up in line
+                                             for line in s.stderr_text().splitlines()),
+                                 timeout=5),
+                        "no log line with the OS error and the folder:\n"
+                        + log_excerpt(s.stderr_text()))
         self.assertEqual(get(s.port, "/alive.txt").body, b"alive")
         self.assertEqual(request(s.port, "PUT", "/up/y.txt", body=b"y").status, 201)
 
-    def test_write_error_500(self):
+    def test_unwritable_folder_403(self):
         if not hasattr(os, "geteuid") or os.geteuid() == 0:
             self.skipTest("needs a non-root POSIX user (permissions do not stop root)")
         root = make_tree(self, {"ro/": None, "alive.txt": b"alive"})
@@ -5264,7 +5270,7 @@ class TestUploadSafety(unittest.TestCase):
         self.addCleanup(os.chmod, os.path.join(root, "ro"), 0o755)
         s = start_server(self, root, "-u")
         r = request(s.port, "PUT", "/ro/x.txt", body=b"x" * 1000)
-        self.assertEqual(r.status, 500, r)
+        self.assertEqual(r.status, 403, r)
         self.assertEqual(os.listdir(os.path.join(root, "ro")), [])
         self.assertEqual(get(s.port, "/alive.txt").body, b"alive")
 
@@ -5497,7 +5503,7 @@ class TestHardenedInputs(ServerTestCase):
         self.assertEqual(r.body, b"latin-1 name")
 
     @unittest.skipIf(os.name == "nt", "folder modes do not stop writes on Windows")
-    def test_500_log_line_names_os_error_and_path(self):
+    def test_unwritable_folder_403_log_line_names_os_error_and_path(self):
         root = make_tree(self, {"ro/": None})
         ro = os.path.join(root, "ro")
         os.chmod(root, 0o755)
@@ -5507,9 +5513,9 @@ class TestHardenedInputs(ServerTestCase):
         if can_write_into(ro, preexec):
             self.skipTest("cannot make a folder unwritable for the server here")
         srv = self.serve(root, "-u", preexec_fn=preexec)
-        self.expect_500_in_log = True
         r = request(srv.port, "PUT", "/ro/f.txt", body=b"data")
-        self.assertEqual(r.status, 500)
+        self.assertEqual(r.status, 403)
+        self.assertIn(b"The server cannot write into this folder.", r.body)
         self.assertFalse(os.path.exists(os.path.join(ro, "f.txt")))
         error_words = (os.strerror(errno.EACCES), "EACCES", "Errno %d" % errno.EACCES)
 
@@ -8093,6 +8099,48 @@ class TestStartupChecks(unittest.TestCase):
         os.chmod(folder, 0o555)                 # read-only sharing is fine without -u
         srv = start_server(self, folder, "-q", preexec_fn=preexec)
         self.assertEqual(get(srv.port, "/a.txt").body, b"a")
+
+
+class TestServerErrors(ServerTestCase):
+    """A folder the server may not write is a 403 with a clear message, and the log
+    says why; every 500 logs its OS error and path."""
+
+    def test_upload_into_unwritable_folder_is_403_and_logged(self):
+        root = make_tree(self, {"ro/": None, "ok/": None})
+        ro = os.path.join(os.path.realpath(root), "ro")
+        preexec = mode_bound_preexec(self, ro)
+        os.chmod(ro, 0o555)
+        self.addCleanup(os.chmod, ro, 0o755)
+        srv = self.serve(root, "-u", preexec_fn=preexec)
+        boundary = "b0undary"
+        form = build_multipart(boundary.encode(), [("file", "f.txt", b"form data")])
+        cases = [
+            ("PUT", "/ro/f.txt", {}, b"data"),
+            ("PUT", "/ro/new/f.txt", {}, b"data"),          # a folder to create
+            ("POST", "/ro/", {"Content-Type": "multipart/form-data; boundary=" + boundary}, form),
+        ]
+        for method, path, headers, body in cases:
+            with self.subTest(method=method, path=path):
+                r = request(srv.port, method, path, headers, body=body)
+                self.assertEqual(r.status, 403, r)
+                self.assertIn(b"The server cannot write into this folder.", r.body)
+        self.assertEqual(os.listdir(ro), [])
+        denied = os.strerror(errno.EACCES)
+        lines = [line for line in srv.stderr_text().splitlines()
+                 if line.startswith("minihttpd: ")]
+        self.assertEqual(len(lines), len(cases), log_excerpt(srv.stderr_text()))
+        for line in lines:
+            self.assertIn(denied, line)
+            self.assertIn(ro, line)
+        self.assertEqual(request(srv.port, "PUT", "/ok/f.txt", body=b"ok").status, 201)
+
+    def test_log_text_of_unexpected_errors(self):
+        # The catch-alls that answer 500 log this; repr() would drop the file name.
+        text = minihttpd.describe_exception(PermissionError(errno.EACCES, "Permission denied",
+                                                            "/srv/a.txt"))
+        self.assertEqual(text, "PermissionError: [Errno %d] Permission denied: '/srv/a.txt'"
+                         % errno.EACCES)
+        self.assertEqual(minihttpd.describe_exception(KeyError("k")), "KeyError('k')")
 
 
 if __name__ == "__main__":
