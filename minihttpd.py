@@ -2652,6 +2652,11 @@ def dispatch(request, ctx):
 SENDFILE_UNSUPPORTED = frozenset([errno.EINVAL, errno.ENOSYS, errno.ENOTSUP,
                                   getattr(errno, "EOPNOTSUPP", errno.ENOTSUP),
                                   errno.ENOTSOCK])
+# A client that closes or resets mid-response: a cancelled download, a video
+# player that drops a connection to seek.  Browsers do it on purpose; no fault.
+CLIENT_GONE_ERRNOS = frozenset([errno.EPIPE, errno.ECONNRESET, errno.ECONNABORTED,
+                                errno.ENOTCONN, errno.ESHUTDOWN, errno.ETIMEDOUT,
+                                errno.EHOSTUNREACH, errno.ENETUNREACH, errno.ENETDOWN])
 
 
 class WouldBlock(Exception):
@@ -3042,10 +3047,14 @@ class Connection(object):
                     break
         except WouldBlock as exc:
             self.blocked = exc.events
-        except (BrokenPipeError, ConnectionResetError, ConnectionAbortedError) as exc:
-            self.abort("client went away (%s)" % exc.__class__.__name__)
         except OSError as exc:
-            self.abort("I/O error: %s" % exc)
+            if is_client_gone(exc):
+                self.abort("client closed")   # the access-log line says it, quietly
+            else:                             # a file that failed: the owner should know
+                during = display_text(self.request.request_line()) \
+                    if self.request is not None else self.client
+                self.server.log_error("cut %s: %s" % (during, describe_exception(exc)))
+                self.abort("server error")
         self.server.update_events(self)
 
     def read_head(self):
@@ -3393,6 +3402,13 @@ def format_client(addr):
             return "[%s]:%d" % (host, addr[1])
         return "%s:%d" % (host, addr[1])
     return str(addr or "-")
+
+
+def is_client_gone(exc):
+    """Whether an OSError means the client closed or reset the connection."""
+    if ssl is not None and isinstance(exc, (ssl.SSLEOFError, ssl.SSLZeroReturnError)):
+        return True
+    return isinstance(exc, ConnectionError) or exc.errno in CLIENT_GONE_ERRNOS
 
 
 def describe_exception(exc):

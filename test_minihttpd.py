@@ -8143,5 +8143,61 @@ class TestServerErrors(ServerTestCase):
         self.assertEqual(minihttpd.describe_exception(KeyError("k")), "KeyError('k')")
 
 
+class TestQuietAborts(SharedServerTestCase):
+    """A client that drops a download (cancelled, or a video player seeking) costs
+    one ordinary access-log line, no error line."""
+
+    @classmethod
+    def set_up_shared(cls, fixture):
+        cls.root = make_tree(fixture)
+        make_sparse(os.path.join(cls.root, "video.mp4"), STALLED_BYTES)
+        cls.srv = start_server(fixture, cls.root)
+
+    def assert_one_quiet_line(self, srv, target, status):
+        """srv logged exactly one access-log line for target, a cut one, and no error."""
+        rx = re.compile(CLF_LINE_TEMPLATE % (re.escape("GET %s HTTP/1.1" % target), status,
+                                             r"(\d+)"))
+
+        def lines_for():
+            return [line for line in srv.stderr_text().splitlines() if target in line]
+        self.assertTrue(wait_for(lines_for, timeout=5), "no log line for %s" % target)
+        lines = lines_for()
+        self.assertEqual(len(lines), 1, lines)
+        m = rx.match(lines[0])
+        self.assertTrue(m, lines[0])
+        self.assertLess(int(m.group(1)), STALLED_BYTES, "the download was not cut")
+        for line in srv.stderr_text().splitlines():
+            with self.subTest(line=line):
+                self.assertNotRegex(line.lower(), r"error|traceback|^minihttpd:")
+
+    def test_close_and_reset_mid_download(self):
+        for how, headers in [("close", {}), ("reset", {}),
+                             ("seek", {"Range": "bytes=%d-" % (STALLED_BYTES // 2)})]:
+            with self.subTest(how=how):
+                target = "/video.mp4?" + how
+                sock = small_rcvbuf_socket(self.port, rcvbuf=4096)
+                sock.sendall(build_request("GET", target, headers))
+                head, _ = read_head(sock)
+                self.assertEqual(head_status(head), 206 if headers else 200)
+                if how == "close":
+                    sock.close()                # unread data: the kernel sends a reset
+                else:
+                    rst_close(sock)
+                self.assert_one_quiet_line(self.srv, target, "206" if headers else "200")
+
+    def test_tls_reset_mid_download(self):
+        tls_dir = make_tree(self)
+        cert, key = make_test_certificate(tls_dir)
+        srv = start_server(self, self.root, "--tls-cert", cert, "--tls-key", key)
+        raw = small_rcvbuf_socket(srv.port, rcvbuf=4096)
+        sock = client_context(cert).wrap_socket(raw, server_hostname="127.0.0.1")
+        try:
+            sock.sendall(build_request("GET", "/video.mp4?tls"))
+            self.assertTrue(sock.recv(64).startswith(b"HTTP/1.1 200 "))
+        finally:
+            rst_close(sock)
+        self.assert_one_quiet_line(srv, "/video.mp4?tls", "200")
+
+
 if __name__ == "__main__":
     unittest.main()
