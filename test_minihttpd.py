@@ -28,6 +28,7 @@ import json
 import os
 import re
 import select
+import shlex
 import shutil
 import signal
 import socket
@@ -8197,6 +8198,38 @@ class TestQuietAborts(SharedServerTestCase):
         finally:
             rst_close(sock)
         self.assert_one_quiet_line(srv, "/video.mp4?tls", "200")
+
+
+
+README = os.path.join(HERE, "README.md")
+PUBLISHED_RAW_URL = "https://raw.githubusercontent.com/OWNER/minihttpd/main/"
+
+
+class TestReadmeInstall(unittest.TestCase):
+    """The README's download lines fetch minihttpd.py (from a local server standing in
+    for the published address)."""
+
+    def test_download_lines_fetch_the_script(self):
+        with open(README, encoding="utf-8") as f:
+            lines = [line.strip() for line in f if PUBLISHED_RAW_URL in line]
+        commands = dict((line.split()[0], line) for line in lines
+                        if line.split()[0] in ("curl", "wget", "python3"))
+        self.assertEqual(sorted(commands), ["curl", "python3", "wget"], lines)
+        srv = start_server(self, HERE, "-q")
+        for program, line in sorted(commands.items()):
+            with self.subTest(program=program):
+                if program != "python3" and shutil.which(program) is None:
+                    self.skipTest("%s is not installed" % program)
+                folder = make_tree(self)
+                argv = shlex.split(line.replace(PUBLISHED_RAW_URL, srv.url("/")))
+                if program == "python3":
+                    argv[0] = sys.executable
+                done = subprocess.run(argv, cwd=folder, env=client_env(),
+                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                      timeout=IO_TIMEOUT_S)
+                self.assertEqual(done.returncode, 0, done.stdout)
+                self.assertEqual(read_file(os.path.join(folder, "minihttpd.py")),
+                                 read_file(SERVER))
 
 
 if __name__ == "__main__":
