@@ -8141,7 +8141,8 @@ class TestServerErrors(ServerTestCase):
                                                             "/srv/a.txt"))
         self.assertEqual(text, "PermissionError: [Errno %d] Permission denied: '/srv/a.txt'"
                          % errno.EACCES)
-        self.assertEqual(minihttpd.describe_exception(KeyError("k")), "KeyError('k')")
+        bug = KeyError("k")
+        self.assertEqual(minihttpd.describe_exception(bug), repr(bug))
 
 
 class TestQuietAborts(SharedServerTestCase):
