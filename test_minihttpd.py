@@ -41,6 +41,7 @@ import tempfile
 import threading
 import time
 import unittest
+import unittest.mock
 import urllib.parse
 import urllib.request
 import warnings
@@ -8101,6 +8102,26 @@ class TestStartupChecks(unittest.TestCase):
         srv = start_server(self, folder, "-q", preexec_fn=preexec)
         self.assertEqual(get(srv.port, "/a.txt").body, b"a")
 
+    @unittest.skipUnless(hasattr(os, "statvfs") and hasattr(os, "ST_RDONLY"), "no statvfs")
+    def test_read_only_file_system_is_named(self):
+        # No read-only mount can be made here: the kernel's two answers are stood in for.
+        root = make_tree(self)
+        read_only_flags = os.statvfs(root).f_flag | os.ST_RDONLY
+
+        def access(path, mode):
+            """Writes refused, as on a read-only mount; listing and entering allowed."""
+            return not mode & os.W_OK
+
+        class ReadOnlyStatvfs(object):
+            f_flag = read_only_flags
+        with unittest.mock.patch.object(minihttpd.os, "access", access), \
+                unittest.mock.patch.object(minihttpd.os, "statvfs", lambda p: ReadOnlyStatvfs):
+            with_upload = minihttpd.check_folder(root, "share", True)
+            without = minihttpd.check_folder(root, "share", False)
+        self.assertEqual(with_upload, "cannot write into folder share (needed by -u): "
+                         + os.strerror(errno.EROFS))
+        self.assertIsNone(without)
+
 
 class TestServerErrors(ServerTestCase):
     """A folder the server may not write is a 403 with a clear message, and the log
@@ -8134,6 +8155,17 @@ class TestServerErrors(ServerTestCase):
             self.assertIn(denied, line)
             self.assertIn(ro, line)
         self.assertEqual(request(srv.port, "PUT", "/ok/f.txt", body=b"ok").status, 201)
+
+    def test_write_errors_map_to_statuses(self):
+        for code, status in [(errno.EACCES, 403), (errno.EPERM, 403), (errno.EROFS, 403),
+                             (errno.ENOSPC, 507), (errno.EIO, 500)]:
+            with self.subTest(errno=errno.errorcode[code]):
+                exc = OSError(code, os.strerror(code), "/srv/up/.tmp")
+                error = minihttpd.write_error(exc, "/srv/up")
+                self.assertEqual(error.status, status)
+                if status != 507:
+                    self.assertIn("/srv/up", error.detail)
+                    self.assertIn(os.strerror(code), error.detail)
 
     def test_log_text_of_unexpected_errors(self):
         # The catch-alls that answer 500 log this; repr() would drop the file name.
