@@ -116,7 +116,7 @@ WRITE_TIMEOUT_FACTOR = 6.0             # a reader that takes nothing for 60 s is
                                        # (the head: T from its first byte; a body pause: T)
 LINGER_S = 2.0                         # read and drop input after our FIN so the
                                        # client sees our answer, not a reset
-SHUTDOWN_GRACE_S = 5.0                 # in-flight responses may finish on SIGTERM
+SHUTDOWN_GRACE_S = 5.0                 # in-flight responses may finish on SIGINT or SIGTERM
 LISTEN_BACKLOG = 1024                  # socketserver's 5 drops SYNs under load
 RECV_BYTES = 256 * 1024                # at most this much is read per connection per turn
 FILE_CHUNK_BYTES = 256 * 1024          # read/sendfile step: bounded memory per client
@@ -3239,14 +3239,19 @@ def numbered_name(name, number):
 
 
 def write_error(exc, path):
-    """Map a write failure to an HTTPError: 507 for a full disk, else 500.
+    """Map a write failure to an HTTPError: 507 for a full disk, 403 for a
+    folder the server may not write (modes, a read-only disk), else 500.
 
-    The 500 carries the OS error and the path for the error log.
+    The 403 and the 500 carry the OS error and the path for the error log:
+    the client is told what it can act on, the log tells the owner why.
     """
-    if getattr(exc, "errno", None) in (errno.ENOSPC, getattr(errno, "EDQUOT", -1), errno.EFBIG):
+    code = getattr(exc, "errno", None)
+    if code in (errno.ENOSPC, getattr(errno, "EDQUOT", -1), errno.EFBIG):
         return HTTPError(507, "Not enough space to store the upload.")
-    return HTTPError(500, "The upload could not be stored.",
-                     detail="cannot store %s: %s" % (path, exc))
+    detail = "cannot store %s: %s" % (path, exc)
+    if code in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return HTTPError(403, "The server cannot write into this folder.", detail=detail)
+    return HTTPError(500, "The upload could not be stored.", detail=detail)
 
 
 def remove_stale_temporaries(folder, ctx):
@@ -5146,6 +5151,11 @@ def dispatch(request, ctx):
 SENDFILE_UNSUPPORTED = frozenset([errno.EINVAL, errno.ENOSYS, errno.ENOTSUP,
                                   getattr(errno, "EOPNOTSUPP", errno.ENOTSUP),
                                   errno.ENOTSOCK])
+# A client that closes or resets mid-response: a cancelled download, a video
+# player that drops a connection to seek.  Browsers do it on purpose; no fault.
+CLIENT_GONE_ERRNOS = frozenset([errno.EPIPE, errno.ECONNRESET, errno.ECONNABORTED,
+                                errno.ENOTCONN, errno.ESHUTDOWN, errno.ETIMEDOUT,
+                                errno.EHOSTUNREACH, errno.ENETUNREACH, errno.ENETDOWN])
 
 
 class WouldBlock(Exception):
@@ -5537,10 +5547,14 @@ class Connection(object):
                     break
         except WouldBlock as exc:
             self.blocked = exc.events
-        except (BrokenPipeError, ConnectionResetError, ConnectionAbortedError) as exc:
-            self.abort("client went away (%s)" % exc.__class__.__name__)
         except OSError as exc:
-            self.abort("I/O error: %s" % exc)
+            if is_client_gone(exc):
+                self.abort("client closed")   # the access-log line says it, quietly
+            else:                             # a file that failed: the owner should know
+                during = display_text(self.request.request_line()) \
+                    if self.request is not None else self.client
+                self.server.log_error("cut %s: %s" % (during, describe_exception(exc)))
+                self.abort("server error")
         self.server.update_events(self)
 
     def read_head(self):
@@ -5584,7 +5598,8 @@ class Connection(object):
             self.respond_error(exc)
             return
         except Exception as exc:  # a bug must cost one request, not the server
-            self.server.log_error("error handling %s: %r" % (request.request_line(), exc))
+            self.server.log_error("500 for %s: %s" % (display_text(request.request_line()),
+                                                      describe_exception(exc)))
             self.respond_error(HTTPError(500, "Internal error."), close=True)
             return
         if isinstance(result, Response):
@@ -5639,7 +5654,9 @@ class Connection(object):
             self.fail(exc)
             return True
         except Exception as exc:
-            self.server.log_error("error storing upload: %r" % (exc,))
+            self.server.log_error("500 for %s: cannot store the upload: %s"
+                                  % (display_text(self.request.request_line()),
+                                     describe_exception(exc)))
             self.fail(HTTPError(500, "The upload could not be stored."))
             return True
         self.sink = None
@@ -5648,8 +5665,8 @@ class Connection(object):
         return True
 
     def respond_error(self, error, close=False):
-        """Answer an HTTPError (logging the detail of a 5xx)."""
-        if error.status >= 500 and error.detail:
+        """Answer an HTTPError (logging its detail: the OS error and path)."""
+        if error.detail:
             self.server.log_error(error.detail)
         response = error_response(error, self.request or _PSEUDO_REQUEST, self.ctx)
         response.close = close
@@ -5889,6 +5906,22 @@ def format_client(addr):
     return str(addr or "-")
 
 
+def is_client_gone(exc):
+    """Whether an OSError means the client closed or reset the connection."""
+    if ssl is not None and isinstance(exc, (ssl.SSLEOFError, ssl.SSLZeroReturnError)):
+        return True
+    return isinstance(exc, ConnectionError) or exc.errno in CLIENT_GONE_ERRNOS
+
+
+def describe_exception(exc):
+    """One log line's worth of an unexpected exception: for an OSError its
+    class, errno, message and file name ("PermissionError: [Errno 13]
+    Permission denied: '/srv/a'"), which repr() would leave out."""
+    if isinstance(exc, OSError):
+        return "%s: %s" % (exc.__class__.__name__, exc)
+    return repr(exc)
+
+
 # ---------------------------------------------------------------------------
 # 13. Server and loop: listeners, one selector, deadlines, signals
 # ---------------------------------------------------------------------------
@@ -6082,8 +6115,12 @@ class Server(object):
             if conn.state != CLOSED and conn.deadline < self.next_sweep:
                 self.next_sweep = conn.deadline
 
-    def request_stop(self):
-        """Stop accepting; let responses in flight finish for a while."""
+    def request_stop(self, signum=None):
+        """Stop accepting; let responses in flight finish for a while.
+
+        Says at once what it waits for, so a Ctrl+C that seems to do
+        nothing for SHUTDOWN_GRACE_S is never a mystery.
+        """
         if self.stopping:
             return
         self.stopping = True
@@ -6098,20 +6135,40 @@ class Server(object):
             if conn.state in (HANDSHAKE, CLOSING) or (
                     conn.state == READING_HEAD and not conn.inbuf and conn.request is None):
                 conn.close()                  # nothing asked: nothing to finish
+        in_flight = describe_in_flight(self.connections)
+        if not in_flight:
+            self.log("Stopping.")
+            return
+        again = "Ctrl+C again" if signum == signal.SIGINT else "send SIGTERM again"
+        self.log("Stopping: finishing %s, up to %g s; %s to quit now."
+                 % (in_flight, SHUTDOWN_GRACE_S, again))
 
     def run_slice(self, conn, step):
         """Run one event handler of a connection; a bug closes it, not the loop."""
         try:
             step()
         except Exception as exc:  # one connection's bug never stops the loop
-            self.log_error("closing %s after an internal error: %r" % (conn.client, exc))
+            during = " (%s)" % display_text(conn.request.request_line()) \
+                if conn.request is not None else ""
+            self.log_error("closing %s after an internal error%s: %s"
+                           % (conn.client, during, describe_exception(exc)))
             conn.close()
 
-    def serve(self, should_stop):
-        """Run until should_stop() turns true and the connections are done."""
+    def serve(self, signals):
+        """Run until stopped; returns the exit code.
+
+        signals is the list install_stop_signals appends to: the first
+        signal stops gracefully (exit 0 once the connections are done or
+        SHUTDOWN_GRACE_S has passed), a second quits at once (128 + its
+        number, as a shell reports a process a signal ended).
+        """
+        exit_code = 0
         while True:
-            if should_stop() and not self.stopping:
-                self.request_stop()
+            if signals and not self.stopping:
+                self.request_stop(signals[0])
+            if len(signals) > 1:
+                exit_code = 128 + signals[1]
+                break
             if self.stopping:
                 if not self.connections or time.monotonic() >= self.stop_deadline:
                     break
@@ -6141,9 +6198,50 @@ class Server(object):
             now = time.monotonic()
             if now >= self.next_sweep:
                 self.sweep(now)
+        unfinished = describe_in_flight(self.connections)
         for conn in list(self.connections):
             conn.abort("server stopping")
+        if unfinished:
+            self.log("Stopped %s: cut %s." % ("at once" if exit_code else "after %g s"
+                                              % SHUTDOWN_GRACE_S, unfinished))
         self.selector.close()
+        return exit_code
+
+
+def describe_in_flight(connections):
+    """What a stop waits for, e.g. "2 downloads and 1 upload"; "" for nothing.
+
+    A request still arriving counts as a download: it will be answered.
+    """
+    downloads = uploads = 0
+    for conn in connections:
+        if conn.state == READING_BODY:
+            uploads += 1
+        elif conn.state in (READING_HEAD, WRITING):
+            downloads += 1
+    parts = []
+    for count, word in ((downloads, "download"), (uploads, "upload")):
+        if count:
+            parts.append("%d %s%s" % (count, word, "" if count == 1 else "s"))
+    return " and ".join(parts)
+
+
+def install_stop_signals(signals):
+    """Make SIGINT and SIGTERM append their number to signals (Server.serve reads it).
+
+    The handler only takes note: the loop, woken by install_wakeup, acts
+    at its next turn, where stopping is safe (an upload aborted there
+    leaves no temporary).  A third signal means the loop is not reacting,
+    and the handler leaves by itself.
+    """
+    def on_signal(signum, frame):
+        """Note a request to stop."""
+        signals.append(signum)
+        if len(signals) > 2:
+            os._exit(128 + signum)
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
 
 
 def drain_wakeup(sock):
@@ -6274,6 +6372,11 @@ class ArgumentParser(argparse.ArgumentParser):
         """Print "minihttpd: error: MESSAGE (see --help)" and exit 2."""
         self.exit(2, "%s: error: %s (see --help)\n" % (self.prog, message))
 
+    def fail(self, message):
+        """Print "minihttpd: error: MESSAGE" and exit 1: the arguments are well
+        formed, but this machine cannot do what they ask (as a taken port)."""
+        self.exit(1, "%s: error: %s\n" % (self.prog, message))
+
 
 def build_arg_parser():
     """The command-line interface."""
@@ -6367,6 +6470,42 @@ def build_arg_parser():
                         help="no access log on stderr")
     parser.add_argument("--version", action="version", version="minihttpd " + __version__)
     return parser
+
+
+def check_folder(root, shown, upload):
+    """Why the server cannot serve the folder root; None when it can.
+
+    It must exist, be a folder, and be listable and enterable; with
+    uploads, writable too.  shown is the folder as the user typed it.
+    Checked at start-up so a mistake is one line now, not a 403 on a
+    phone later.  os.access asks the kernel with this process's rights
+    (root's included); it gives no errno, so a read-only file system is
+    told apart with statvfs.
+    """
+    try:
+        st = os.stat(root)
+    except FileNotFoundError:
+        return "folder not found: %s" % shown
+    except OSError as exc:
+        return "cannot reach folder %s: %s" % (shown, exc.strerror or exc)
+    if not stat.S_ISDIR(st.st_mode):
+        return "not a folder: %s" % shown
+    try:
+        with os.scandir(root) as entries:
+            next(entries, None)
+    except OSError as exc:
+        return "cannot list folder %s: %s" % (shown, exc.strerror or exc)
+    if not os.access(root, os.X_OK):
+        return "cannot enter folder %s: %s" % (shown, os.strerror(errno.EACCES))
+    if upload and not os.access(root, os.W_OK | os.X_OK):
+        reason = errno.EACCES
+        try:
+            if os.statvfs(root).f_flag & getattr(os, "ST_RDONLY", 1):
+                reason = errno.EROFS
+        except (AttributeError, OSError):    # no statvfs on Windows
+            pass
+        return "cannot write into folder %s (needed by -u): %s" % (shown, os.strerror(reason))
+    return None
 
 
 def password_digest(password):
@@ -6706,10 +6845,9 @@ def main(argv=None):
     parser = build_arg_parser()
     args = parser.parse_args(argv)
     root = os.path.abspath(args.directory)
-    if not os.path.exists(root):
-        parser.error("directory not found: %s" % args.directory)
-    if not os.path.isdir(root):
-        parser.error("not a directory: %s" % args.directory)
+    problem = check_folder(root, args.directory, args.upload)
+    if problem:
+        parser.fail(problem)
     if args.overwrite and not args.upload:
         parser.error("--overwrite needs -u/--upload")
     if args.rename and not args.upload:
@@ -6781,21 +6919,13 @@ def main(argv=None):
     sys.stdout.flush()
 
     server = Server(config, listener, tls_context=tls_context)
-    stop = {"requested": 0}
-
-    def on_signal(signum, frame):
-        stop["requested"] += 1
-        if stop["requested"] > 1 and signum == signal.SIGINT:
-            os._exit(130)                   # a second Ctrl+C: leave now
-
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
+    signals = []
+    install_stop_signals(signals)
     install_wakeup(server)
     try:
-        server.serve(lambda: stop["requested"] > 0)
+        return server.serve(signals)
     except KeyboardInterrupt:
         return 130
-    return 0
 
 
 def install_wakeup(server):

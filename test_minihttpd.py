@@ -29,6 +29,7 @@ import json
 import os
 import re
 import select
+import shlex
 import shutil
 import signal
 import socket
@@ -41,6 +42,7 @@ import tempfile
 import threading
 import time
 import unittest
+import unittest.mock
 import urllib.parse
 import urllib.request
 import warnings
@@ -204,21 +206,30 @@ def make_tree(testcase, files=None):
 
 
 def run_cli(*args, **kwargs):
-    """Run minihttpd.py with args to completion; return CompletedProcess (text)."""
+    """Run minihttpd.py with args to completion; return CompletedProcess (text).
+
+    kwargs: timeout (default 20 s), preexec_fn (as for start_server).
+    """
     timeout = kwargs.get("timeout", 20)
+    extra = {"preexec_fn": kwargs["preexec_fn"]} if kwargs.get("preexec_fn") else {}
     return subprocess.run([sys.executable, SERVER] + list(args),
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                           stdin=subprocess.DEVNULL, timeout=timeout,
-                          universal_newlines=True)
+                          universal_newlines=True, **extra)
 
 
-def cli_failure(testcase, *args):
-    """Run minihttpd with exactly args, expecting exit 2, no stdout, one stderr line; return it."""
+def cli_failure(testcase, *args, **kwargs):
+    """Run minihttpd with exactly args, expecting exit 2, no stdout, one stderr line; return it.
+
+    kwargs: status, the exit code expected instead of 2 (1: the arguments are
+    well formed but the machine refuses, e.g. a folder it cannot read);
+    preexec_fn, passed to run_cli.
+    """
     try:
-        r = run_cli(*args, timeout=CLI_TIMEOUT_S)
+        r = run_cli(*args, timeout=CLI_TIMEOUT_S, preexec_fn=kwargs.get("preexec_fn"))
     except subprocess.TimeoutExpired:
         testcase.fail("server started instead of rejecting %r" % (args,))
-    testcase.assertEqual(r.returncode, 2, r.stderr)
+    testcase.assertEqual(r.returncode, kwargs.get("status", 2), r.stderr)
     testcase.assertNotIn("Traceback", r.stderr)
     testcase.assertEqual(r.stdout, "")
     lines = [l for l in r.stderr.splitlines() if l.strip()]
@@ -1764,11 +1775,7 @@ class TestCommandLine(unittest.TestCase):
 
     def test_bad_arguments_exit_2_with_one_line(self):
         root = make_tree(self, {"f.txt": b"x"})
-        missing = os.path.join(root, "no-such-dir")
-        afile = os.path.join(root, "f.txt")
         cases = [
-            ("missing_dir", ["-d", missing, "-p", "0", "-b", "127.0.0.1"]),
-            ("file_as_dir", ["-d", afile, "-p", "0", "-b", "127.0.0.1"]),
             ("port_abc", ["-d", root, "-p", "abc", "-b", "127.0.0.1"]),
             ("port_70000", ["-d", root, "-p", "70000", "-b", "127.0.0.1"]),
             ("port_negative", ["-d", root, "--port=-5", "-b", "127.0.0.1"]),
@@ -5274,10 +5281,16 @@ class TestUploadSafety(unittest.TestCase):
             resource.prlimit(pid, resource.RLIMIT_NOFILE, old)
         self.assertEqual(r.status, 500, r)
         self.assertEqual(os.listdir(os.path.join(root, "up")), [])
+        up = os.path.join(os.path.realpath(root), "up")
+        self.assertTrue(wait_for(lambda: any(os.strerror(errno.EMFILE) in line and up in line
+                                             for line in s.stderr_text().splitlines()),
+                                 timeout=5),
+                        "no log line with the OS error and the folder:\n"
+                        + log_excerpt(s.stderr_text()))
         self.assertEqual(get(s.port, "/alive.txt").body, b"alive")
         self.assertEqual(request(s.port, "PUT", "/up/y.txt", body=b"y").status, 201)
 
-    def test_write_error_500(self):
+    def test_unwritable_folder_403(self):
         if not hasattr(os, "geteuid") or os.geteuid() == 0:
             self.skipTest("needs a non-root POSIX user (permissions do not stop root)")
         root = make_tree(self, {"ro/": None, "alive.txt": b"alive"})
@@ -5285,7 +5298,7 @@ class TestUploadSafety(unittest.TestCase):
         self.addCleanup(os.chmod, os.path.join(root, "ro"), 0o755)
         s = start_server(self, root, "-u")
         r = request(s.port, "PUT", "/ro/x.txt", body=b"x" * 1000)
-        self.assertEqual(r.status, 500, r)
+        self.assertEqual(r.status, 403, r)
         self.assertEqual(os.listdir(os.path.join(root, "ro")), [])
         self.assertEqual(get(s.port, "/alive.txt").body, b"alive")
 
@@ -5518,7 +5531,7 @@ class TestHardenedInputs(ServerTestCase):
         self.assertEqual(r.body, b"latin-1 name")
 
     @unittest.skipIf(os.name == "nt", "folder modes do not stop writes on Windows")
-    def test_500_log_line_names_os_error_and_path(self):
+    def test_unwritable_folder_403_log_line_names_os_error_and_path(self):
         root = make_tree(self, {"ro/": None})
         ro = os.path.join(root, "ro")
         os.chmod(root, 0o755)
@@ -5528,9 +5541,9 @@ class TestHardenedInputs(ServerTestCase):
         if can_write_into(ro, preexec):
             self.skipTest("cannot make a folder unwritable for the server here")
         srv = self.serve(root, "-u", preexec_fn=preexec)
-        self.expect_500_in_log = True
         r = request(srv.port, "PUT", "/ro/f.txt", body=b"data")
-        self.assertEqual(r.status, 500)
+        self.assertEqual(r.status, 403)
+        self.assertIn(b"The server cannot write into this folder.", r.body)
         self.assertFalse(os.path.exists(os.path.join(ro, "f.txt")))
         error_words = (os.strerror(errno.EACCES), "EACCES", "Errno %d" % errno.EACCES)
 
@@ -9539,6 +9552,324 @@ class TestUploadOutcomesBrowser(unittest.TestCase):
             with self.subTest(rel=rel):
                 self.assertEqual(read_file(os.path.join(root, "up", *rel.split("/"))), data)
         self.assertEqual(upload_temps(root), [])
+
+
+# ---------------------------------------------------------------------------
+# Stopping, start-up checks, error logging, quiet aborts
+# ---------------------------------------------------------------------------
+
+SLOW_TESTS = os.environ.get("MINIHTTPD_SLOW_TESTS") == "1"
+STOP_MESSAGE_S = 3       # the stop message is printed at once; 3: a loaded machine
+QUICK_EXIT_S = 3         # nothing to finish, or a second signal: far under the 5 s grace
+STALLED_BYTES = 16 * 1024 * 1024   # more than the socket buffers hold: a download in flight
+
+
+def stderr_line_with(server, text, timeout=STOP_MESSAGE_S):
+    """The first line of the server's stderr holding text, waited for; None if none came."""
+    def find():
+        for line in server.stderr_text().splitlines():
+            if text in line:
+                return line
+        return None
+    return wait_for(find, timeout=timeout)
+
+
+def start_stalled_download(testcase, srv, path="/big.bin"):
+    """GET path with a small receive buffer and read only its head.
+
+    Returns (socket, the body bytes that came with the head); the rest of
+    the body stays in flight until the test reads it.
+    """
+    sock = small_rcvbuf_socket(srv.port, rcvbuf=4096)
+    testcase.addCleanup(sock.close)
+    sock.sendall(build_request("GET", path))
+    head, body = read_head(sock)
+    testcase.assertEqual(head_status(head), 200, head)
+    return sock, body
+
+
+@unittest.skipIf(os.name == "nt", "POSIX signals")
+class TestStopping(unittest.TestCase):
+    """SIGINT/SIGTERM: say at once what is left, finish it and exit 0; a second one quits."""
+
+    def setUp(self):
+        self.root = make_tree(self, {"up/": None})
+        make_sparse(os.path.join(self.root, "big.bin"), STALLED_BYTES)
+
+    def test_sigint_says_what_it_finishes_then_exits_0_when_done(self):
+        srv = start_server(self, self.root, "-q")
+        sock, start = start_stalled_download(self, srv)
+        srv.proc.send_signal(signal.SIGINT)
+        self.assertEqual(stderr_line_with(srv, "Stopping"),
+                         "Stopping: finishing 1 download, up to 5 s; Ctrl+C again to quit now.")
+        self.assertIsNone(srv.proc.poll(), "exited before the download finished")
+        rest = recv_until_closed(sock)          # the client reads on: the download completes
+        self.assertEqual(len(start) + len(rest), STALLED_BYTES)
+        self.assertEqual(srv.proc.wait(timeout=QUICK_EXIT_S), 0)
+        self.assertNotIn("Stopped", srv.stderr_text())      # nothing was cut
+
+    def test_second_signal_quits_at_once(self):
+        for sig, code, hint in [(signal.SIGINT, 130, "Ctrl+C again to quit now."),
+                                (signal.SIGTERM, 143, "send SIGTERM again to quit now.")]:
+            with self.subTest(signal=sig):
+                srv = start_server(self, self.root, "-q", "-u")
+                start_stalled_download(self, srv)
+                upload = open_request(srv.port, "PUT", "/up/part.bin",
+                                      {"Content-Length": str(1 << 20)})
+                self.addCleanup(upload.close)
+                upload.sendall(b"u" * 65536)
+                self.assertTrue(wait_for(lambda: upload_temps(self.root), timeout=5),
+                                "the upload did not start")
+                srv.proc.send_signal(sig)
+                self.assertEqual(stderr_line_with(srv, "Stopping"),
+                                 "Stopping: finishing 1 download and 1 upload, up to 5 s; "
+                                 + hint)
+                t0 = time.monotonic()
+                srv.proc.send_signal(sig)
+                self.assertEqual(srv.proc.wait(timeout=10), code)
+                self.assertLess(time.monotonic() - t0, QUICK_EXIT_S, "did not quit at once")
+                self.assertIn("Stopped at once: cut 1 download and 1 upload.",
+                              srv.stderr_text())
+                self.assertEqual(upload_temps(self.root), [], "the upload left its temporary")
+                self.assertFalse(os.path.exists(os.path.join(self.root, "up", "part.bin")))
+
+    def test_nothing_in_flight_exits_0_quickly(self):
+        srv = start_server(self, self.root, "-q")
+        idle = connect(srv.port)                # a keep-alive connection between requests
+        self.addCleanup(idle.close)
+        idle.sendall(build_request("GET", "/up/"))
+        self.assertEqual(read_response(idle).status, 200)
+        t0 = time.monotonic()
+        srv.proc.send_signal(signal.SIGINT)
+        self.assertEqual(srv.proc.wait(timeout=10), 0)
+        self.assertLess(time.monotonic() - t0, QUICK_EXIT_S)
+        self.assertEqual(srv.stderr_text().splitlines(), ["Stopping."])
+        self.assertTrue(is_closed(idle, 1))
+
+    def test_grace_ends_cuts_and_exits_0(self):
+        if not SLOW_TESTS:
+            self.skipTest("waits out the 5 s grace; set MINIHTTPD_SLOW_TESTS=1")
+        srv = start_server(self, self.root)
+        start_stalled_download(self, srv)       # never read: the grace must end it
+        t0 = time.monotonic()
+        srv.proc.send_signal(signal.SIGTERM)
+        self.assertEqual(srv.proc.wait(timeout=15), 0)
+        self.assertGreaterEqual(time.monotonic() - t0, 4.5)
+        text = srv.stderr_text()
+        self.assertIn("Stopped after 5 s: cut 1 download.", text)
+        self.assertIn("(cut: server stopping)", text)
+
+
+def mode_bound_preexec(testcase, folder):
+    """A preexec_fn under which folder modes bind the server (dropping root's
+    override on Linux), after checking that 0o555 on folder refuses writes;
+    skips the test, with the reason, when nothing makes modes bind here."""
+    if os.name == "nt":
+        testcase.skipTest("folder modes do not stop reads or writes on Windows")
+    os.chmod(folder, 0o555)
+    preexec = unwritable_folder_preexec()
+    try:
+        bound = not can_write_into(folder, preexec)
+    finally:
+        os.chmod(folder, 0o755)
+    if not bound:
+        testcase.skipTest("cannot make a folder unreadable or unwritable for the server here")
+    return preexec
+
+
+class TestStartupChecks(unittest.TestCase):
+    """A folder the server cannot serve is one line on stderr and exit 1, before serving."""
+
+    def test_missing_folder_or_a_file(self):
+        root = make_tree(self, {"f.txt": b"x"})
+        for given, words in [(os.path.join(root, "no-such-dir"), "folder not found"),
+                             (os.path.join(root, "f.txt"), "not a folder")]:
+            with self.subTest(given=given):
+                line = cli_failure(self, "-d", given, "-p", "0", "-b", "127.0.0.1", status=1)
+                self.assertEqual(line, "minihttpd: error: %s: %s" % (words, given))
+
+    def test_unreadable_unenterable_unwritable(self):
+        root = make_tree(self, {"f/a.txt": b"a"})
+        folder = os.path.join(root, "f")
+        preexec = mode_bound_preexec(self, folder)
+        self.addCleanup(os.chmod, folder, 0o755)
+        denied = os.strerror(errno.EACCES)
+        cases = [(0o000, [], "cannot list folder"),
+                 (0o444, [], "cannot enter folder"),
+                 (0o555, ["-u"], "cannot write into folder")]
+        for mode, extra, words in cases:
+            with self.subTest(mode=oct(mode), extra=extra):
+                os.chmod(folder, mode)
+                line = cli_failure(self, "-d", folder, "-p", "0", "-b", "127.0.0.1", *extra,
+                                   status=1, preexec_fn=preexec)
+                self.assertTrue(line.startswith("minihttpd: error: %s %s" % (words, folder)),
+                                line)
+                self.assertTrue(line.endswith(": " + denied), line)
+        os.chmod(folder, 0o555)                 # read-only sharing is fine without -u
+        srv = start_server(self, folder, "-q", preexec_fn=preexec)
+        self.assertEqual(get(srv.port, "/a.txt").body, b"a")
+
+    @unittest.skipUnless(hasattr(os, "statvfs") and hasattr(os, "ST_RDONLY"), "no statvfs")
+    def test_read_only_file_system_is_named(self):
+        # No read-only mount can be made here: the kernel's two answers are stood in for.
+        root = make_tree(self)
+        read_only_flags = os.statvfs(root).f_flag | os.ST_RDONLY
+
+        def access(path, mode):
+            """Writes refused, as on a read-only mount; listing and entering allowed."""
+            return not mode & os.W_OK
+
+        class ReadOnlyStatvfs(object):
+            f_flag = read_only_flags
+        with unittest.mock.patch.object(minihttpd.os, "access", access), \
+                unittest.mock.patch.object(minihttpd.os, "statvfs", lambda p: ReadOnlyStatvfs):
+            with_upload = minihttpd.check_folder(root, "share", True)
+            without = minihttpd.check_folder(root, "share", False)
+        self.assertEqual(with_upload, "cannot write into folder share (needed by -u): "
+                         + os.strerror(errno.EROFS))
+        self.assertIsNone(without)
+
+
+class TestServerErrors(ServerTestCase):
+    """A folder the server may not write is a 403 with a clear message, and the log
+    says why; every 500 logs its OS error and path."""
+
+    def test_upload_into_unwritable_folder_is_403_and_logged(self):
+        root = make_tree(self, {"ro/": None, "ok/": None})
+        ro = os.path.join(os.path.realpath(root), "ro")
+        preexec = mode_bound_preexec(self, ro)
+        os.chmod(ro, 0o555)
+        self.addCleanup(os.chmod, ro, 0o755)
+        srv = self.serve(root, "-u", preexec_fn=preexec)
+        boundary = "b0undary"
+        form = build_multipart(boundary.encode(), [("file", "f.txt", b"form data")])
+        cases = [
+            ("PUT", "/ro/f.txt", {}, b"data"),
+            ("PUT", "/ro/new/f.txt", {}, b"data"),          # a folder to create
+            ("POST", "/ro/", {"Content-Type": "multipart/form-data; boundary=" + boundary}, form),
+        ]
+        for method, path, headers, body in cases:
+            with self.subTest(method=method, path=path):
+                r = request(srv.port, method, path, headers, body=body)
+                self.assertEqual(r.status, 403, r)
+                self.assertIn(b"The server cannot write into this folder.", r.body)
+        self.assertEqual(os.listdir(ro), [])
+        denied = os.strerror(errno.EACCES)
+        lines = [line for line in srv.stderr_text().splitlines()
+                 if line.startswith("minihttpd: ")]
+        self.assertEqual(len(lines), len(cases), log_excerpt(srv.stderr_text()))
+        for line in lines:
+            self.assertIn(denied, line)
+            self.assertIn(ro, line)
+        self.assertEqual(request(srv.port, "PUT", "/ok/f.txt", body=b"ok").status, 201)
+
+    def test_write_errors_map_to_statuses(self):
+        for code, status in [(errno.EACCES, 403), (errno.EPERM, 403), (errno.EROFS, 403),
+                             (errno.ENOSPC, 507), (errno.EIO, 500)]:
+            with self.subTest(errno=errno.errorcode[code]):
+                exc = OSError(code, os.strerror(code), "/srv/up/.tmp")
+                error = minihttpd.write_error(exc, "/srv/up")
+                self.assertEqual(error.status, status)
+                if status != 507:
+                    self.assertIn("/srv/up", error.detail)
+                    self.assertIn(os.strerror(code), error.detail)
+
+    def test_log_text_of_unexpected_errors(self):
+        # The catch-alls that answer 500 log this; repr() would drop the file name.
+        text = minihttpd.describe_exception(PermissionError(errno.EACCES, "Permission denied",
+                                                            "/srv/a.txt"))
+        self.assertEqual(text, "PermissionError: [Errno %d] Permission denied: '/srv/a.txt'"
+                         % errno.EACCES)
+        bug = KeyError("k")
+        self.assertEqual(minihttpd.describe_exception(bug), repr(bug))
+
+
+class TestQuietAborts(SharedServerTestCase):
+    """A client that drops a download (cancelled, or a video player seeking) costs
+    one ordinary access-log line, no error line."""
+
+    @classmethod
+    def set_up_shared(cls, fixture):
+        cls.root = make_tree(fixture)
+        make_sparse(os.path.join(cls.root, "video.mp4"), STALLED_BYTES)
+        cls.srv = start_server(fixture, cls.root)
+
+    def assert_one_quiet_line(self, srv, target, status):
+        """srv logged exactly one access-log line for target, a cut one, and no error."""
+        rx = re.compile(CLF_LINE_TEMPLATE % (re.escape("GET %s HTTP/1.1" % target), status,
+                                             r"(\d+)"))
+
+        def lines_for():
+            return [line for line in srv.stderr_text().splitlines() if target in line]
+        self.assertTrue(wait_for(lines_for, timeout=5), "no log line for %s" % target)
+        lines = lines_for()
+        self.assertEqual(len(lines), 1, lines)
+        m = rx.match(lines[0])
+        self.assertTrue(m, lines[0])
+        self.assertLess(int(m.group(1)), STALLED_BYTES, "the download was not cut")
+        for line in srv.stderr_text().splitlines():
+            with self.subTest(line=line):
+                self.assertNotRegex(line.lower(), r"error|traceback|^minihttpd:")
+
+    def test_close_and_reset_mid_download(self):
+        for how, headers in [("close", {}), ("reset", {}),
+                             ("seek", {"Range": "bytes=%d-" % (STALLED_BYTES // 2)})]:
+            with self.subTest(how=how):
+                target = "/video.mp4?" + how
+                sock = small_rcvbuf_socket(self.port, rcvbuf=4096)
+                sock.sendall(build_request("GET", target, headers))
+                head, _ = read_head(sock)
+                self.assertEqual(head_status(head), 206 if headers else 200)
+                if how == "close":
+                    sock.close()                # unread data: the kernel sends a reset
+                else:
+                    rst_close(sock)
+                self.assert_one_quiet_line(self.srv, target, "206" if headers else "200")
+
+    def test_tls_reset_mid_download(self):
+        tls_dir = make_tree(self)
+        cert, key = make_test_certificate(tls_dir)
+        srv = start_server(self, self.root, "--tls-cert", cert, "--tls-key", key)
+        raw = small_rcvbuf_socket(srv.port, rcvbuf=4096)
+        sock = client_context(cert).wrap_socket(raw, server_hostname="127.0.0.1")
+        try:
+            sock.sendall(build_request("GET", "/video.mp4?tls"))
+            self.assertTrue(sock.recv(64).startswith(b"HTTP/1.1 200 "))
+        finally:
+            rst_close(sock)
+        self.assert_one_quiet_line(srv, "/video.mp4?tls", "200")
+
+
+
+README = os.path.join(HERE, "README.md")
+PUBLISHED_RAW_URL = "https://raw.githubusercontent.com/OWNER/minihttpd/main/"
+
+
+class TestReadmeInstall(unittest.TestCase):
+    """The README's download lines fetch minihttpd.py (from a local server standing in
+    for the published address)."""
+
+    def test_download_lines_fetch_the_script(self):
+        with open(README, encoding="utf-8") as f:
+            lines = [line.strip() for line in f if PUBLISHED_RAW_URL in line]
+        commands = dict((line.split()[0], line) for line in lines
+                        if line.split()[0] in ("curl", "wget", "python3"))
+        self.assertEqual(sorted(commands), ["curl", "python3", "wget"], lines)
+        srv = start_server(self, HERE, "-q")
+        for program, line in sorted(commands.items()):
+            with self.subTest(program=program):
+                if program != "python3" and shutil.which(program) is None:
+                    self.skipTest("%s is not installed" % program)
+                folder = make_tree(self)
+                argv = shlex.split(line.replace(PUBLISHED_RAW_URL, srv.url("/")))
+                if program == "python3":
+                    argv[0] = sys.executable
+                done = subprocess.run(argv, cwd=folder, env=client_env(),
+                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                      timeout=IO_TIMEOUT_S)
+                self.assertEqual(done.returncode, 0, done.stdout)
+                self.assertEqual(read_file(os.path.join(folder, "minihttpd.py")),
+                                 read_file(SERVER))
 
 
 if __name__ == "__main__":
