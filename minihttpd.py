@@ -3012,13 +3012,6 @@ def status_response_xml(config, key, is_dir, status):
         % (dav_href(config, key, is_dir), status, reason_phrase(status))
 
 
-def dav_error(status, message, condition=None):
-    """An HTTPError whose body names a WebDAV precondition (RFC 4918 §16)."""
-    error = HTTPError(status, message)
-    error.condition = condition
-    return error
-
-
 def stat_resource(config, key):
     """(fs_path, st) of the visible resource at key; 404 when there is none."""
     fs_path = resolve_path(config, key)
@@ -3080,8 +3073,8 @@ def handle_propfind(request, ctx):
     key = request_key(request)
     depth = parse_depth(request.get_header("depth"))
     if depth == "infinity":
-        raise dav_error(403, "PROPFIND with Depth: infinity is not supported; use 0 or 1.",
-                        "propfind-finite-depth")
+        raise DAVError(403, "PROPFIND with Depth: infinity is not supported; use 0 or 1.",
+                       "propfind-finite-depth")
     stat_resource(ctx.config, key)                   # 404 before reading a body
     return read_dav_body(request, ctx, answer_propfind)
 

@@ -8385,6 +8385,13 @@ class TestDAVPropfind(DAVTestCase):
         self.assertEqual(request(self.port, "PROPFIND", "/nope.txt", {"Depth": "0"}).status, 404)
         self.assertEqual(request(self.port, "PROPFIND", "/a.txt", {"Depth": "2"}).status, 400)
 
+    def test_infinite_or_missing_depth_is_refused_with_its_condition(self):
+        for headers in [{"Depth": "infinity"}, {"Depth": "Infinity"}, {}]:
+            with self.subTest(headers=headers):
+                r = request(self.port, "PROPFIND", "/sub/", headers, ALLPROP_BODY)
+                self.assertEqual(r.status, 403, r)
+                self.assertEqual(dav_condition(self, r), "propfind-finite-depth")
+
     def test_request_bodies(self):
         live = set(DAV + name for name in ["displayname", "getcontentlength", "getcontenttype",
                                            "getlastmodified", "getetag", "creationdate",
