@@ -3393,6 +3393,8 @@ def copy_file_steps(ctx, source, target, failures):
             temp.write(data)
             yield
         discard_path(temp.publish(target, True))
+        yield       # the publish (an fsync) ends a step: a folder of empty files
+                    # must not copy hundreds of them in one turn
     except HTTPError as exc:
         failures.append((target, OSError(errno.EIO, exc.message)))
     except OSError as exc:

@@ -7951,6 +7951,7 @@ DAV_PROBE_MAX_REQUESTS = 20000          # the probe beside a tree job stops afte
 DAV_JOB_TIMEOUT_S = 60.0                # a COPY or DELETE of a tree is answered within this
 DAV_ANSWERS_DURING_JOB = 10             # probe answers that must land while a job runs: one
                                         # a step, and ~60 come during the DELETE's ~60 steps
+DAV_EMPTY_FILES = 60                    # a folder of empty files: one COPY step each
 MOVE_RACE_ROUNDS = 40                   # MOVEs over a file a reader GETs in a loop
 MOVE_RACE_MAX_GETS = 5000               # the reader stops after this many GETs ...
 MOVE_RACE_MAX_S = 30.0                  # ... or this long, whatever happens
@@ -9371,6 +9372,22 @@ class TestDAVFairness(DAVTestCase):
         base = self.make_large_tree(DAV_TREE_FOLDERS, DAV_TREE_FILES_PER_FOLDER)
         self.run_beside_probe("DELETE", base + "/", {}, 204)
         self.assertFalse(os.path.lexists(self.disk(base)))
+
+    def test_copy_of_a_folder_of_empty_files(self):
+        # Empty files: each copy is a temporary, an fsync and a rename with no
+        # data step between them, so it is the file count that must bound a step.
+        base = self.make_large_tree(1, DAV_EMPTY_FILES)
+        self.run_beside_probe("COPY", base + "/f00", {"Destination": base + "/copy"}, 201)
+        self.assertEqual(list_tree(self.disk(base + "/copy")), list_tree(self.disk(base + "/f00")))
+
+    def test_copy_of_a_large_tree(self):
+        if not SLOW_TESTS:
+            self.skipTest("a copy of 3,000 files takes 3,000 fsyncs: set MINIHTTPD_SLOW_TESTS=1")
+        base = self.make_large_tree(DAV_TREE_FOLDERS, DAV_TREE_FILES_PER_FOLDER)
+        self.run_beside_probe("COPY", base + "/", {"Destination": "/copy-" + base[1:]}, 201)
+        copied = list_tree(self.disk("/copy-" + base[1:]))
+        self.assertEqual(copied, list_tree(self.disk(base)))
+        self.assertEqual(len(copied), DAV_TREE_FOLDERS * (DAV_TREE_FILES_PER_FOLDER + 2))
 
 
 class TestDAVClients(unittest.TestCase):
