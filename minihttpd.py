@@ -4316,13 +4316,6 @@ def status_response_xml(config, key, is_dir, status):
         % (dav_href(config, key, is_dir), status, reason_phrase(status))
 
 
-def dav_error(status, message, condition=None):
-    """An HTTPError whose body names a WebDAV precondition (RFC 4918 §16)."""
-    error = HTTPError(status, message)
-    error.condition = condition
-    return error
-
-
 def stat_resource(config, key):
     """(fs_path, st) of the visible resource at key; 404 when there is none."""
     fs_path = resolve_path(config, key)
@@ -4384,8 +4377,8 @@ def handle_propfind(request, ctx):
     key = request_key(request)
     depth = parse_depth(request.get_header("depth"))
     if depth == "infinity":
-        raise dav_error(403, "PROPFIND with Depth: infinity is not supported; use 0 or 1.",
-                        "propfind-finite-depth")
+        raise DAVError(403, "PROPFIND with Depth: infinity is not supported; use 0 or 1.",
+                       "propfind-finite-depth")
     stat_resource(ctx.config, key)                   # 404 before reading a body
     return read_dav_body(request, ctx, answer_propfind)
 
@@ -4704,6 +4697,8 @@ def copy_file_steps(ctx, source, target, failures):
             temp.write(data)
             yield
         discard_path(temp.publish(target, True))
+        yield       # the publish (an fsync) ends a step: a folder of empty files
+                    # must not copy hundreds of them in one turn
     except HTTPError as exc:
         failures.append((target, OSError(errno.EIO, exc.message)))
     except OSError as exc:

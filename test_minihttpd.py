@@ -46,6 +46,7 @@ import unittest.mock
 import urllib.parse
 import urllib.request
 import warnings
+import xml.etree.ElementTree as ElementTree
 import zlib
 
 try:
@@ -60,6 +61,10 @@ import minihttpd  # noqa: E402  (the pure parts are tested without a server)
 
 START_TIMEOUT_S = 20     # generous: a loaded CI machine can be slow to start Python
 IO_TIMEOUT_S = 10        # every socket operation in a test is bounded by this
+# Slow checks (multi-gigabyte archives, litmus, rclone, every screenshot) run where this is
+# set; .ci/run sets it for the newest interpreter only.
+SLOW_TESTS = os.environ.get("MINIHTTPD_SLOW_TESTS") == "1"
+SLOW_REASON = "slow: set MINIHTTPD_SLOW_TESTS=1 to run"
 SHORT_IO_TIMEOUT_S = 5   # for exchanges the server answers at once (a miss fails sooner)
 SERVING_RE = re.compile(r"^Serving (.+) on https?://(\[[^\]]+\]|[^:/]+):(\d+)/$")
 UPLOAD_TEMP_PREFIX = ".minihttpd-upload-"
@@ -8470,8 +8475,6 @@ class TestListingQR(SharedServerTestCase):
 # Folder archives: ?download=zip|tar
 # ---------------------------------------------------------------------------
 
-SLOW_TESTS = os.environ.get("MINIHTTPD_SLOW_TESTS") == "1"
-SLOW_REASON = "slow: set MINIHTTPD_SLOW_TESTS=1 to run"
 # External archivers read UTF-8 names only under a UTF-8 locale.
 TOOL_LOCALE = "C.UTF-8" if IS_LINUX else "en_US.UTF-8"
 
@@ -9558,7 +9561,6 @@ class TestUploadOutcomesBrowser(unittest.TestCase):
 # Stopping, start-up checks, error logging, quiet aborts
 # ---------------------------------------------------------------------------
 
-SLOW_TESTS = os.environ.get("MINIHTTPD_SLOW_TESTS") == "1"
 STOP_MESSAGE_S = 3       # the stop message is printed at once; 3: a loaded machine
 QUICK_EXIT_S = 3         # nothing to finish, or a second signal: far under the 5 s grace
 STALLED_BYTES = 16 * 1024 * 1024   # more than the socket buffers hold: a download in flight
@@ -9870,6 +9872,1552 @@ class TestReadmeInstall(unittest.TestCase):
                 self.assertEqual(done.returncode, 0, done.stdout)
                 self.assertEqual(read_file(os.path.join(folder, "minihttpd.py")),
                                  read_file(SERVER))
+# WebDAV (RFC 4918): properties, collections, copies and moves, locks
+# ---------------------------------------------------------------------------
+
+DAV = "{DAV:}"                          # ElementTree's form of the DAV: namespace
+DAV_XML_TYPE = 'application/xml; charset="utf-8"'
+WIN32_NS = "urn:schemas-microsoft-com:"  # Windows' Explorer sets these on every upload
+DAV_LARGE_FOLDER_ENTRIES = 300          # more than LISTING_STEP_ENTRIES (256): a chunked 207
+DAV_TREE_FOLDERS = 30                   # the tree DELETE and COPY work through beside a probe:
+DAV_TREE_FILES_PER_FOLDER = 100         # ... 3,000 empty files
+DAV_PROBE_P90_S = 0.1                   # generous: most probe answers beside a tree job
+DAV_PROBE_MAX_REQUESTS = 20000          # the probe beside a tree job stops after this many
+DAV_JOB_TIMEOUT_S = 60.0                # a COPY or DELETE of a tree is answered within this
+DAV_ANSWERS_DURING_JOB = 10             # probe answers that must land while a job runs: one
+                                        # a step, and ~60 come during the DELETE's ~60 steps
+DAV_EMPTY_FILES = 60                    # a folder of empty files: one COPY step each
+MOVE_RACE_ROUNDS = 40                   # MOVEs over a file a reader GETs in a loop
+MOVE_RACE_MAX_GETS = 5000               # the reader stops after this many GETs ...
+MOVE_RACE_MAX_S = 30.0                  # ... or this long, whatever happens
+LOCK_EXPIRY_WAIT_S = 10.0               # a Second-1 lock is gone within this
+CLIENT_TIMEOUT_S = 120                  # litmus, rclone, cadaver: each run ends within this
+LITMUS_TESTS = 104                      # litmus 0.13: basic 16, copymove 13, props 30,
+                                        # locks 41, http 4
+RCLONE_BIG_FILE_BYTES = 20 * 1024 * 1024
+
+
+def dav_body(text):
+    """A WebDAV XML body: the declaration, then text with D bound to DAV:."""
+    return ('<?xml version="1.0" encoding="utf-8"?>\n' + text).encode("utf-8")
+
+
+ALLPROP_BODY = dav_body('<D:propfind xmlns:D="DAV:"><D:allprop/></D:propfind>')
+PROPNAME_BODY = dav_body('<D:propfind xmlns:D="DAV:"><D:propname/></D:propfind>')
+
+
+def propfind_body(*tags):
+    """A PROPFIND body asking for the named properties ("{namespace}name" each)."""
+    parts = []
+    for i, tag in enumerate(tags):
+        namespace, name = tag[1:].split("}", 1)
+        parts.append('<p%d:%s xmlns:p%d="%s"/>' % (i, name, i, namespace))
+    return dav_body('<D:propfind xmlns:D="DAV:"><D:prop>%s</D:prop></D:propfind>'
+                    % "".join(parts))
+
+
+def proppatch_body(sets=(), removes=()):
+    """A PROPPATCH body: sets is [(tag, text)], removes is [tag]; sets come first."""
+    def element(i, tag, text=None):
+        namespace, name = tag[1:].split("}", 1)
+        if text is None:
+            return '<p%d:%s xmlns:p%d="%s"/>' % (i, name, i, namespace)
+        return '<p%d:%s xmlns:p%d="%s">%s</p%d:%s>' % (i, name, i, namespace,
+                                                        html.escape(text), i, name)
+    out = ""
+    if sets:
+        out += "<D:set><D:prop>%s</D:prop></D:set>" % "".join(
+            element(i, tag, text) for i, (tag, text) in enumerate(sets))
+    if removes:
+        out += "<D:remove><D:prop>%s</D:prop></D:remove>" % "".join(
+            element(100 + i, tag) for i, tag in enumerate(removes))
+    return dav_body('<D:propertyupdate xmlns:D="DAV:">%s</D:propertyupdate>' % out)
+
+
+def lockinfo_body(scope="exclusive", owner="mailto:tester@example.com"):
+    """A LOCK body asking for a write lock of scope, owned by an href."""
+    return dav_body('<D:lockinfo xmlns:D="DAV:"><D:lockscope><D:%s/></D:lockscope>'
+                    '<D:locktype><D:write/></D:locktype><D:owner><D:href>%s</D:href></D:owner>'
+                    '</D:lockinfo>' % (scope, owner))
+
+
+def dav_status_code(element):
+    """The code of a DAV:status element ("HTTP/1.1 404 Not Found" -> 404)."""
+    return int(element.text.split()[1])
+
+
+def parse_multistatus(testcase, resp):
+    """A 207 as an ordered list of (href, status or None, {property tag: (status, element)})."""
+    testcase.assertEqual(resp.status, 207, resp)
+    testcase.assertEqual(resp.headers.get("content-type"), DAV_XML_TYPE)
+    root = ElementTree.fromstring(resp.body)
+    testcase.assertEqual(root.tag, DAV + "multistatus")
+    out = []
+    for response in root.findall(DAV + "response"):
+        hrefs = response.findall(DAV + "href")
+        testcase.assertEqual(len(hrefs), 1, resp.body[:500])
+        status = response.find(DAV + "status")
+        props = {}
+        for propstat in response.findall(DAV + "propstat"):
+            code = dav_status_code(propstat.find(DAV + "status"))
+            for prop in propstat.find(DAV + "prop"):
+                testcase.assertNotIn(prop.tag, props, "a property listed twice")
+                props[prop.tag] = (code, prop)
+        out.append((hrefs[0].text, None if status is None else dav_status_code(status), props))
+    return out
+
+
+def propfind(testcase, port, path, depth="0", body=b"", headers=None):
+    """PROPFIND path; returns {href: {property tag: (status, element)}} of its 207."""
+    all_headers = {"Depth": depth}
+    all_headers.update(headers or {})
+    resp = request(port, "PROPFIND", path, headers=all_headers, body=body)
+    out = {}
+    for href, _, props in parse_multistatus(testcase, resp):
+        testcase.assertNotIn(href, out, "an href listed twice")
+        out[href] = props
+    return out
+
+
+def dav_condition(testcase, resp):
+    """The precondition an XML error body names ("lock-token-submitted")."""
+    testcase.assertEqual(resp.headers.get("content-type"), DAV_XML_TYPE, resp)
+    root = ElementTree.fromstring(resp.body)
+    testcase.assertEqual(root.tag, DAV + "error")
+    testcase.assertEqual(len(root), 1, resp.body)
+    return root[0].tag[len(DAV):]
+
+
+def allow_set(resp):
+    """The methods of an Allow header, as a set."""
+    return set(t.strip() for t in resp.headers.get("allow", "").split(",") if t.strip())
+
+
+def file_tree(root):
+    """{relative path: bytes, or None for a folder} of everything under root."""
+    out = {}
+    for rel in list_tree(root):
+        path = os.path.join(root, *rel.split("/"))
+        out[rel] = None if os.path.isdir(path) else read_file(path)
+    return out
+
+
+def with_folders(files):
+    """files {relpath: bytes or None} with an entry (None) for each folder that holds one."""
+    out = dict(files)
+    for rel in files:
+        parts = rel.split("/")
+        for i in range(1, len(parts)):
+            out.setdefault("/".join(parts[:i]), None)
+    return out
+
+
+def write_files(root, files):
+    """Create files {relpath: bytes or None for a folder} under an existing root."""
+    for rel, data in sorted(files.items()):
+        path = os.path.join(root, *rel.split("/"))
+        if data is None:
+            os.makedirs(path, exist_ok=True)
+            continue
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "wb") as f:
+            f.write(data)
+
+
+def start_servers(fixture, root, *arg_lists):
+    """start_server(fixture, root, *args) for each args, all at once; the Servers in order.
+
+    Each start is mostly an interpreter starting up: in parallel, a class
+    with four servers is ready in the time of about two.
+    """
+    servers = [None] * len(arg_lists)
+    errors = []
+
+    def start(i, args):
+        try:
+            servers[i] = start_server(fixture, root, *args)
+        except BaseException as exc:            # re-raised below, in the caller's thread
+            errors.append(exc)
+    threads = [threading.Thread(target=start, args=(i, args)) for i, args in enumerate(arg_lists)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(START_TIMEOUT_S * 2)
+    if errors:
+        raise errors[0]
+    if None in servers:
+        fixture.fail("a server did not start within %d s" % (START_TIMEOUT_S * 2))
+    return servers
+
+
+class DAVTestCase(SharedServerTestCase):
+    """WebDAV tests on servers shared by the class; each test works in a fresh folder.
+
+    set_up_shared fills cls.servers; after each test none of them may have
+    logged a traceback or a 500.
+    """
+
+    servers = ()
+
+    def tearDown(self):
+        for server in self.servers:
+            text = server.stderr_text()
+            self.assertNotIn("Traceback", text, "server stderr:\n" + log_excerpt(text))
+            self.assertIsNone(SERVER_500_RE.search(text),
+                              "a 500 for client input; server stderr:\n" + log_excerpt(text))
+
+    def fresh(self, files=None, server=None):
+        """A new folder named after the test in the server's root, holding files; its URL path."""
+        server = server or self.srv
+        name = "t-" + self._testMethodName
+        folder = os.path.join(server.root, name)
+        n = 1
+        while os.path.lexists(folder):
+            n += 1
+            folder = os.path.join(server.root, "%s-%d" % (name, n))
+        os.mkdir(folder)
+        write_files(folder, files or {})
+        return "/" + os.path.basename(folder)
+
+    def disk(self, path, server=None):
+        """The file system path of a URL path on the server (no route prefix)."""
+        server = server or self.srv
+        return os.path.join(server.root, *[p for p in path.split("/") if p])
+
+
+class TestDAVUnits(unittest.TestCase):
+    """WebDAV's pure parts: the If header, XML bodies, Depth, Timeout, tree keys, Destination."""
+
+    def assert_status(self, status, fn, *args, **kwargs):
+        """fn(*args) raises HTTPError with status."""
+        with self.assertRaises(minihttpd.HTTPError) as caught:
+            fn(*args, **kwargs)
+        self.assertEqual(caught.exception.status, status)
+
+    def test_parse_if_header(self):
+        cases = [
+            ("(<urn:uuid:1>)", [(None, [(False, "token", "urn:uuid:1")])]),
+            ('(Not <DAV:no-lock> ["abc"])',
+             [(None, [(True, "token", "DAV:no-lock"), (False, "etag", '"abc"')])]),
+            ('(<urn:uuid:1>) (["x"])',
+             [(None, [(False, "token", "urn:uuid:1")]), (None, [(False, "etag", '"x"')])]),
+            ("(not<t>)", [(None, [(True, "token", "t")])]),
+            ('( [W/"w"] )', [(None, [(False, "etag", 'W/"w"')])]),
+            ("<http://h/a> (<t1>) (<t2>)",
+             [("http://h/a", [(False, "token", "t1")]), ("http://h/a", [(False, "token", "t2")])]),
+            ("<http://h/a> (<t1>) <http://h/b> (Not <t2>)",
+             [("http://h/a", [(False, "token", "t1")]), ("http://h/b", [(True, "token", "t2")])]),
+        ]
+        for value, want in cases:
+            with self.subTest(value=value):
+                self.assertEqual(minihttpd.parse_if_header(value), want)
+        for value in ["", "  ", "<http://h/a>", "<http://h/a", "(", "()", "(<t1>", "x",
+                      "(<t1>) <http://h/a> (<t2>)", "(Not)", "([etag)", "(<t1) ", "(t1)",
+                      "<http://h/a> x", "(<t1>) x"]:
+            with self.subTest(value=value):
+                self.assert_status(400, minihttpd.parse_if_header, value)
+        self.assertEqual(minihttpd.if_tokens(minihttpd.parse_if_header(
+            '(<a> ["e"]) (Not <b>)')), {"a", "b"})
+
+    def test_parse_xml_body_refuses_what_it_must(self):
+        self.assertIsNone(minihttpd.parse_xml_body(b""))
+        self.assertIsNone(minihttpd.parse_xml_body(b" \r\n\t"))
+        refused = [
+            ("doctype", b'<?xml version="1.0"?><!DOCTYPE D:propfind><D:propfind xmlns:D="DAV:">'
+                        b'<D:allprop/></D:propfind>'),
+            ("entity", b'<!ENTITY x "y"><D:propfind xmlns:D="DAV:"/>'),
+            ("billion laughs", b'<?xml version="1.0"?><!DOCTYPE l [<!ENTITY a "aaaa">'
+                               b'<!ENTITY b "&a;&a;&a;">]><D:propfind xmlns:D="DAV:">&b;'
+                               b'</D:propfind>'),
+            ("external entity", b'<!DOCTYPE x [<!ENTITY e SYSTEM "file:///etc/passwd">]>'
+                                b'<x>&e;</x>'),
+            ("utf-16", '<D:propfind xmlns:D="DAV:"/>'.encode("utf-16")),
+            ("not xml", b"hello"),
+            ("unclosed", b'<D:propfind xmlns:D="DAV:">'),
+            ("unbound prefix", b"<D:propfind/>"),
+            ("prefix bound to nothing", b'<D:propfind xmlns:D="DAV:" xmlns:x=""><D:allprop/>'
+                                        b'</D:propfind>'),
+            ("two roots", b'<a/><b/>'),
+        ]
+        for name, body in refused:
+            with self.subTest(name):
+                self.assert_status(400, minihttpd.parse_xml_body, body)
+        root = minihttpd.parse_xml_body(ALLPROP_BODY)
+        self.assertEqual(root.tag, DAV + "propfind")
+
+    def test_parse_propfind(self):
+        parse = lambda body: minihttpd.parse_propfind(minihttpd.parse_xml_body(body))
+        self.assertEqual(parse(b""), ("allprop", []))
+        self.assertEqual(parse(ALLPROP_BODY), ("allprop", []))
+        self.assertEqual(parse(PROPNAME_BODY), ("propname", []))
+        self.assertEqual(parse(propfind_body(DAV + "getetag", "{urn:x}color")),
+                         ("prop", [DAV + "getetag", "{urn:x}color"]))
+        self.assertEqual(parse(b'<propfind xmlns="DAV:"><prop><foo xmlns=""/></prop></propfind>'),
+                         ("prop", ["foo"]))
+        for name, body in [("wrong root", b'<D:lockinfo xmlns:D="DAV:"><D:allprop/></D:lockinfo>'),
+                           ("root in no namespace", b"<propfind><allprop/></propfind>"),
+                           ("names nothing", b'<D:propfind xmlns:D="DAV:"/>'),
+                           ("names only unknown things",
+                            b'<D:propfind xmlns:D="DAV:"><D:everything/></D:propfind>')]:
+            with self.subTest(name):
+                self.assert_status(400, parse, body)
+
+    def test_parse_propertyupdate(self):
+        parse = lambda body: minihttpd.parse_propertyupdate(minihttpd.parse_xml_body(body))
+        changes = parse(proppatch_body(sets=[("{urn:x}a", "1"), ("{urn:x}b", "2")],
+                                       removes=["{urn:x}c"]))
+        self.assertEqual([(action, element.tag, element.text) for action, element in changes],
+                         [("set", "{urn:x}a", "1"), ("set", "{urn:x}b", "2"),
+                          ("remove", "{urn:x}c", None)])
+        body = dav_body('<D:propertyupdate xmlns:D="DAV:"><D:remove><D:prop><x:a xmlns:x="urn:x"/>'
+                        '</D:prop></D:remove><D:set><D:prop><x:a xmlns:x="urn:x">v</x:a>'
+                        '</D:prop></D:set></D:propertyupdate>')
+        self.assertEqual([(action, element.tag) for action, element in parse(body)],
+                         [("remove", "{urn:x}a"), ("set", "{urn:x}a")], "document order")
+        for name, body in [
+                ("empty", b""),
+                ("wrong root", b'<D:propfind xmlns:D="DAV:"><D:allprop/></D:propfind>'),
+                ("changes nothing", b'<D:propertyupdate xmlns:D="DAV:"/>'),
+                ("set without prop", b'<D:propertyupdate xmlns:D="DAV:"><D:set><x:a xmlns:x="u"/>'
+                                     b'</D:set></D:propertyupdate>')]:
+            with self.subTest(name):
+                self.assert_status(400, parse, body)
+
+    def test_parse_lockinfo(self):
+        parse = lambda body: minihttpd.parse_lockinfo(minihttpd.parse_xml_body(body))
+        self.assertIsNone(parse(b""), "an empty body is a refresh")
+        for scope in ["exclusive", "shared"]:
+            with self.subTest(scope=scope):
+                got_scope, owner = parse(lockinfo_body(scope, "mailto:me@example.com"))
+                self.assertEqual(got_scope, scope)
+                element = ElementTree.fromstring(owner)     # stands alone: namespaces declared
+                self.assertEqual(element.tag, DAV + "owner")
+                self.assertEqual(element.find(DAV + "href").text, "mailto:me@example.com")
+        for name, body in [
+                ("wrong root", b'<D:propfind xmlns:D="DAV:"><D:allprop/></D:propfind>'),
+                ("no scope", b'<D:lockinfo xmlns:D="DAV:"><D:locktype><D:write/></D:locktype>'
+                             b'</D:lockinfo>'),
+                ("no write type", b'<D:lockinfo xmlns:D="DAV:"><D:lockscope><D:shared/>'
+                                  b'</D:lockscope><D:locktype/></D:lockinfo>'),
+                ("doctype", b'<!DOCTYPE D:lockinfo><D:lockinfo xmlns:D="DAV:"/>')]:
+            with self.subTest(name):
+                self.assert_status(400, parse, body)
+
+    def test_parse_depth(self):
+        self.assertEqual(minihttpd.parse_depth(None), "infinity")
+        self.assertEqual(minihttpd.parse_depth(None, default="0"), "0")
+        for value, want in [("0", "0"), ("1", "1"), (" Infinity ", "infinity"),
+                            ("infinity", "infinity")]:
+            self.assertEqual(minihttpd.parse_depth(value), want)
+        for value in ["2", "", "-1", "infinite", "0, 1"]:
+            with self.subTest(value=value):
+                self.assert_status(400, minihttpd.parse_depth, value)
+        self.assert_status(400, minihttpd.parse_depth, "1", allowed=("0", "infinity"))
+        self.assertEqual(minihttpd.parse_depth("0", allowed=("0", "infinity")), "0")
+
+    def test_parse_timeout(self):
+        cap = minihttpd.MAX_LOCK_TIMEOUT_S
+        self.assertEqual(cap, 3600)
+        for value, want in [(None, cap), ("", cap), ("Second-100", 100), ("second-7", 7),
+                            ("Second-99999", cap), ("Infinite", cap),
+                            ("Infinite, Second-10", cap), ("Second-10, Infinite", 10),
+                            ("Second-0", 1), ("Second-x, Second-20", 20), ("garbage", cap),
+                            ("Second-" + "9" * 30, cap), ("Second--5", cap)]:
+            with self.subTest(value=value):
+                self.assertEqual(minihttpd.parse_timeout(value), want)
+
+    def test_tree_key(self):
+        for path, want in [("/", "/"), ("", "/"), ("/a/b/", "/a/b"), ("/a/./b//c", "/a/b/c"),
+                           ("/a/../../b", "/b"), ("a", "/a"), ("/..", "/")]:
+            with self.subTest(path=path):
+                self.assertEqual(minihttpd.tree_key(path), want)
+
+    def url_key(self, url, prefix="", hidden=False, host="127.0.0.1:8000"):
+        """url_key for a COPY with that Host on a server with prefix and hidden."""
+        config = minihttpd.Config(**dict.fromkeys(minihttpd.Config._fields))._replace(
+            prefix=prefix, hidden=hidden)
+        req = minihttpd.Request("COPY", "/a", "HTTP/1.1", [("Host", host)])
+        return minihttpd.url_key(req, config, url)
+
+    def test_url_key(self):
+        cases = [
+            ("/a/b", {}, "/a/b"),
+            ("http://127.0.0.1:8000/a/b/", {}, "/a/b"),
+            ("HTTPS://127.0.0.1:8000/a", {}, "/a"),
+            ("http://LOCALHOST:8000/x", {"host": "localhost:8000"}, "/x"),
+            ("/a%20b/%C3%BC", {}, "/a b/\u00fc"),
+            ("/a/../b", {}, "/b"),
+            ("/../b", {}, None),
+            ("/a/%2e%2e/%2E%2E/b", {}, None),
+            ("http://127.0.0.1:8000/../b", {}, None),
+            ("/.hidden/x", {}, None),
+            ("/a/.x", {}, None),
+            ("/.hidden/x", {"hidden": True}, "/.hidden/x"),
+            ("/" + UPLOAD_TEMP_PREFIX + "1-abc", {"hidden": True}, None),
+            ("/files/a", {"prefix": "/files"}, "/a"),
+            ("/files/", {"prefix": "/files"}, "/"),
+            ("/files", {"prefix": "/files"}, "/"),
+            ("http://127.0.0.1:8000/files/a%20b", {"prefix": "/files"}, "/a b"),
+            ("/a", {"prefix": "/files"}, None),
+            ("/filesx/a", {"prefix": "/files"}, None),
+            ("/files/../a", {"prefix": "/files"}, None),
+        ]
+        for url, kwargs, want in cases:
+            with self.subTest(url=url, **kwargs):
+                self.assertEqual(self.url_key(url, **kwargs), want)
+        for url in ["http://example.com/a", "http://127.0.0.1:9999/a", "ftp://127.0.0.1:8000/a",
+                    "//example.com/a", "http://127.0.0.1/a"]:
+            with self.subTest(url=url):
+                self.assert_status(502, self.url_key, url)
+        self.assert_status(400, self.url_key, "http://[::1/a")
+
+
+class TestDAVPropfind(DAVTestCase):
+    """PROPFIND: depths, the kinds of request body, live properties, what is never shown."""
+
+    UNICODE_NAME = "sp\u00e4ce & #1.txt"
+    FILES = {
+        "a.txt": b"alpha\n",
+        "sub/b.bin": byte_pattern(1000),
+        "sub/inner/c.txt": b"c",
+        "sub/.dot/x.txt": b"x",
+        ".hidden.txt": b"secret",
+        UNICODE_NAME: b"unicode\n",
+        "empty": None,
+    }
+
+    @classmethod
+    def set_up_shared(cls, fixture):
+        """One tree (with a large folder and links) served as is, under /files, with --hidden."""
+        cls.root = make_tree(fixture, cls.FILES)
+        cls.temp_name = UPLOAD_TEMP_PREFIX + "%d-abc" % os.getpid()   # an upload in progress
+        write_files(cls.root, {cls.temp_name: b"partial", "sub/" + cls.temp_name: b"partial"})
+        write_files(cls.root, dict(("big/entry-%03d.txt" % i, b"")
+                                   for i in range(DAV_LARGE_FOLDER_ENTRIES)))
+        outside = make_tree(fixture, {"secret.txt": b"outside"})
+        os.symlink(os.path.join(outside, "secret.txt"), os.path.join(cls.root, "out-file"))
+        os.symlink(outside, os.path.join(cls.root, "out-dir"))
+        os.symlink("a.txt", os.path.join(cls.root, "in-link.txt"))
+        os.mkdir(os.path.join(cls.root, "raw"))
+        if IS_LINUX:                          # a name that is not UTF-8 (Linux takes any bytes)
+            with open(os.path.join(os.fsencode(cls.root), b"raw", b"caf\xe9.txt"), "wb") as f:
+                f.write(b"latin-1 name")
+        cls.servers = start_servers(fixture, cls.root, (), ("--route-prefix", "/files"),
+                                    ("--hidden",))
+        cls.srv, cls.prefixed, cls.hidden = cls.servers
+
+    def test_depth_0_and_1(self):
+        self.assertEqual(list(propfind(self, self.port, "/sub/", "0")), ["/sub/"])
+        self.assertEqual(list(propfind(self, self.port, "/sub", "0")), ["/sub/"])
+        self.assertEqual(list(propfind(self, self.port, "/a.txt", "1")), ["/a.txt"],
+                         "a file has no members")
+        hrefs = propfind(self, self.port, "/sub/", "1")
+        self.assertEqual(sorted(hrefs), ["/sub/", "/sub/b.bin", "/sub/inner/"],
+                         "Depth 1: the folder and its members, not theirs")
+        self.assertEqual(list(hrefs)[0], "/sub/", "the folder itself comes first")
+        self.assertEqual(sorted(propfind(self, self.port, "/", "1")),
+                         ["/", "/a.txt", "/big/", "/empty/", "/in-link.txt", "/raw/",
+                          "/sp%C3%A4ce%20%26%20%231.txt", "/sub/"])
+        self.assertEqual(request(self.port, "PROPFIND", "/nope.txt", {"Depth": "0"}).status, 404)
+        self.assertEqual(request(self.port, "PROPFIND", "/a.txt", {"Depth": "2"}).status, 400)
+
+    def test_infinite_or_missing_depth_is_refused_with_its_condition(self):
+        for headers in [{"Depth": "infinity"}, {"Depth": "Infinity"}, {}]:
+            with self.subTest(headers=headers):
+                r = request(self.port, "PROPFIND", "/sub/", headers, ALLPROP_BODY)
+                self.assertEqual(r.status, 403, r)
+                self.assertEqual(dav_condition(self, r), "propfind-finite-depth")
+
+    def test_request_bodies(self):
+        live = set(DAV + name for name in ["displayname", "getcontentlength", "getcontenttype",
+                                           "getlastmodified", "getetag", "creationdate",
+                                           "resourcetype", "supportedlock", "lockdiscovery"])
+        for name, body in [("empty body", b""), ("allprop", ALLPROP_BODY)]:
+            with self.subTest(name):
+                props = propfind(self, self.port, "/a.txt", body=body)["/a.txt"]
+                self.assertEqual(set(props), live)
+                self.assertEqual(set(code for code, _ in props.values()), {200})
+                self.assertEqual(props[DAV + "getcontentlength"][1].text, "6")
+        props = propfind(self, self.port, "/a.txt", body=PROPNAME_BODY)["/a.txt"]
+        self.assertEqual(set(props), live)
+        for tag, (code, element) in props.items():
+            self.assertEqual((code, len(element), element.text), (200, 0, None),
+                             "propname gives names only: %s" % tag)
+        folder = propfind(self, self.port, "/sub/", body=PROPNAME_BODY)["/sub/"]
+        self.assertEqual(set(folder), live - set([DAV + "getcontentlength", DAV + "getcontenttype",
+                                                  DAV + "getetag"]))
+        named = propfind(self, self.port, "/a.txt", body=propfind_body(
+            DAV + "getcontentlength", DAV + "resourcetype"))["/a.txt"]
+        self.assertEqual(sorted(named), [DAV + "getcontentlength", DAV + "resourcetype"])
+        self.assertEqual(named[DAV + "getcontentlength"][0], 200)
+
+    def test_live_properties_match_get(self):
+        got = get(self.port, "/a.txt")
+        props = propfind(self, self.port, "/a.txt")["/a.txt"]
+        value = lambda name: props[DAV + name][1].text
+        self.assertEqual(value("displayname"), "a.txt")
+        self.assertEqual(value("getcontentlength"), str(len(self.FILES["a.txt"])))
+        self.assertEqual(value("getcontenttype"), got.headers["content-type"])
+        self.assertEqual(value("getlastmodified"), got.headers["last-modified"])
+        self.assertEqual(value("getetag"), got.headers["etag"], "the same ETag as GET's")
+        self.assertRegex(value("creationdate"), r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
+        self.assertEqual(len(props[DAV + "resourcetype"][1]), 0, "a file is no collection")
+        entries = props[DAV + "supportedlock"][1].findall(DAV + "lockentry")
+        self.assertEqual(sorted(e.find(DAV + "lockscope")[0].tag for e in entries),
+                         [DAV + "exclusive", DAV + "shared"])
+        for entry in entries:
+            self.assertEqual(entry.find(DAV + "locktype")[0].tag, DAV + "write")
+        self.assertEqual(len(props[DAV + "lockdiscovery"][1]), 0, "nothing is locked")
+        folder = propfind(self, self.port, "/sub/")["/sub/"]
+        self.assertEqual([e.tag for e in folder[DAV + "resourcetype"][1]], [DAV + "collection"])
+        self.assertEqual(folder[DAV + "displayname"][1].text, "sub")
+        big = propfind(self, self.port, "/sub/b.bin")["/sub/b.bin"]
+        self.assertEqual(big[DAV + "getcontentlength"][1].text, "1000")
+        self.assertEqual(big[DAV + "getetag"][1].text,
+                         get(self.port, "/sub/b.bin").headers["etag"])
+
+    def test_unknown_properties_are_404_inside_the_207(self):
+        tags = [DAV + "getetag", "{urn:example}color", DAV + "nosuchprop", "plain"]
+        body = dav_body('<D:propfind xmlns:D="DAV:"><D:prop><D:getetag/><x:color xmlns:x='
+                        '"urn:example"/><D:nosuchprop/><plain xmlns=""/></D:prop></D:propfind>')
+        props = propfind(self, self.port, "/a.txt", body=body)["/a.txt"]
+        self.assertEqual(sorted(props), sorted(tags))
+        self.assertEqual(props[DAV + "getetag"][0], 200)
+        for tag in tags[1:]:
+            self.assertEqual(props[tag][0], 404, tag)
+        folder = propfind(self, self.port, "/sub/", body=propfind_body(DAV + "getetag"))["/sub/"]
+        self.assertEqual(folder[DAV + "getetag"][0], 404, "a folder has no ETag")
+
+    def test_utf8_body_and_percent_encoded_hrefs(self):
+        r = request(self.port, "PROPFIND", "/", {"Depth": "1"})
+        self.assertTrue(r.body.startswith(b'<?xml version="1.0" encoding="utf-8"?>'), r.body[:80])
+        self.assertIn("sp\u00e4ce".encode("utf-8"), r.body, "the displayname in UTF-8")
+        href = "/sp%C3%A4ce%20%26%20%231.txt"
+        hrefs = propfind(self, self.port, "/", "1")
+        self.assertEqual(hrefs[href][DAV + "displayname"][1].text, self.UNICODE_NAME)
+        self.assertEqual(get(self.port, href).body, b"unicode\n", "the href leads to the file")
+        self.assertIn(href, propfind(self, self.port, href))
+        if IS_LINUX:
+            raw = propfind(self, self.port, "/raw/", "1")     # well formed, or this raises
+            self.assertEqual(raw["/raw/caf%E9.txt"][DAV + "displayname"][1].text, "caf\ufffd.txt")
+            self.assertEqual(get(self.port, "/raw/caf%E9.txt").body, b"latin-1 name")
+
+    def test_dotfiles_and_upload_temporaries_never_appear(self):
+        for path in ["/", "/sub/"]:
+            with self.subTest(path=path):
+                r = request(self.port, "PROPFIND", path, {"Depth": "1"})
+                self.assertEqual(r.status, 207)
+                for word in [b".hidden", b".dot", UPLOAD_TEMP_PREFIX.encode("ascii")]:
+                    self.assertNotIn(word, r.body)
+        for path in ["/.hidden.txt", "/sub/.dot/", "/" + self.temp_name]:
+            with self.subTest(path=path):
+                self.assertEqual(request(self.port, "PROPFIND", path, {"Depth": "0"}).status, 404)
+        self.assertTrue(os.path.exists(os.path.join(self.root, self.temp_name)))
+        hrefs = propfind(self, self.hidden.port, "/", "1")
+        self.assertIn("/.hidden.txt", hrefs, "--hidden lists dotfiles")
+        self.assertNotIn("/" + self.temp_name, hrefs, "but never an upload temporary")
+        self.assertEqual(request(self.hidden.port, "PROPFIND", "/" + self.temp_name,
+                                 {"Depth": "0"}).status, 404)
+
+    def test_symlinks_leaving_the_root_never_appear(self):
+        hrefs = propfind(self, self.port, "/", "1")
+        self.assertIn("/in-link.txt", hrefs, "a link inside the root is listed")
+        for name in ["out-file", "out-dir"]:
+            with self.subTest(name=name):
+                self.assertNotIn("/" + name, hrefs)
+                self.assertNotIn("/" + name + "/", hrefs)
+                self.assertEqual(request(self.port, "PROPFIND", "/" + name,
+                                         {"Depth": "0"}).status, 404)
+        r = request(self.port, "PROPFIND", "/", {"Depth": "1"})
+        self.assertNotIn(b"out-", r.body)
+
+    def test_large_folder_is_complete_and_chunked(self):
+        r = request(self.port, "PROPFIND", "/big/", {"Depth": "1"})
+        self.assertEqual(r.headers.get("transfer-encoding"), "chunked", "sent in steps")
+        entries = parse_multistatus(self, r)
+        want = ["/big/"] + ["/big/entry-%03d.txt" % i for i in range(DAV_LARGE_FOLDER_ENTRIES)]
+        self.assertEqual(sorted(href for href, _, _ in entries), want)
+        for href, _, props in entries[1:]:
+            self.assertEqual(props[DAV + "getcontentlength"][0], 200, href)
+            self.assertEqual(props[DAV + "getcontentlength"][1].text, "0", href)
+        named = parse_multistatus(self, request(self.port, "PROPFIND", "/big/", {"Depth": "1"},
+                                                propfind_body(DAV + "getetag")))
+        self.assertEqual(len(named), DAV_LARGE_FOLDER_ENTRIES + 1)
+
+    def test_bad_bodies_get_400_never_500(self):
+        bodies = [
+            ("not XML", b"<D:propfind"),
+            ("DOCTYPE", b'<?xml version="1.0"?><!DOCTYPE D:propfind><D:propfind xmlns:D="DAV:">'
+                        b'<D:allprop/></D:propfind>'),
+            ("entity declaration", b'<!ENTITY x "y"><D:propfind xmlns:D="DAV:"><D:allprop/>'
+                                   b'</D:propfind>'),
+            ("wrong root element", b'<D:lockinfo xmlns:D="DAV:"><D:allprop/></D:lockinfo>'),
+            ('xmlns:x=""', b'<D:propfind xmlns:D="DAV:" xmlns:x=""><D:allprop/></D:propfind>'),
+            ("UTF-16", '<D:propfind xmlns:D="DAV:"><D:allprop/></D:propfind>'.encode("utf-16")),
+        ]
+        for name, body in bodies:
+            for headers in [{"Depth": "0"}, {"Depth": "0", "Transfer-Encoding": "chunked"}]:
+                with self.subTest(name, chunked=len(headers) > 1):
+                    data = body
+                    if len(headers) > 1:
+                        data = b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body)
+                    r = request(self.port, "PROPFIND", "/a.txt", headers, data)
+                    self.assertEqual(r.status, 400, r)
+
+    def test_body_over_1_mib_gets_413(self):
+        limit = minihttpd.MAX_XML_BODY_BYTES
+        self.assertEqual(limit, 1024 * 1024)
+        sock = open_request(self.port, "PROPFIND", "/a.txt",
+                            {"Depth": "0", "Content-Length": str(limit + 1)})
+        with sock:
+            self.assertEqual(read_one_response(sock)[0].status, 413, "refused from its length")
+        sock = open_request(self.port, "PROPFIND", "/a.txt",
+                            {"Depth": "0", "Transfer-Encoding": "chunked"})
+        with sock:
+            chunk = b"%x\r\n%s\r\n" % (64 * 1024, b" " * 64 * 1024)
+            send_until_answer(sock, chunk * (limit // len(chunk) + 2))
+            resp, _ = read_one_response(sock)
+            self.assertEqual(resp.status, 413, "refused once it grew past the limit")
+        exact = ALLPROP_BODY + b" " * (limit - len(ALLPROP_BODY))
+        self.assertEqual(request(self.port, "PROPFIND", "/a.txt", {"Depth": "0"}, exact).status,
+                         207, "a body of exactly the limit is read")
+
+    def test_hrefs_under_the_route_prefix(self):
+        port = self.prefixed.port
+        hrefs = propfind(self, port, "/files/sub/", "1")
+        self.assertEqual(sorted(hrefs), ["/files/sub/", "/files/sub/b.bin", "/files/sub/inner/"])
+        self.assertEqual(list(propfind(self, port, "/files/", "0")), ["/files/"])
+        self.assertEqual(request(port, "PROPFIND", "/sub/", {"Depth": "0"}).status, 404)
+
+
+def make_unchangeable(testcase, folder):
+    """Make folder refuse any change to its entries, for the server too; skips where it can't.
+
+    An unprivileged server is stopped by the folder's mode; root ignores
+    modes, so as root the folder is made immutable (chattr +i) instead.
+    Either way it is put back at cleanup, before the tree is removed.
+    """
+    if not hasattr(os, "geteuid") or os.geteuid() != 0:
+        os.chmod(folder, 0o555)
+        testcase.addCleanup(os.chmod, folder, 0o755)
+        return
+    chattr = shutil.which("chattr")
+    if chattr is None:
+        testcase.skipTest("running as root, and no chattr to make a folder the server "
+                          "cannot change")
+    done = subprocess.run([chattr, "+i", folder], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          stdin=subprocess.DEVNULL, timeout=CLI_TIMEOUT_S)
+    if done.returncode != 0:
+        testcase.skipTest("running as root, and chattr +i failed (%s): no folder the server "
+                          "cannot change" % done.stderr.decode("utf-8", "replace").strip())
+    testcase.addCleanup(subprocess.run, [chattr, "-i", folder], stdin=subprocess.DEVNULL,
+                        timeout=CLI_TIMEOUT_S)
+
+
+class TestDAVWrites(DAVTestCase):
+    """MKCOL, COPY, MOVE and DELETE: statuses, Destination rules, trees in steps."""
+
+    TREE = {
+        "src/top.txt": b"top\n",
+        "src/.dotfile": b"hidden",
+        "src/.dotdir/inner.txt": b"hidden too",
+        "src/a/one.bin": byte_pattern(300 * 1024, 1),
+        "src/a/b/two.txt": b"two\n" * 1000,
+        "src/a/b/empty.txt": b"",
+        "src/a/empty-dir": None,
+        "src/\u00fcn\u00efcode name.txt": "\u00fc".encode("utf-8"),
+    }
+    COPIED = with_folders(dict((k[len("src/"):], v) for k, v in TREE.items() if "/." not in k))
+    MOVED = with_folders(dict((k[len("src/"):], v) for k, v in TREE.items()))
+
+    @classmethod
+    def set_up_shared(cls, fixture):
+        """One root served read-only, with -u, with -u --overwrite, that under /files,
+        and with -u --hidden."""
+        cls.root = make_tree(fixture)
+        cls.servers = start_servers(fixture, cls.root, ("-u", "--overwrite"), ("-u",), (),
+                                    ("-u", "--overwrite", "--route-prefix", "/files"),
+                                    ("-u", "--hidden"))
+        cls.srv, cls.up, cls.ro, cls.prefixed, cls.hidden = cls.servers
+
+    def copy_move(self, method, source, destination, port=None, **headers):
+        """COPY or MOVE source to destination (a path or URL); the Response."""
+        headers["Destination"] = destination
+        return request(port or self.port, method, source,
+                       dict((k.replace("_", "-"), v) for k, v in headers.items()))
+
+    def test_options_allow_follows_upload_and_overwrite(self):
+        read = {"GET", "HEAD", "OPTIONS", "PROPFIND"}
+        writes = {"PUT", "POST", "MKCOL", "COPY", "MOVE", "PROPPATCH", "LOCK", "UNLOCK"}
+        for server, want in [(self.ro, read), (self.up, read | writes),
+                             (self.srv, read | writes | {"DELETE"})]:
+            for path in ["/", "*"]:
+                with self.subTest(port=server.port, path=path):
+                    r = request(server.port, "OPTIONS", path)
+                    self.assertEqual(r.status, 204)
+                    self.assertEqual(r.headers.get("dav"), "1, 2")
+                    self.assertEqual(allow_set(r), want)
+
+    def test_writes_follow_upload(self):
+        base = self.fresh({"f.txt": b"f", "d/x.txt": b"x"})
+        cases = [("MKCOL", "/new", {}, b""),
+                 ("PROPPATCH", "/f.txt", {}, proppatch_body([("{urn:x}a", "1")])),
+                 ("COPY", "/f.txt", {"Destination": base + "/g.txt"}, b""),
+                 ("MOVE", "/f.txt", {"Destination": base + "/g.txt"}, b""),
+                 ("DELETE", "/f.txt", {}, b""),
+                 ("DELETE", "/d/", {}, b""),
+                 ("LOCK", "/f.txt", {}, lockinfo_body()),
+                 ("UNLOCK", "/f.txt", {"Lock-Token": "<urn:uuid:x>"}, b""),
+                 ("PUT", "/f.txt", {}, b"new")]
+        for method, path, headers, body in cases:
+            with self.subTest(method=method, path=path):
+                r = request(self.ro.port, method, base + path, headers, body)
+                self.assertEqual(r.status, 405, r)
+                self.assertEqual(allow_set(r), {"GET", "HEAD", "OPTIONS", "PROPFIND"})
+        r = request(self.up.port, "DELETE", base + "/f.txt")
+        self.assertEqual(r.status, 405, "DELETE needs --overwrite too")
+        self.assertNotIn("DELETE", allow_set(r))
+        self.assertEqual(file_tree(self.disk(base)), {"f.txt": b"f", "d": None, "d/x.txt": b"x"})
+
+    def test_mkcol(self):
+        base = self.fresh({"f.txt": b"f"})
+        r = request(self.port, "MKCOL", base + "/new")
+        self.assertEqual(r.status, 201, r)
+        self.assertTrue(os.path.isdir(self.disk(base + "/new")))
+        self.assertEqual(request(self.port, "MKCOL", base + "/new/").status, 405, "exists")
+        self.assertEqual(request(self.port, "MKCOL", base + "/f.txt").status, 405, "a file")
+        self.assertEqual(request(self.port, "MKCOL", base + "/no/such").status, 409)
+        self.assertEqual(request(self.port, "MKCOL", base + "/f.txt/x").status, 409)
+        r = request(self.port, "MKCOL", base + "/with-body", {"Content-Type": "text/xml"},
+                    b"<x/>")
+        self.assertEqual(r.status, 415, r)
+        self.assertEqual(request(self.port, "MKCOL", base + "/.dot").status, 404)
+        self.assertEqual(sorted(os.listdir(self.disk(base))), ["f.txt", "new"])
+
+    def test_destination_forms(self):
+        base = self.fresh({"f.txt": b"f"})
+        url = "http://127.0.0.1:%d%s" % (self.port, base)
+        for method, source, destination in [("COPY", "/f.txt", url + "/by-url.txt"),
+                                            ("COPY", "/f.txt", base + "/by-path.txt"),
+                                            ("MOVE", "/by-path.txt", url + "/moved%20here.txt")]:
+            with self.subTest(method=method, destination=destination):
+                self.assertEqual(self.copy_move(method, base + source, destination).status, 201)
+        self.assertEqual(file_tree(self.disk(base)), {"f.txt": b"f", "by-url.txt": b"f",
+                                                      "moved here.txt": b"f"})
+        refused = [("another host", "http://example.com%s/x.txt" % base, 502),
+                   ("another port", "http://127.0.0.1:1%s/x.txt" % base, 502),
+                   ("above the root", "/../x.txt", 403),
+                   ("above the root, encoded", "http://127.0.0.1:%d/%%2e%%2e/x.txt" % self.port,
+                    403),
+                   ("a dotfile", base + "/.x.txt", 403),
+                   ("the root", "/", 403),
+                   ("the source", base + "/f.txt", 403),
+                   ("the source, by URL", url + "/f.txt", 403),
+                   ("no parent", base + "/no/x.txt", 409)]
+        for method in ["COPY", "MOVE"]:
+            for name, destination, status in refused:
+                with self.subTest(method=method, case=name):
+                    self.assertEqual(self.copy_move(method, base + "/f.txt", destination).status,
+                                     status)
+        self.assertEqual(request(self.port, "COPY", base + "/f.txt").status, 400,
+                         "no Destination")
+        self.assertEqual(sorted(os.listdir(self.disk(base))),
+                         ["by-url.txt", "f.txt", "moved here.txt"])
+
+    def test_destination_inside_the_source_or_holding_it(self):
+        base = self.fresh({"d/x.txt": b"x"})
+        for method in ["COPY", "MOVE"]:
+            for destination in [base + "/d/", base + "/d/sub", base + "/d/sub/deeper", base]:
+                with self.subTest(method=method, destination=destination):
+                    self.assertEqual(self.copy_move(method, base + "/d", destination).status, 403)
+        self.assertEqual(file_tree(self.disk(base)), {"d": None, "d/x.txt": b"x"})
+
+    def test_overwrite_rules(self):
+        base = self.fresh({"a.txt": b"a", "b.txt": b"b", "d/x.txt": b"x"})
+        for method in ["COPY", "MOVE"]:
+            with self.subTest(method=method):
+                r = self.copy_move(method, base + "/a.txt", base + "/b.txt", Overwrite="F")
+                self.assertEqual(r.status, 412)
+                r = self.copy_move(method, base + "/a.txt", base + "/b.txt", port=self.up.port)
+                self.assertEqual(r.status, 409, "no --overwrite: an existing target stays")
+                r = self.copy_move(method, base + "/a.txt", base + "/d", Overwrite="T",
+                                   port=self.up.port)
+                self.assertEqual(r.status, 409)
+                r = self.copy_move(method, base + "/a.txt", base + "/b.txt", Overwrite="maybe")
+                self.assertEqual(r.status, 400)
+        self.assertEqual(file_tree(self.disk(base)),
+                         {"a.txt": b"a", "b.txt": b"b", "d": None, "d/x.txt": b"x"})
+        r = self.copy_move("COPY", base + "/a.txt", base + "/new.txt", port=self.up.port)
+        self.assertEqual(r.status, 201, "a new target needs no --overwrite")
+
+    def test_201_for_a_new_target_204_for_a_replaced_one(self):
+        base = self.fresh({"a.txt": b"a", "b.txt": b"b", "c.txt": b"c", "d/x.txt": b"x",
+                           "e/y.txt": b"y", "f/z.txt": b"z", "g/old/w.txt": b"w"})
+        self.assertEqual(self.copy_move("COPY", base + "/a.txt", base + "/new.txt").status, 201)
+        self.assertEqual(self.copy_move("COPY", base + "/a.txt", base + "/b.txt").status, 204)
+        self.assertEqual(self.copy_move("MOVE", base + "/c.txt", base + "/b.txt").status, 204)
+        self.assertEqual(self.copy_move("MOVE", base + "/new.txt", base + "/c.txt").status, 201)
+        self.assertEqual(self.copy_move("COPY", base + "/d", base + "/e").status, 204,
+                         "a folder replaced by a folder")
+        self.assertEqual(self.copy_move("MOVE", base + "/b.txt", base + "/d").status, 204,
+                         "a folder replaced by a file")
+        self.assertEqual(self.copy_move("MOVE", base + "/f", base + "/g").status, 204,
+                         "a folder moved over a folder")
+        self.assertEqual(file_tree(self.disk(base)),
+                         {"a.txt": b"a", "c.txt": b"a", "d": b"c", "e": None, "e/x.txt": b"x",
+                          "g": None, "g/z.txt": b"z"})
+        self.assertEqual(get(self.port, base + "/d").body, b"c")
+        self.assertEqual(upload_temps(self.disk(base)), [], "nothing put aside stays")
+
+    def test_copy_of_a_tree_copies_every_byte_but_no_dotfiles(self):
+        base = self.fresh(self.TREE)
+        r = self.copy_move("COPY", base + "/src/", base + "/dst/", Depth="infinity")
+        self.assertEqual(r.status, 201, r)
+        self.assertEqual(file_tree(self.disk(base + "/dst")), self.COPIED)
+        r = self.copy_move("COPY", base + "/src", base + "/dst2")
+        self.assertEqual(r.status, 201, "no Depth means infinity")
+        self.assertEqual(file_tree(self.disk(base + "/dst2")), self.COPIED)
+        self.assertEqual(file_tree(self.disk(base + "/src")), self.MOVED, "the source stays")
+        self.assertEqual(upload_temps(self.disk(base)), [])
+
+    def test_copy_and_delete_never_follow_links_out(self):
+        base = self.fresh({"src/f.txt": b"f", "src/d/x.txt": b"x"})
+        outside = make_tree(self, {"keep.txt": b"outside"})
+        src = self.disk(base + "/src")
+        os.symlink("f.txt", os.path.join(src, "in-link.txt"))
+        os.symlink("d", os.path.join(src, "dir-link"))
+        os.symlink(os.path.join(outside, "keep.txt"), os.path.join(src, "out-link.txt"))
+        os.symlink(outside, os.path.join(src, "out-dir"))
+        r = self.copy_move("COPY", base + "/src", base + "/dst")
+        self.assertEqual(r.status, 201, r)
+        dst = self.disk(base + "/dst")
+        self.assertEqual(file_tree(dst), {"f.txt": b"f", "d": None, "d/x.txt": b"x",
+                                          "in-link.txt": b"f"},
+                         "a link to a file inside is copied as a file; the others are left out")
+        self.assertFalse(os.path.islink(os.path.join(dst, "in-link.txt")))
+        self.assertEqual(request(self.port, "DELETE", base + "/src").status, 204)
+        self.assertFalse(os.path.lexists(src))
+        self.assertEqual(file_tree(outside), {"keep.txt": b"outside"}, "links are not followed")
+
+    def test_hidden_copies_dotfiles(self):
+        base = self.fresh(self.TREE)
+        r = self.copy_move("COPY", base + "/src", base + "/dst", port=self.hidden.port)
+        self.assertEqual(r.status, 201, r)
+        self.assertEqual(file_tree(self.disk(base + "/dst")), self.MOVED)
+        r = self.copy_move("COPY", base + "/src/.dotfile", base + "/.copy", port=self.hidden.port)
+        self.assertEqual(r.status, 201, r)
+        self.assertEqual(read_file(self.disk(base + "/.copy")), b"hidden")
+
+    def test_copy_depth_0_copies_a_folder_without_its_members(self):
+        base = self.fresh(self.TREE)
+        r = self.copy_move("COPY", base + "/src", base + "/shell", Depth="0")
+        self.assertEqual(r.status, 201, r)
+        self.assertEqual(os.listdir(self.disk(base + "/shell")), [])
+        self.assertEqual(self.copy_move("COPY", base + "/src", base + "/x", Depth="1").status, 400)
+        r = self.copy_move("COPY", base + "/src/top.txt", base + "/top0.txt", Depth="0")
+        self.assertEqual(r.status, 201, "a file copies whole at Depth 0")
+        self.assertEqual(read_file(self.disk(base + "/top0.txt")), b"top\n")
+
+    def test_move(self):
+        base = self.fresh(self.TREE)
+        r = self.copy_move("MOVE", base + "/src", base + "/shell", Depth="0")
+        self.assertEqual(r.status, 400, "a folder moves whole or not at all")
+        r = self.copy_move("MOVE", base + "/src/", base + "/moved/", Depth="infinity")
+        self.assertEqual(r.status, 201, r)
+        self.assertFalse(os.path.lexists(self.disk(base + "/src")))
+        moved = file_tree(self.disk(base + "/moved"))
+        self.assertEqual(moved, self.MOVED, "a rename keeps everything, dotfiles too")
+        r = self.copy_move("MOVE", base + "/moved/top.txt", base + "/top.txt", Depth="0")
+        self.assertEqual(r.status, 201, "Depth 0 is fine for a file")
+        self.assertEqual(request(self.port, "MOVE", base + "/nope",
+                                 {"Destination": base + "/x"}).status, 404)
+
+    def test_a_failure_partway_is_a_207_naming_the_member(self):
+        base = self.fresh({"src/new.txt": b"new", "dst/ro/keep.txt": b"keep", "dst/z.txt": b"z"})
+        make_unchangeable(self, self.disk(base + "/dst/ro"))
+        r = self.copy_move("COPY", base + "/src", base + "/dst", Overwrite="T")
+        entries = parse_multistatus(self, r)
+        self.assertEqual([(href, status) for href, status, _ in entries],
+                         [(base + "/dst/ro/keep.txt", 403)])
+        self.assertEqual(read_file(self.disk(base + "/dst/ro/keep.txt")), b"keep")
+        r = request(self.port, "DELETE", base + "/dst")
+        entries = parse_multistatus(self, r)
+        self.assertEqual([(href, status) for href, status, _ in entries],
+                         [(base + "/dst/ro/keep.txt", 403)])
+        self.assertEqual(file_tree(self.disk(base + "/dst")), {"ro": None, "ro/keep.txt": b"keep"})
+
+    def test_delete(self):
+        base = self.fresh(dict(self.TREE, **{"f.txt": b"f"}))
+        self.assertEqual(request(self.port, "DELETE", base + "/f.txt").status, 204)
+        self.assertFalse(os.path.lexists(self.disk(base + "/f.txt")))
+        self.assertEqual(request(self.port, "DELETE", base + "/src", {"Depth": "0"}).status, 400)
+        self.assertEqual(request(self.port, "DELETE", base + "/src/").status, 204)
+        self.assertEqual(os.listdir(self.disk(base)), [], "recursive, dotfiles too")
+        self.assertEqual(request(self.port, "DELETE", base + "/src/").status, 404)
+        self.assertEqual(request(self.port, "DELETE", "/").status, 403)
+        self.assertEqual(request(self.port, "DELETE", "/%2e%2e/").status, 403)
+        self.assertTrue(os.path.isdir(self.disk(base)))
+
+    def test_route_prefix_destination(self):
+        base = self.fresh({"f.txt": b"f"})
+        port = self.prefixed.port
+        url = "http://127.0.0.1:%d/files%s" % (port, base)
+        self.assertEqual(self.copy_move("COPY", "/files" + base + "/f.txt", url + "/a.txt",
+                                        port=port).status, 201)
+        self.assertEqual(self.copy_move("COPY", "/files" + base + "/f.txt",
+                                        "/files" + base + "/b.txt", port=port).status, 201)
+        for destination in [base + "/c.txt", "/files/..%s/c.txt" % base, "/other" + base]:
+            with self.subTest(destination=destination):
+                self.assertEqual(self.copy_move("COPY", "/files" + base + "/f.txt", destination,
+                                                port=port).status, 403)
+        self.assertEqual(sorted(os.listdir(self.disk(base))), ["a.txt", "b.txt", "f.txt"])
+        r = request(port, "MKCOL", "/files" + base + "/d")
+        self.assertEqual((r.status, r.headers.get("location")), (201, "/files%s/d/" % base))
+
+    def test_a_move_racing_a_reader(self):
+        base = self.fresh()
+        old, new = b"o" * (300 * 1024), b"n" * (200 * 1024)
+        write_files(self.disk(base), {"f.txt": old})
+        answers, stop = [], threading.Event()
+
+        def reader():
+            sock = connect(self.port)
+            end = time.monotonic() + MOVE_RACE_MAX_S
+            try:
+                for _ in range(MOVE_RACE_MAX_GETS):
+                    if stop.is_set() or time.monotonic() > end:
+                        break
+                    sock.sendall(build_request("GET", base + "/f.txt"))
+                    resp = read_response(sock)
+                    answers.append((resp.status, resp.body))
+            except (OSError, ValueError) as exc:
+                answers.append((exc, b""))
+            finally:
+                sock.close()
+        thread = threading.Thread(target=reader)
+        thread.start()
+        try:
+            self.assertTrue(wait_for(lambda: answers), "the reader got no answer")
+            for i in range(MOVE_RACE_ROUNDS):
+                write_files(self.disk(base), {"next.txt": new if i % 2 == 0 else old})
+                r = self.copy_move("MOVE", base + "/next.txt", base + "/f.txt", Overwrite="T")
+                self.assertEqual(r.status, 204, r)
+        finally:
+            stop.set()
+            thread.join(MOVE_RACE_MAX_S)
+        self.assertFalse(thread.is_alive(), "the reader did not stop")
+        self.assertGreater(len(answers), MOVE_RACE_ROUNDS // 4, "too few reads to race")
+        for status, body in answers:
+            self.assertEqual(status, 200)
+            self.assertIn(body, (old, new), "a mix of old and new (%d bytes)" % len(body))
+        self.assertEqual(os.listdir(self.disk(base)), ["f.txt"])
+
+
+class TestDAVProperties(DAVTestCase):
+    """PROPPATCH: dead properties set and removed all or none; they follow COPY, MOVE, DELETE."""
+
+    COLOR = "{urn:example:props}color"
+    SIZE = "{urn:example:props}size"
+
+    @classmethod
+    def set_up_shared(cls, fixture):
+        """One server with -u --overwrite on an empty root."""
+        cls.root = make_tree(fixture)
+        cls.srv = start_server(fixture, cls.root, "-u", "--overwrite")
+        cls.servers = (cls.srv,)
+
+    def proppatch(self, path, sets=(), removes=(), headers=None):
+        """PROPPATCH path; returns {property tag: status} of its one response."""
+        r = request(self.port, "PROPPATCH", path, headers, proppatch_body(sets, removes))
+        entries = parse_multistatus(self, r)
+        self.assertEqual(len(entries), 1, r.body)
+        return dict((tag, code) for tag, (code, _) in entries[0][2].items())
+
+    def dead(self, path, *tags):
+        """{tag: text or None when 404} of the named properties of path."""
+        props = propfind(self, self.port, path, body=propfind_body(*tags))
+        self.assertEqual(len(props), 1)
+        out = {}
+        for tag, (code, element) in list(props.values())[0].items():
+            self.assertIn(code, (200, 404))     # which one is what the callers assert
+            out[tag] = element.text if code == 200 else None
+        return out
+
+    def test_set_and_remove(self):
+        base = self.fresh({"f.txt": b"f"})
+        path = base + "/f.txt"
+        self.assertEqual(self.proppatch(path, [(self.COLOR, "blue"), (self.SIZE, "3 < 4 & x")]),
+                         {self.COLOR: 200, self.SIZE: 200})
+        self.assertEqual(self.dead(path, self.COLOR, self.SIZE),
+                         {self.COLOR: "blue", self.SIZE: "3 < 4 & x"})
+        allprop = propfind(self, self.port, path)[path]
+        self.assertEqual(allprop[self.COLOR][1].text, "blue", "allprop shows dead properties")
+        names = propfind(self, self.port, path, body=PROPNAME_BODY)[path]
+        self.assertIn(self.SIZE, names)
+        self.assertEqual(self.proppatch(path, [(self.COLOR, "red")], [self.SIZE]),
+                         {self.COLOR: 200, self.SIZE: 200})
+        self.assertEqual(self.dead(path, self.COLOR, self.SIZE),
+                         {self.COLOR: "red", self.SIZE: None})
+        self.assertEqual(self.proppatch(path, removes=[self.COLOR, "{urn:x}never-set"]),
+                         {self.COLOR: 200, "{urn:x}never-set": 200})
+        self.assertNotIn(self.COLOR, propfind(self, self.port, path)[path])
+        folder = self.proppatch(base, [(self.COLOR, "green")])
+        self.assertEqual(folder, {self.COLOR: 200}, "folders take properties too")
+        self.assertEqual(self.dead(base + "/", self.COLOR), {self.COLOR: "green"})
+        self.assertEqual(request(self.port, "PROPPATCH", base + "/nope.txt", None,
+                                 proppatch_body([(self.COLOR, "x")])).status, 404)
+
+    def test_a_live_property_fails_all_of_them(self):
+        base = self.fresh({"f.txt": b"f"})
+        path = base + "/f.txt"
+        etag = get(self.port, path).headers["etag"]
+        got = self.proppatch(path, [(self.COLOR, "blue"), (DAV + "getetag", '"forged"'),
+                                    (self.SIZE, "9")])
+        self.assertEqual(got, {self.COLOR: 424, DAV + "getetag": 403, self.SIZE: 424})
+        self.assertEqual(self.dead(path, self.COLOR, self.SIZE),
+                         {self.COLOR: None, self.SIZE: None}, "all or none: nothing was applied")
+        self.assertEqual(get(self.port, path).headers["etag"], etag)
+        got = self.proppatch(path, removes=[DAV + "displayname"])
+        self.assertEqual(got, {DAV + "displayname": 403})
+
+    def test_windows_properties_are_kept(self):
+        base = self.fresh({"f.txt": b"f"})
+        path = base + "/f.txt"
+        sets = [("{%s}Win32CreationTime" % WIN32_NS, "Mon, 01 Jan 2024 00:00:00 GMT"),
+                ("{%s}Win32LastAccessTime" % WIN32_NS, "Mon, 01 Jan 2024 00:00:00 GMT"),
+                ("{%s}Win32LastModifiedTime" % WIN32_NS, "Mon, 01 Jan 2024 00:00:00 GMT"),
+                ("{%s}Win32FileAttributes" % WIN32_NS, "00000020")]
+        self.assertEqual(self.proppatch(path, sets), dict((tag, 200) for tag, _ in sets))
+        self.assertEqual(self.dead(path, *[tag for tag, _ in sets]), dict(sets))
+
+    def test_properties_follow_copy_move_and_delete(self):
+        base = self.fresh({"f.txt": b"f", "d/inner.txt": b"i"})
+        self.proppatch(base + "/f.txt", [(self.COLOR, "blue")])
+        self.proppatch(base + "/d/inner.txt", [(self.COLOR, "inner")])
+        r = request(self.port, "COPY", base + "/f.txt", {"Destination": base + "/copy.txt"})
+        self.assertEqual(r.status, 201)
+        self.assertEqual(self.dead(base + "/copy.txt", self.COLOR), {self.COLOR: "blue"})
+        self.assertEqual(self.dead(base + "/f.txt", self.COLOR), {self.COLOR: "blue"})
+        self.proppatch(base + "/copy.txt", [(self.COLOR, "changed")])
+        self.assertEqual(self.dead(base + "/f.txt", self.COLOR), {self.COLOR: "blue"},
+                         "a copy, not the same properties")
+        r = request(self.port, "MOVE", base + "/f.txt", {"Destination": base + "/moved.txt"})
+        self.assertEqual(r.status, 201)
+        self.assertEqual(self.dead(base + "/moved.txt", self.COLOR), {self.COLOR: "blue"})
+        self.assertEqual(request(self.port, "PUT", base + "/f.txt", body=b"again").status, 201)
+        self.assertEqual(self.dead(base + "/f.txt", self.COLOR), {self.COLOR: None},
+                         "the properties left with the move")
+        r = request(self.port, "MOVE", base + "/d", {"Destination": base + "/e"})
+        self.assertEqual(r.status, 201)
+        self.assertEqual(self.dead(base + "/e/inner.txt", self.COLOR), {self.COLOR: "inner"},
+                         "a member's properties move with its folder")
+        self.assertEqual(request(self.port, "DELETE", base + "/moved.txt").status, 204)
+        self.assertEqual(request(self.port, "PUT", base + "/moved.txt", body=b"new").status, 201)
+        self.assertEqual(self.dead(base + "/moved.txt", self.COLOR), {self.COLOR: None},
+                         "the properties went with DELETE")
+        r = request(self.port, "COPY", base + "/copy.txt", {"Destination": base + "/e/inner.txt"})
+        self.assertEqual(r.status, 204)
+        self.assertEqual(self.dead(base + "/e/inner.txt", self.COLOR), {self.COLOR: "changed"},
+                         "a replaced target takes the source's properties")
+
+    def test_bad_bodies_get_400(self):
+        base = self.fresh({"f.txt": b"f"})
+        for name, body in [
+                ("empty", b""),
+                ("not XML", b"<D:propertyupdate"),
+                ("DOCTYPE", b'<!DOCTYPE x><D:propertyupdate xmlns:D="DAV:"/>'),
+                ("wrong root", ALLPROP_BODY),
+                ("changes nothing", b'<D:propertyupdate xmlns:D="DAV:"/>'),
+                ('xmlns:x=""', b'<D:propertyupdate xmlns:D="DAV:" xmlns:x=""><D:set><D:prop>'
+                               b'<y:a xmlns:y="u">1</y:a></D:prop></D:set></D:propertyupdate>')]:
+            with self.subTest(name):
+                r = request(self.port, "PROPPATCH", base + "/f.txt", None, body)
+                self.assertEqual(r.status, 400, r)
+
+
+class TestDAVLocks(DAVTestCase):
+    """LOCK and UNLOCK: tokens, timeouts, conflicts, what a lock protects, the If header."""
+
+    TOKEN_RE = r"^<urn:uuid:[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}>$"
+
+    @classmethod
+    def set_up_shared(cls, fixture):
+        """One server with -u --overwrite on an empty root."""
+        cls.root = make_tree(fixture)
+        cls.srv = start_server(fixture, cls.root, "-u", "--overwrite")
+        cls.servers = (cls.srv,)
+
+    def lock(self, path, scope="exclusive", depth="0", timeout=None, status=200,
+             owner="mailto:tester@example.com"):
+        """LOCK path expecting status; returns (token, its DAV:activelock element)."""
+        headers = {"Depth": depth}
+        if timeout is not None:
+            headers["Timeout"] = timeout
+        r = request(self.port, "LOCK", path, headers, lockinfo_body(scope, owner))
+        self.assertEqual(r.status, status, r)
+        self.assertEqual(r.headers.get("content-type"), DAV_XML_TYPE)
+        self.assertRegex(r.headers.get("lock-token", ""), self.TOKEN_RE)
+        token = r.headers["lock-token"][1:-1]
+        root = ElementTree.fromstring(r.body)
+        self.assertEqual(root.tag, DAV + "prop")
+        active = root.findall("%slockdiscovery/%sactivelock" % (DAV, DAV))
+        self.assertEqual(len(active), 1, r.body)
+        self.assertEqual(active[0].find("%slocktoken/%shref" % (DAV, DAV)).text, token)
+        return token, active[0]
+
+    def seconds_left(self, active):
+        """The seconds of an activelock's DAV:timeout (Second-N)."""
+        text = active.find(DAV + "timeout").text
+        self.assertRegex(text, r"^Second-\d+$")
+        return int(text[len("Second-"):])
+
+    def test_exclusive_lock_answer(self):
+        base = self.fresh({"f.txt": b"f"})
+        token, active = self.lock(base + "/f.txt", timeout="Second-600",
+                                  owner="mailto:owner@example.com")
+        self.assertEqual(active.find(DAV + "lockscope")[0].tag, DAV + "exclusive")
+        self.assertEqual(active.find(DAV + "locktype")[0].tag, DAV + "write")
+        self.assertEqual(active.find(DAV + "depth").text, "0")
+        self.assertEqual(active.find("%sowner/%shref" % (DAV, DAV)).text,
+                         "mailto:owner@example.com")
+        self.assertEqual(active.find("%slockroot/%shref" % (DAV, DAV)).text, base + "/f.txt")
+        self.assertTrue(590 <= self.seconds_left(active) <= 600, self.seconds_left(active))
+        found = propfind(self, self.port, base + "/f.txt")[base + "/f.txt"]
+        shown = found[DAV + "lockdiscovery"][1].findall(DAV + "activelock")
+        self.assertEqual([a.find("%slocktoken/%shref" % (DAV, DAV)).text for a in shown], [token])
+
+    def test_timeout_is_capped_at_an_hour(self):
+        base = self.fresh({"a.txt": b"a", "b.txt": b"b", "c.txt": b"c"})
+        for name, timeout in [("a.txt", "Second-99999"), ("b.txt", "Infinite"), ("c.txt", None)]:
+            with self.subTest(timeout=timeout):
+                _, active = self.lock(base + "/" + name, timeout=timeout)
+                self.assertTrue(3500 <= self.seconds_left(active) <= 3600,
+                                self.seconds_left(active))
+
+    def test_shared_and_exclusive_conflicts(self):
+        base = self.fresh({"s.txt": b"s", "x.txt": b"x"})
+        first, _ = self.lock(base + "/s.txt", "shared")
+        second, active = self.lock(base + "/s.txt", "shared")
+        self.assertNotEqual(first, second)
+        self.assertEqual(active.find(DAV + "lockscope")[0].tag, DAV + "shared")
+        shown = propfind(self, self.port, base + "/s.txt")[base + "/s.txt"]
+        self.assertEqual(len(shown[DAV + "lockdiscovery"][1]), 2, "both shared locks are held")
+        r = request(self.port, "LOCK", base + "/s.txt", {"Depth": "0"}, lockinfo_body())
+        self.assertEqual(r.status, 423, "an exclusive lock beside shared ones")
+        self.assertEqual(dav_condition(self, r), "no-conflicting-lock")
+        self.lock(base + "/x.txt")
+        for scope in ["exclusive", "shared"]:
+            with self.subTest(scope=scope):
+                r = request(self.port, "LOCK", base + "/x.txt", {"Depth": "0"},
+                            lockinfo_body(scope))
+                self.assertEqual(r.status, 423, r)
+                self.assertEqual(dav_condition(self, r), "no-conflicting-lock")
+
+    def test_lock_on_an_unmapped_name_creates_an_empty_file(self):
+        base = self.fresh()
+        token, _ = self.lock(base + "/new.txt", status=201)
+        self.assertEqual(read_file(self.disk(base + "/new.txt")), b"")
+        self.assertEqual(request(self.port, "PUT", base + "/new.txt", body=b"x").status, 423)
+        r = request(self.port, "PUT", base + "/new.txt", {"If": "(<%s>)" % token}, b"content")
+        self.assertEqual(r.status, 200, r)
+        self.assertEqual(read_file(self.disk(base + "/new.txt")), b"content")
+        r = request(self.port, "LOCK", base + "/no/such.txt", {"Depth": "0"}, lockinfo_body())
+        self.assertEqual(r.status, 409)
+
+    def test_writes_to_a_locked_file_need_its_token(self):
+        base = self.fresh({"f.txt": b"f", "g.txt": b"g"})
+        path = base + "/f.txt"
+        token, _ = self.lock(path)
+        with_token = {"If": "(<%s>)" % token}
+        attempts = [
+            ("PUT", {}, b"new"),
+            ("PROPPATCH", {}, proppatch_body([("{urn:x}a", "1")])),
+            ("DELETE", {}, b""),
+            ("MOVE", {"Destination": base + "/moved.txt"}, b""),
+        ]
+        for method, headers, body in attempts:
+            with self.subTest(method=method):
+                r = request(self.port, method, path, headers, body)
+                self.assertEqual(r.status, 423, r)
+                self.assertEqual(dav_condition(self, r), "lock-token-submitted")
+        r = request(self.port, "COPY", base + "/g.txt", {"Destination": path})
+        self.assertEqual(r.status, 423, "a locked target is protected from COPY")
+        r = request(self.port, "COPY", path, {"Destination": base + "/copy.txt"})
+        self.assertEqual(r.status, 201, "reading a locked file is fine")
+        self.assertEqual(read_file(self.disk(path)), b"f")
+        self.assertEqual(request(self.port, "PUT", path, with_token, b"new").status, 200)
+        r = request(self.port, "PROPPATCH", path, with_token, proppatch_body([("{urn:x}a", "1")]))
+        self.assertEqual(r.status, 207)
+        r = request(self.port, "MOVE", path, dict(with_token, Destination=base + "/moved.txt"))
+        self.assertEqual(r.status, 201, r)
+        self.assertEqual(read_file(self.disk(base + "/moved.txt")), b"new")
+        token, _ = self.lock(base + "/moved.txt")
+        r = request(self.port, "DELETE", base + "/moved.txt", {"If": "(<%s>)" % token})
+        self.assertEqual(r.status, 204, r)
+        self.assertEqual(sorted(os.listdir(self.disk(base))), ["copy.txt", "g.txt"])
+
+    def test_a_depth_infinity_lock_protects_the_members(self):
+        base = self.fresh({"d/in.txt": b"in", "d/sub/deep.txt": b"deep"})
+        token, active = self.lock(base + "/d/", depth="infinity")
+        self.assertEqual(active.find(DAV + "depth").text, "infinity")
+        attempts = [("PUT", "/d/in.txt", {}, b"x"), ("PUT", "/d/new.txt", {}, b"x"),
+                    ("PUT", "/d/sub/deep.txt", {}, b"x"), ("DELETE", "/d/sub/deep.txt", {}, b""),
+                    ("MKCOL", "/d/newdir", {}, b""),
+                    ("MOVE", "/d/in.txt", {"Destination": base + "/out.txt"}, b""),
+                    ("DELETE", "/d", {}, b"")]
+        for method, path, headers, body in attempts:
+            with self.subTest(method=method, path=path):
+                r = request(self.port, method, base + path, headers, body)
+                self.assertEqual(r.status, 423, r)
+        r = request(self.port, "LOCK", base + "/d/in.txt", {"Depth": "0"}, lockinfo_body())
+        self.assertEqual(r.status, 423, "a member of an exclusively locked folder")
+        self.assertEqual(file_tree(self.disk(base + "/d")),
+                         {"in.txt": b"in", "sub": None, "sub/deep.txt": b"deep"})
+        with_token = {"If": "(<%s>)" % token}
+        self.assertEqual(request(self.port, "PUT", base + "/d/new.txt", with_token, b"n").status,
+                         201)
+        self.assertEqual(request(self.port, "PUT", base + "/d/sub/deep.txt", with_token,
+                                 b"d").status, 200)
+        self.assertEqual(request(self.port, "MKCOL", base + "/d/newdir", with_token).status, 201)
+
+    def test_a_locked_member_protects_its_folder_from_delete_and_move(self):
+        base = self.fresh({"d/in.txt": b"in"})
+        token, _ = self.lock(base + "/d/in.txt")
+        for method, headers in [("DELETE", {}), ("MOVE", {"Destination": base + "/e"})]:
+            with self.subTest(method=method):
+                r = request(self.port, method, base + "/d", headers)
+                self.assertEqual(r.status, 423, r)
+        r = request(self.port, "COPY", base + "/d", {"Destination": base + "/copy"})
+        self.assertEqual(r.status, 201, "a copy only reads")
+        r = request(self.port, "DELETE", base + "/d", {"If": "(<%s>)" % token})
+        self.assertEqual(r.status, 412, "an untagged list is about the folder, which has no lock")
+        member = "http://127.0.0.1:%d%s/d/in.txt" % (self.port, base)
+        r = request(self.port, "DELETE", base + "/d", {"If": "<%s> (<%s>)" % (member, token)})
+        self.assertEqual(r.status, 204, r)
+        self.assertEqual(sorted(os.listdir(self.disk(base))), ["copy"])
+
+    def test_refresh(self):
+        base = self.fresh({"f.txt": b"f"})
+        token, active = self.lock(base + "/f.txt", timeout="Second-100")
+        self.assertLessEqual(self.seconds_left(active), 100)
+        r = request(self.port, "LOCK", base + "/f.txt",
+                    {"If": "(<%s>)" % token, "Timeout": "Second-3000"})
+        self.assertEqual(r.status, 200, r)
+        active = ElementTree.fromstring(r.body).find("%slockdiscovery/%sactivelock" % (DAV, DAV))
+        self.assertEqual(active.find("%slocktoken/%shref" % (DAV, DAV)).text, token)
+        self.assertTrue(2990 <= self.seconds_left(active) <= 3000, self.seconds_left(active))
+        r = request(self.port, "LOCK", base + "/f.txt", {"Timeout": "Second-3000"})
+        self.assertEqual(r.status, 400, "a refresh names its token")
+        r = request(self.port, "LOCK", base + "/f.txt", {"If": "(<urn:uuid:nope>)"})
+        self.assertEqual(r.status, 412, r)
+
+    def test_unlock(self):
+        base = self.fresh({"f.txt": b"f", "g.txt": b"g"})
+        token, _ = self.lock(base + "/f.txt")
+        other, _ = self.lock(base + "/g.txt")
+        self.assertEqual(request(self.port, "UNLOCK", base + "/f.txt").status, 400)
+        self.assertEqual(request(self.port, "UNLOCK", base + "/f.txt",
+                                 {"Lock-Token": token}).status, 400, "the token goes in <>")
+        for wrong in ["<urn:uuid:00000000-0000-0000-0000-000000000000>", "<%s>" % other]:
+            with self.subTest(token=wrong):
+                r = request(self.port, "UNLOCK", base + "/f.txt", {"Lock-Token": wrong})
+                self.assertEqual(r.status, 409, r)
+                self.assertEqual(dav_condition(self, r), "lock-token-matches-request-uri")
+        self.assertEqual(request(self.port, "PUT", base + "/f.txt", body=b"x").status, 423)
+        r = request(self.port, "UNLOCK", base + "/f.txt", {"Lock-Token": "<%s>" % token})
+        self.assertEqual(r.status, 204, r)
+        self.assertEqual(request(self.port, "PUT", base + "/f.txt", body=b"x").status, 200)
+        self.assertEqual(request(self.port, "UNLOCK", base + "/f.txt",
+                                 {"Lock-Token": "<%s>" % token}).status, 409, "already gone")
+        self.assertEqual(request(self.port, "PUT", base + "/g.txt", body=b"x").status, 423,
+                         "the other lock stays")
+
+    def test_if_header_conditions(self):
+        base = self.fresh({"f.txt": b"f"})
+        path = base + "/f.txt"
+        url = "http://127.0.0.1:%d%s" % (self.port, path)
+        for value, status in [("(<DAV:no-lock>)", 412),
+                              ('(["wrong"])', 412),
+                              ("(<urn:uuid:unknown>)", 412),
+                              ("<%s> (<DAV:no-lock>)" % url, 412),
+                              ("(<DAV:no-lock>) (Not <DAV:no-lock>)", 200),
+                              ("(Not <DAV:no-lock>)", 200),
+                              ("([%(etag)s])", 200),
+                              ("<%s> (Not <DAV:no-lock>)" % url, 200),
+                              ("(Not <DAV:no-lock> [%(etag)s])", 200),
+                              ("(<DAV:no-lock", 400)]:
+            with self.subTest(value=value):
+                etag = get(self.port, path).headers["etag"]
+                r = request(self.port, "PUT", path, {"If": value % {"etag": etag}}, b"f")
+                self.assertEqual(r.status, status, r)
+        r = request(self.port, "PROPPATCH", path, {"If": "(<DAV:no-lock>)"},
+                    proppatch_body([("{urn:x}a", "1")]))
+        self.assertEqual(r.status, 412)
+
+    def test_an_expired_lock_no_longer_protects(self):
+        base = self.fresh({"f.txt": b"f"})
+        path = base + "/f.txt"
+        token, active = self.lock(path, timeout="Second-1")
+        self.assertLessEqual(self.seconds_left(active), 1)
+
+        def lock_gone():
+            props = propfind(self, self.port, path, body=propfind_body(DAV + "lockdiscovery"))
+            return len(props[path][DAV + "lockdiscovery"][1]) == 0
+        self.assertTrue(wait_for(lock_gone, timeout=LOCK_EXPIRY_WAIT_S, interval=0.1),
+                        "a Second-1 lock still shows after %d s" % LOCK_EXPIRY_WAIT_S)
+        self.assertEqual(request(self.port, "PUT", path, body=b"free").status, 200)
+        self.assertEqual(request(self.port, "UNLOCK", path, {"Lock-Token": "<%s>" % token}).status,
+                         409)
+        self.lock(path)     # and it can be locked again
+
+
+class TestDAVAuth(DAVTestCase):
+    """Every WebDAV method obeys --auth; with --auth-writes only PROPFIND stays open."""
+
+    FILES = {"f.txt": b"f", "d/x.txt": b"x"}
+
+    @classmethod
+    def set_up_shared(cls, fixture):
+        """One tree behind --auth, and behind --auth-writes."""
+        cls.root = make_tree(fixture)
+        args = ("-u", "--overwrite", "--auth", "alice:secret")
+        cls.servers = start_servers(fixture, cls.root, args, args + ("--auth-writes",))
+        cls.srv, cls.writes = cls.servers
+
+    def writes_of(self, base):
+        """(method, path, headers, body) of each WebDAV write, on a fresh folder's files."""
+        return [("PROPPATCH", base + "/f.txt", {}, proppatch_body([("{urn:x}a", "1")])),
+                ("MKCOL", base + "/new", {}, b""),
+                ("COPY", base + "/f.txt", {"Destination": base + "/c.txt"}, b""),
+                ("MOVE", base + "/f.txt", {"Destination": base + "/m.txt"}, b""),
+                ("LOCK", base + "/f.txt", {"Depth": "0"}, lockinfo_body()),
+                ("UNLOCK", base + "/f.txt", {"Lock-Token": "<urn:uuid:x>"}, b""),
+                ("DELETE", base + "/d", {}, b"")]
+
+    def test_every_method_needs_credentials(self):
+        base = self.fresh(self.FILES)
+        cases = [("PROPFIND", base + "/", {"Depth": "1"}, b"")] + self.writes_of(base)
+        for method, path, headers, body in cases:
+            with self.subTest(method=method):
+                r = request(self.port, method, path, headers, body)
+                self.assertEqual(r.status, 401, r)
+                self.assertEqual(r.headers.get("www-authenticate"), WWW_AUTHENTICATE)
+                self.assertNotIn(b"multistatus", r.body)
+        self.assertEqual(file_tree(self.disk(base)), {"f.txt": b"f", "d": None, "d/x.txt": b"x"})
+        alice = creds("alice", "secret")
+        self.assertEqual(sorted(propfind(self, self.port, base + "/", "1", headers=alice)),
+                         [base + "/", base + "/d/", base + "/f.txt"])
+        self.assertEqual(request(self.port, "MKCOL", base + "/new", alice).status, 201)
+        self.assertEqual(request(self.port, "PROPFIND", base + "/", {"Depth": "0",
+                                 "Authorization": basic("alice", "wrong")}).status, 401)
+
+    def test_auth_writes_leaves_propfind_open(self):
+        base = self.fresh(self.FILES)
+        port = self.writes.port
+        self.assertEqual(sorted(propfind(self, port, base + "/", "1")),
+                         [base + "/", base + "/d/", base + "/f.txt"])
+        for method, path, headers, body in self.writes_of(base):
+            with self.subTest(method=method):
+                r = request(port, method, path, headers, body)
+                self.assertEqual(r.status, 401, r)
+        self.assertEqual(file_tree(self.disk(base)), {"f.txt": b"f", "d": None, "d/x.txt": b"x"})
+        alice = creds("alice", "secret")
+        want = {"PROPPATCH": 207, "MKCOL": 201, "COPY": 201, "MOVE": 201, "LOCK": 200,
+                "UNLOCK": 409, "DELETE": 204}
+        for method, path, headers, body in self.writes_of(base):
+            if method == "LOCK":
+                path = base + "/c.txt"          # f.txt moved away just before
+            with self.subTest(method=method, credentials=True):
+                r = request(port, method, path, dict(headers, **alice), body)
+                self.assertEqual(r.status, want[method], r)
+        self.assertEqual(file_tree(self.disk(base)), {"c.txt": b"f", "m.txt": b"f", "new": None})
+
+
+def probe_loop(port, stop, answers):
+    """GET /small.txt on one keep-alive connection until stop is set (bounded in count).
+
+    Appends (answered at, latency, good answer) for each request: like
+    run_probe, but with times, to tell which answers came while a job ran.
+    """
+    sock = connect(port, timeout=PROBE_REQUEST_TIMEOUT_S)
+    try:
+        for _ in range(DAV_PROBE_MAX_REQUESTS):
+            if stop.is_set():
+                break
+            start = time.monotonic()
+            try:
+                sock.sendall(build_request("GET", "/small.txt"))
+                resp = read_response(sock)
+            except (OSError, ValueError):
+                answers.append((time.monotonic(), time.monotonic() - start, False))
+                break
+            now = time.monotonic()
+            answers.append((now, now - start, resp.status == 200 and resp.body == SMALL_BODY))
+    finally:
+        sock.close()
+
+
+class TestDAVFairness(DAVTestCase):
+    """COPY and DELETE of large trees run in steps: another client is served meanwhile."""
+
+    @classmethod
+    def set_up_shared(cls, fixture):
+        """small.txt for the probe; each test builds its tree in a fresh folder."""
+        cls.root = make_tree(fixture, {"small.txt": SMALL_BODY})
+        cls.srv = start_server(fixture, cls.root, "-u", "--overwrite", "-q")
+        cls.servers = (cls.srv,)
+
+    def make_large_tree(self, folders, files_per_folder):
+        """A fresh folder holding folders of empty files; its URL path."""
+        base = self.fresh()
+        for i in range(folders):
+            make_empty_files(os.path.join(self.disk(base), "f%02d" % i), files_per_folder)
+        return base
+
+    def run_beside_probe(self, method, path, headers, status):
+        """Run one request while probe_loop runs; the latencies of the answers meanwhile.
+
+        Asserts the request's status, that every probe answer was right, and
+        that at least DAV_ANSWERS_DURING_JOB of them came while it was pending.
+        """
+        answers, stop = [], threading.Event()
+        thread = threading.Thread(target=probe_loop, args=(self.port, stop, answers))
+        thread.start()
+        try:
+            self.assertTrue(wait_for(lambda: answers), "the probe got no answer")
+            with connect(self.port, timeout=DAV_JOB_TIMEOUT_S) as sock:
+                start = time.monotonic()
+                sock.sendall(build_request(method, path, headers))
+                resp = read_response(sock)
+                end = time.monotonic()
+        finally:
+            stop.set()
+            thread.join(PROBE_REQUEST_TIMEOUT_S * 2)
+        self.assertFalse(thread.is_alive(), "the probe did not stop")
+        self.assertEqual(resp.status, status, resp)
+        self.assertTrue(all(good for _, _, good in answers), "a probe request failed")
+        during = [latency for at, latency, _ in answers if start < at < end]
+        summary = "%s took %.2f s; probe answers meanwhile: %s" % (
+            method, end - start, format_latencies(during))
+        self.assertGreaterEqual(len(during), DAV_ANSWERS_DURING_JOB, summary)
+        self.assertLess(percentile(during, 90), DAV_PROBE_P90_S, summary)
+        return during
+
+    def test_delete_of_a_large_tree(self):
+        base = self.make_large_tree(DAV_TREE_FOLDERS, DAV_TREE_FILES_PER_FOLDER)
+        self.run_beside_probe("DELETE", base + "/", {}, 204)
+        self.assertFalse(os.path.lexists(self.disk(base)))
+
+    def test_copy_of_a_folder_of_empty_files(self):
+        # Empty files: each copy is a temporary, an fsync and a rename with no
+        # data step between them, so it is the file count that must bound a step.
+        base = self.make_large_tree(1, DAV_EMPTY_FILES)
+        self.run_beside_probe("COPY", base + "/f00", {"Destination": base + "/copy"}, 201)
+        self.assertEqual(list_tree(self.disk(base + "/copy")), list_tree(self.disk(base + "/f00")))
+
+    def test_copy_of_a_large_tree(self):
+        if not SLOW_TESTS:
+            self.skipTest("a copy of 3,000 files takes 3,000 fsyncs: set MINIHTTPD_SLOW_TESTS=1")
+        base = self.make_large_tree(DAV_TREE_FOLDERS, DAV_TREE_FILES_PER_FOLDER)
+        self.run_beside_probe("COPY", base + "/", {"Destination": "/copy-" + base[1:]}, 201)
+        copied = list_tree(self.disk("/copy-" + base[1:]))
+        self.assertEqual(copied, list_tree(self.disk(base)))
+        self.assertEqual(len(copied), DAV_TREE_FOLDERS * (DAV_TREE_FILES_PER_FOLDER + 2))
+
+
+class TestDAVClients(unittest.TestCase):
+    """Real WebDAV clients: litmus, rclone, cadaver (each skips when it is not installed)."""
+
+    def program(self, name):
+        """The path of a client program; skips the test when it is missing."""
+        path = shutil.which(name)
+        if path is None:
+            self.skipTest("%s not installed (Debian package '%s')" % (name, name))
+        return path
+
+    def run_client(self, args, cwd=None, env=None, stdin=None):
+        """Run a client to completion within CLIENT_TIMEOUT_S; (exit code, stdout + stderr)."""
+        try:
+            done = subprocess.run(args, cwd=cwd, env=env or client_env(), input=stdin,
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                  timeout=CLIENT_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            self.fail("%s did not finish within %d s" % (args[0], CLIENT_TIMEOUT_S))
+        return done.returncode, done.stdout.decode("utf-8", "replace")
+
+    def assert_clean_log(self, server):
+        """The server logged no traceback and no 500."""
+        text = server.stderr_text()
+        self.assertNotIn("Traceback", text, log_excerpt(text))
+        self.assertIsNone(SERVER_500_RE.search(text), log_excerpt(text))
+
+    def test_litmus(self):
+        litmus = self.program("litmus")
+        if not SLOW_TESTS:
+            self.skipTest("litmus takes ~3 s: set MINIHTTPD_SLOW_TESTS=1")
+        server = start_server(self, make_tree(self), "-u", "--overwrite")
+        code, out = self.run_client([litmus, "-k", server.url("/")], cwd=make_tree(self))
+        self.assertNotIn("Usage:", out, "litmus did not take the URL")
+        self.assertEqual([line for line in out.splitlines() if "FAIL" in line], [], out[-3000:])
+        summaries = re.findall(r"<- summary for `(\w+)': of (\d+) tests run: (\d+) passed, "
+                               r"(\d+) failed", out)
+        self.assertEqual([name for name, _, _, _ in summaries],
+                         ["basic", "copymove", "props", "locks", "http"], out[-3000:])
+        self.assertEqual(sum(int(passed) for _, _, passed, _ in summaries), LITMUS_TESTS)
+        self.assertEqual(sum(int(run) for _, run, _, _ in summaries), LITMUS_TESTS)
+        self.assertEqual(code, 0, out[-3000:])
+        self.assert_clean_log(server)
+
+    def test_rclone_round_trip(self):
+        rclone = self.program("rclone")
+        if not SLOW_TESTS:
+            self.skipTest("rclone with a 20 MiB file takes seconds: set MINIHTTPD_SLOW_TESTS=1")
+        src = make_tree(self, {"a/b/c/deep.txt": b"deep\n",
+                               "\u00fcn\u00efcode/na\u00efve file.txt": "\u00e9t\u00e9".encode(),
+                               "with space/x y.txt": b"spaces\n", "empty.txt": b"",
+                               "top.txt": b"top\n" * 100})
+        write_files(src, {"a/big.bin": byte_pattern(RCLONE_BIG_FILE_BYTES, 3)})
+        root = make_tree(self)
+        server = start_server(self, root, "-u", "--overwrite", "-q")
+        env = dict(client_env(), RCLONE_CONFIG=os.devnull)
+        webdav = ["--webdav-url", server.url("/")]
+        code, out = self.run_client([rclone, "copy", src, ":webdav:up"] + webdav, env=env)
+        self.assertEqual(code, 0, out[-3000:])
+        self.assertEqual(file_tree(os.path.join(root, "up")), file_tree(src))
+        down = make_tree(self)
+        code, out = self.run_client([rclone, "copy", ":webdav:up", down] + webdav, env=env)
+        self.assertEqual(code, 0, out[-3000:])
+        self.assertEqual(file_tree(down), file_tree(src))
+        code, out = self.run_client([rclone, "check", src, ":webdav:up"] + webdav, env=env)
+        self.assertEqual(code, 0, out[-3000:])
+        self.assertIn("0 differences found", out)
+        self.assertEqual(upload_temps(root), [])
+        self.assert_clean_log(server)
+
+    def cadaver(self, cadaver, server, cwd, commands):
+        """Run cadaver with commands on stdin; returns the output, each command checked."""
+        script = "\n".join(commands + ["quit"]) + "\n"
+        code, out = self.run_client([cadaver, server.url("/")], cwd=cwd,
+                                    stdin=script.encode("utf-8"))
+        self.assertEqual(code, 0, out)
+        self.assertNotIn("failed", out)
+        self.assertEqual(out.count("succeeded."), len(commands), out)
+        return out
+
+    def test_cadaver_session(self):
+        cadaver = self.program("cadaver")
+        root = make_tree(self)
+        server = start_server(self, root, "-u", "--overwrite")
+        work = make_tree(self, {"local.txt": b"hello from cadaver\n"})
+        self.cadaver(cadaver, server, work, ["mkcol newdir", "put local.txt newdir/a.txt",
+                                             "get newdir/a.txt got.txt",
+                                             "move newdir/a.txt newdir/b.txt"])
+        self.assertEqual(file_tree(root), {"newdir": None,
+                                           "newdir/b.txt": b"hello from cadaver\n"})
+        self.assertEqual(read_file(os.path.join(work, "got.txt")), b"hello from cadaver\n")
+        self.cadaver(cadaver, server, work, ["delete newdir/b.txt", "rmcol newdir"])
+        self.assertEqual(os.listdir(root), [])
+        self.assert_clean_log(server)
 
 
 if __name__ == "__main__":
