@@ -693,14 +693,15 @@ def page_hrefs(body_text):
 
 
 def entry_hrefs(body_text):
-    """Listing entry links in page order (no parent link, no sort links)."""
+    """Listing entry links in page order (no parent link, no sort links, no data: URIs),
+    without the sort a sorted page carries into its folder links."""
     out = []
     for h in page_hrefs(body_text):
         if h.startswith("?") or h.startswith("../") or h in ("..", "/", "./"):
             continue
-        if "://" in h or h.startswith("#"):
+        if "://" in h or h.startswith("#") or h.startswith("data:"):
             continue
-        out.append(h)
+        out.append(h.split("?", 1)[0])
     return out
 
 
@@ -2506,7 +2507,7 @@ class TestListing(SharedServerTestCase):
         if not self.evil:
             self.skipTest("file name with <, > and quotes not possible on Windows")
         text = self._html("/")
-        self.assertNotIn("<script>", text)
+        self.assertNotIn("<script>alert", text)
         self.assertNotIn(self.EVIL, text)
         self.assertIn(html.escape(self.EVIL), text)
         hrefs = entry_hrefs(text)
@@ -3378,7 +3379,8 @@ class TestRoutePrefix(SharedServerTestCase):
         cls.srv = start_server(fixture, cls.root, "--route-prefix", "/files", "--upload", "--echo")
 
     def _links(self, body):
-        return re.findall(r'(?:href|action)="([^"]*)"', body.decode("utf-8"))
+        return [link for link in re.findall(r'(?:href|action)="([^"]*)"', body.decode("utf-8"))
+                if not link.startswith("data:")]      # the inline favicon fetches nothing
 
     def test_prefix_without_slash_redirects(self):
         r = get(self.port, "/files")
@@ -7177,7 +7179,8 @@ class TestPageHeaders(SharedServerTestCase):
         r = get(self.port, "/")
         self.assertEqual(r.status, 200)
         page = r.body.decode("utf-8")
-        self.assertEqual(len(inline_element_texts(page, "script")), 1, "upload script expected")
+        self.assertEqual(len(inline_element_texts(page, "script")), 2,
+                         "upload and filter scripts expected")
         self.assertEqual(len(inline_element_texts(page, "style")), 1)
         directives = self.assert_csp_allows_only_own_inline(r)
         # The upload script POSTs with XMLHttpRequest: default-src 'none' would block it.
