@@ -1358,12 +1358,14 @@ ICONS = [                               # (the link's class, picture)
     (".pdf", ICON_PAGE % ("#b42318", "M5 6h2.6a2 2 0 0 1 0 4H6.4v2.5H5zm1.4 1.3v1.4h1.2a.7.7 0 "
                          "0 0 0-1.4z")),
 ]
-ARCHIVE_EXTENSIONS = frozenset([".zip", ".gz", ".tgz", ".bz2", ".tbz2", ".xz", ".txz", ".zst",
-                                ".lz4", ".7z", ".rar", ".tar", ".iso", ".jar", ".whl", ".deb",
-                                ".rpm", ".dmg", ".apk", ".cab"])
-CODE_EXTENSIONS = frozenset([".go", ".rs", ".toml", ".yaml", ".yml", ".ini", ".cfg", ".conf",
-                             ".log", ".php", ".rb", ".pl", ".lua", ".kt", ".swift", ".tsx",
-                             ".jsx", ".sql", ".bat", ".ps1"])   # types mimetypes may not know
+# Icons by extension where the type alone cannot tell: .gz is an encoding to mimetypes,
+# and mimetypes tables differ between machines (some lack .go, .yaml, .toml ...).
+ICON_ARCHIVE_EXTENSIONS = frozenset([
+    ".zip", ".gz", ".tgz", ".bz2", ".tbz2", ".xz", ".txz", ".zst", ".lz4", ".7z", ".rar",
+    ".tar", ".iso", ".jar", ".whl", ".deb", ".rpm", ".dmg", ".apk", ".cab"])
+ICON_TEXT_EXTENSIONS = frozenset([
+    ".go", ".rs", ".toml", ".yaml", ".yml", ".ini", ".cfg", ".conf", ".log", ".php", ".rb",
+    ".pl", ".lua", ".kt", ".swift", ".tsx", ".jsx", ".sql", ".bat", ".ps1"])
 
 PAGE_STYLE = """
 :root{color-scheme:light dark;--fg:#1f2328;--bg:#fff;--muted:#59636e;--line:#e5e8eb;
@@ -1536,13 +1538,13 @@ def icon_class(ext):
     extension ("" for the plain page); memoised like content_type_for_extension."""
     ctype = content_type_for_extension(ext).split(";", 1)[0]
     kind = ctype.split("/", 1)[0]
-    if ext in ARCHIVE_EXTENSIONS:
+    if ext in ICON_ARCHIVE_EXTENSIONS:
         kind = "zip"
     elif ctype == "application/pdf":
         kind = "pdf"
     elif kind in ("image", "video", "audio"):
         kind = {"image": "img", "video": "vid", "audio": "aud"}[kind]
-    elif is_compressible(ctype) or ext in CODE_EXTENSIONS:
+    elif is_compressible(ctype) or ext in ICON_TEXT_EXTENSIONS:
         kind = "txt"
     else:
         return ""
@@ -1627,7 +1629,8 @@ def render_listing_top(url_path, sort, order, config, counts):
                      % (key, next_order, label, arrow))
         headings.append('<th class="%s">%s</th>' % (css, links[-1]))
     dirs, files, size = counts
-    tools = ['<p id="summary" title="%d bytes">%s</p>' % (size, describe_counts(dirs, files, size)),
+    tools = ['<p id="summary" title="%d bytes">%s</p>'
+             % (size, describe_counts(dirs, files, size)),
              '<input id="filter" type="search" placeholder="Filter names" '
              'aria-label="Filter names" hidden>']
     if config.archive:
