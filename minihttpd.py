@@ -1471,7 +1471,7 @@ function count(n,all,word){return n+(n==all?'':' of '+all)+' '+word+(all==1?'':'
 function human(n){if(n<1024)return n+' B';var u=['KiB','MiB','GiB','TiB'],i=0;n/=1024;
  while(n>=1024&&i<3){n/=1024;i++;}return n.toFixed(1)+' '+u[i];}
 function apply(){var q=box.value.toLowerCase(),d=0,f=0,b=0;
- rows.forEach(function(x){var hit=x[1].indexOf(q)>=0;x[0].hidden=!hit;
+ rows.forEach(function(x){var hit=x[1].indexOf(q)>=0;x[0].toggleAttribute('hidden',!hit);
   if(hit){if(x[2]<0)d++;else{f++;b+=x[2];}}});
  if(!q){sum.textContent=text;sum.title=title;return;}
  sum.textContent=count(d,dirs,'folder')+', '+count(f,files,'file')+', '+human(b);
@@ -1480,7 +1480,7 @@ box.addEventListener('input',function(){apply();history.replaceState(null,'',
  box.value?'#filter='+encodeURIComponent(box.value):location.pathname+location.search);});
 var m=/^#filter=(.*)$/.exec(location.hash);
 if(m){try{box.value=decodeURIComponent(m[1]);}catch(e){box.value=m[1];}apply();}
-box.hidden=false;
+box.removeAttribute('hidden');
 })();
 """
 
@@ -1847,9 +1847,8 @@ def nearest_folder(request, config):
         if segment in ("", "."):
             continue
         if segment == "..":
-            if not parts:
-                return None
-            parts.pop()
+            if parts:                   # above the root stays at the root, so a path
+                parts.pop()             # reaching outside gets the same page as any 404
             continue
         if not is_visible(segment, config.hidden):
             break
