@@ -1377,7 +1377,7 @@ max-width:64rem;padding:1rem;color:var(--fg);background:var(--bg);line-height:1.
 [hidden]{display:none!important}
 header{display:flex;flex-wrap:wrap;align-items:center;gap:.25rem 1rem}
 h1{font-size:1.3rem;font-weight:600;word-break:break-all;margin:.4rem 0;flex:1 1 20rem}
-h1 a{padding:0 .1rem}
+h1 a,h1 span{padding:.4rem .1rem}
 a{color:var(--link);text-decoration:none}a:hover{text-decoration:underline}
 .bar{display:flex;flex-wrap:wrap;align-items:center;gap:.5rem 1rem;margin:.25rem 0 .75rem;
 color:var(--muted)}
@@ -1606,7 +1606,7 @@ def render_breadcrumbs(url_path, prefix, carry):
         up = len(parts) - i             # how many "../" lead from this page to that folder
         label = html.escape(display_text(label))
         crumbs.append('<a href="%s">%s</a>' % (html.escape("../" * up + carry), label)
-                      if up else label)
+                      if up else "<span>%s</span>" % label)
     return "<h1>%s</h1>\n" % "".join(crumbs)
 
 
