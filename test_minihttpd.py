@@ -8256,7 +8256,12 @@ def start_chromium(testcase, chromium, url, flags):
            "--user-data-dir=" + profile] + list(flags) + [url]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             stdin=subprocess.DEVNULL, env=client_env())
-    testcase.addCleanup(lambda: proc.poll() is None and proc.kill())
+
+    def stop():
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()              # reaps it and closes its pipes
+    testcase.addCleanup(stop)
     return proc
 
 
@@ -8322,6 +8327,7 @@ class TestListingBrowser(SharedServerTestCase):
                                         ["--virtual-time-budget=5000", "--dump-dom"])
         slow = os.environ.get("MINIHTTPD_SLOW_TESTS") == "1"
         cls.folder = os.environ.get("MINIHTTPD_SCREENSHOTS") or make_tree(fixture)
+        os.makedirs(cls.folder, exist_ok=True)
         cls.shots = []
         for name, width, height, dark in cls.SHOTS if slow else cls.SHOTS[:1]:
             path = os.path.join(cls.folder, "listing-%s.png" % name)
