@@ -1150,8 +1150,22 @@ Entry = collections.namedtuple("Entry", [
     "type",     # "dir" or "file"
     "size",     # bytes (0 for a folder)
     "mtime",    # whole Unix seconds
-    "folded",   # name.lower(), the sort key, computed once
+    "folded",   # natural_key(name), the sort key, computed once
 ])
+
+DIGIT_RUN_RE = re.compile(r"([0-9]+)")  # ASCII digits: int() of "²" would raise
+
+
+def natural_key(name):
+    """A name's natural, case-insensitive sort key: file_2 before file_10.
+
+    Returns a tuple alternating text and numbers (re.split with a group
+    always starts with text), so two keys never compare a str with an int.
+    A name holds at most MAX_NAME_BYTES digits, far below int()'s limit.
+    """
+    parts = DIGIT_RUN_RE.split(name.casefold())
+    parts[1::2] = [int(digits) for digits in parts[1::2]]
+    return tuple(parts)
 
 
 def scan_directory(scandir_iter, config, limit=LISTING_STEP_ENTRIES):
@@ -1179,10 +1193,10 @@ def scan_directory(scandir_iter, config, limit=LISTING_STEP_ENTRIES):
         shown = display_text(name)
         if stat.S_ISDIR(st.st_mode):
             entries.append(Entry(shown, url_quote(name) + "/", "dir", 0, int(st.st_mtime),
-                                 shown.lower()))
+                                 natural_key(shown)))
         else:
             entries.append(Entry(shown, url_quote(name), "file", st.st_size, int(st.st_mtime),
-                                 shown.lower()))
+                                 natural_key(shown)))
         if limit is not None and len(entries) >= limit:
             return entries, False
     return entries, True
@@ -1196,7 +1210,11 @@ SORT_KEYS = {
 
 
 def sort_entries(entries, sort="name", order="asc"):
-    """Sort listing entries, folders first, by name, size or time."""
+    """Sort listing entries, folders first, by name (natural order), size or time.
+
+    Ties fall back to the name, then its exact text, so the order never
+    depends on the order the file system returned the names in.
+    """
     key = SORT_KEYS.get(sort, SORT_KEYS["name"])
     reverse = order == "desc"
     dirs = sorted((e for e in entries if e.type == "dir"), key=key, reverse=reverse)
@@ -2041,20 +2059,111 @@ class FolderArchive(object):
 # 8. Pages: listing, error and landing pages
 # ---------------------------------------------------------------------------
 
+def svg_data_uri(svg):
+    """An SVG picture as a data: URI, for CSS url() and <link href>: nothing to fetch.
+
+    The xmlns inside names SVG's namespace (without it the picture does not
+    render); it is an identifier, never fetched.
+    """
+    return "data:image/svg+xml," + urllib.parse.quote(
+        "<svg xmlns='http://www.w3.org/2000/svg' viewBox='0 0 16 16'>%s</svg>" % svg,
+        safe=" '=:/;,.-()")
+
+
+# File-type icons, 16 px pictures drawn once in CSS (one class per row, no
+# per-row markup): a coloured page with a white sign, a folder, a plain page.
+ICON_PAGE = ("<path fill='%s' d='M3 0h6.5L14 4.5V15a1 1 0 0 1-1 1H3a1 1 0 0 1-1-1V1a1 1 "
+             "0 0 1 1-1z'/><path fill='#fff' fill-opacity='.45' d='M9.5 0v3.5a1 1 0 0 0 1 "
+             "1H14z'/><path fill='#fff' d='%s'/>")
+ICON_FOLDER = ("<path fill='#d9961a' d='M1 3.5C1 2.7 1.7 2 2.5 2H6l1.5 1.5h6c.8 0 1.5.7 1.5 "
+               "1.5v7.5c0 .8-.7 1.5-1.5 1.5h-11C1.7 14 1 13.3 1 12.5z'/><path fill='#f5bd42' "
+               "d='M1 6h14v6.5c0 .8-.7 1.5-1.5 1.5h-11C1.7 14 1 13.3 1 12.5z'/>")
+ICON_FILE = ("<path fill='#f6f8fa' stroke='#8c959f' d='M3.5.5h6l3 3v12h-9z'/><path "
+             "fill='none' stroke='#8c959f' d='M9.5.5v3h3'/>")
+ICON_UP = "<path fill='none' stroke='#8c959f' stroke-width='1.7' d='M8 14V3M3.5 7.5 8 3l4.5 4.5'/>"
+ICONS = [                               # (the link's class, picture)
+    ("", ICON_FILE),                    # any other file
+    (".dir", ICON_FOLDER),
+    (".up", ICON_UP),
+    (".img", ICON_PAGE % ("#2e9d5b", "M4 13.5 6.7 9.5l1.6 2 2.2-3.3 2.5 5.3zM6.3 5a1.3 1.3 0 1 "
+                         "1 0 2.6 1.3 1.3 0 0 1 0-2.6z")),
+    (".vid", ICON_PAGE % ("#e0475b", "M6 6.5v6.5l5.2-3.25z")),
+    (".aud", ICON_PAGE % ("#8250df", "M7 5.5h4.2v1.8H8.5v4.4a1.8 1.8 0 1 1-1.5-1.8z")),
+    (".zip", ICON_PAGE % ("#a0702e", "M7 1h1.5v1.3H7zm1.5 1.3H10v1.3H8.5zM7 3.6h1.5v1.3H7zm1.5 "
+                         "1.3H10v1.3H8.5zM7 6.2h3V11H7zm1 2.3v1.5h1V8.5z")),
+    (".txt", ICON_PAGE % ("#3574d4", "M5 7h6v1.2H5zm0 2.4h6v1.2H5zm0 2.4h4v1.2H5z")),
+    (".pdf", ICON_PAGE % ("#b42318", "M5 6h2.6a2 2 0 0 1 0 4H6.4v2.5H5zm1.4 1.3v1.4h1.2a.7.7 0 "
+                         "0 0 0-1.4z")),
+]
+# Icons by extension where the type alone cannot tell: .gz is an encoding to mimetypes,
+# and mimetypes tables differ between machines (some lack .go, .yaml, .toml ...).
+ICON_ARCHIVE_EXTENSIONS = frozenset([
+    ".zip", ".gz", ".tgz", ".bz2", ".tbz2", ".xz", ".txz", ".zst", ".lz4", ".7z", ".rar",
+    ".tar", ".iso", ".jar", ".whl", ".deb", ".rpm", ".dmg", ".apk", ".cab"])
+ICON_TEXT_EXTENSIONS = frozenset([
+    ".go", ".rs", ".toml", ".yaml", ".yml", ".ini", ".cfg", ".conf", ".log", ".php", ".rb",
+    ".pl", ".lua", ".kt", ".swift", ".tsx", ".jsx", ".sql", ".bat", ".ps1"])
+
 PAGE_STYLE = """
+:root{color-scheme:light dark;--fg:#1f2328;--bg:#fff;--muted:#59636e;--line:#e5e8eb;
+--link:#0550ae;--hover:#f3f6f9;--box:#f6f8fa}
+@media (prefers-color-scheme:dark){:root{--fg:#e6edf3;--bg:#0d1117;--muted:#9198a1;
+--line:#262c36;--link:#58a6ff;--hover:#161b22;--box:#161b22}}
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0 auto;
-max-width:60rem;padding:1rem;color:#222;background:#fff}
-h1{font-size:1.3rem;word-break:break-all}
+max-width:64rem;padding:1rem;color:var(--fg);background:var(--bg);line-height:1.4}
+[hidden]{display:none!important}
+header{display:flex;flex-wrap:wrap;align-items:center;gap:.25rem 1rem}
+h1{font-size:1.3rem;font-weight:600;word-break:break-all;margin:.4rem 0;flex:1 1 20rem}
+h1 a,h1 span{padding:.4rem .1rem}
+a{color:var(--link);text-decoration:none}a:hover{text-decoration:underline}
+.bar{display:flex;flex-wrap:wrap;align-items:center;gap:.5rem 1rem;margin:.25rem 0 .75rem;
+color:var(--muted)}
+#summary{margin:0;flex:1 1 auto}
+#filter{font:inherit;padding:.35rem .6rem;border:1px solid var(--line);border-radius:.4rem;
+background:var(--bg);color:var(--fg);width:15rem;max-width:100%;box-sizing:border-box}
+form.dl{display:flex;align-items:center;gap:.4rem;margin:0;padding:0;border:0}
+.dl button{font:inherit;font-size:.9rem;padding:.3rem .7rem;border:1px solid var(--line);
+border-radius:.4rem;background:var(--box);color:var(--link);cursor:pointer}
+.dl button:hover{border-color:var(--link)}
 table{border-collapse:collapse;width:100%}
-th,td{text-align:left;padding:.35rem .5rem;border-bottom:1px solid #eee}
+th,td{text-align:left;padding:.45rem .5rem;border-bottom:1px solid var(--line)}
+th{font-size:.9rem;white-space:nowrap}
 td.size,th.size{text-align:right;white-space:nowrap}
-td.time{white-space:nowrap;color:#555}
-a{color:#0550ae;text-decoration:none}a:hover{text-decoration:underline}
+td.time{white-space:nowrap;color:var(--muted)}
+tbody tr:hover{background:var(--hover)}
+td.n{width:100%;overflow-wrap:anywhere}
+td.n a{display:flex}
+td.n a::before,header h1::before{content:"";flex:none;width:1.15em;height:1.15em;
+margin:.1em .5em 0 0;background:center/contain no-repeat}
+header h1::before{display:inline-block;vertical-align:-.15em}
+""" + "".join('td.n %s::before%s{background-image:url("%s")}\n'
+              % (css or "a", ",header h1::before" if css == ".dir" else "", svg_data_uri(svg))
+              for css, svg in ICONS) + """.sortbar{display:none}
 form{margin:1rem 0;padding:1rem;border:2px dashed #bbb;border-radius:.5rem}
 form.drag{border-color:#0550ae;background:#f0f6ff}
 progress{width:100%}
-footer{margin-top:1rem;color:#777;font-size:.8rem}
-@media (max-width:40rem){td.time{display:none}}
+footer{margin-top:1rem;color:var(--muted);font-size:.8rem}
+@media (max-width:40rem){
+body{padding:.5rem}
+#filter{width:100%}
+.sortbar{display:block;margin:0 0 .25rem;padding:0 .5rem;font-size:.9rem;color:var(--muted)}
+.sortbar a{margin-left:.8rem}
+thead{display:none}
+table,tbody{display:block}
+tbody tr{display:grid;grid-template-columns:auto 1fr;align-content:center;position:relative;
+min-height:2.75rem;border-bottom:1px solid var(--line)}
+tbody td{border:0;padding:0 .5rem}
+td.n{grid-column:1/-1;padding-top:.5rem}
+td.n:only-child,tr.up td.n{padding-bottom:.5rem}
+td.n a::after{content:"";position:absolute;top:0;right:0;bottom:0;left:0}
+td.size,td.time{font-size:.8rem;padding-bottom:.5rem}
+td.size{text-align:left;padding:0 0 .5rem 2.15rem}
+td.time{padding-left:.3rem}
+td.time::before{content:"\\b7  "}
+tr.dir td.size,tr.up td.size,tr.up td.time{display:none}
+tr.dir td.time{padding-left:2.15rem}
+tr.dir td.time::before{content:none}
+}
 details.qr summary{cursor:pointer}details.qr svg{display:block;max-width:100%;height:auto}
 """
 
@@ -2078,6 +2187,7 @@ border-top:1px solid rgba(128,128,128,.3)}
 .upload .total,.upload .status{margin:.6rem 0 0}
 .upload ul:empty,.upload .status:empty{display:none}
 """
+FAVICON_URI = svg_data_uri(ICON_FOLDER)
 
 UPLOAD_SCRIPT = """
 (function(){
@@ -2182,6 +2292,35 @@ document.addEventListener('drop',function(e){e.preventDefault();f.classList.remo
 })();
 """
 
+# The listing's filter box: hidden in the markup, shown by this script, so a
+# page without JavaScript shows no dead box.  It hides rows whose name does
+# not hold the text and sums the shown rows' data-size.  "#filter=TEXT" in the
+# address fills the box (a link can carry a filter; tests use it too).
+FILTER_SCRIPT = """
+(function(){
+var box=document.getElementById('filter'),sum=document.getElementById('summary'),
+body=document.querySelector('tbody');if(!box||!sum||!body)return;
+var rows=[],dirs=0,files=0,text=sum.textContent,title=sum.title;
+[].forEach.call(body.rows,function(r){if(r.className=='up')return;
+ var file=r.hasAttribute('data-size');if(file)files++;else dirs++;
+ rows.push([r,r.cells[0].textContent.toLowerCase(),file?+r.getAttribute('data-size'):-1]);});
+function count(n,all,word){return n+(n==all?'':' of '+all)+' '+word+(all==1?'':'s');}
+function human(n){if(n<1024)return n+' B';var u=['KiB','MiB','GiB','TiB'],i=0;n/=1024;
+ while(n>=1024&&i<3){n/=1024;i++;}return n.toFixed(1)+' '+u[i];}
+function apply(){var q=box.value.toLowerCase(),d=0,f=0,b=0;
+ rows.forEach(function(x){var hit=x[1].indexOf(q)>=0;x[0].toggleAttribute('hidden',!hit);
+  if(hit){if(x[2]<0)d++;else{f++;b+=x[2];}}});
+ if(!q){sum.textContent=text;sum.title=title;return;}
+ sum.textContent=count(d,dirs,'folder')+', '+count(f,files,'file')+', '+human(b);
+ sum.title=b+' bytes';}
+box.addEventListener('input',function(){apply();history.replaceState(null,'',
+ box.value?'#filter='+encodeURIComponent(box.value):location.pathname+location.search);});
+var m=/^#filter=(.*)$/.exec(location.hash);
+if(m){try{box.value=decodeURIComponent(m[1]);}catch(e){box.value=m[1];}apply();}
+box.removeAttribute('hidden');
+})();
+"""
+
 
 def csp_hash(text):
     """The 'sha256-…' source a Content-Security-Policy uses to allow one inline text."""
@@ -2191,9 +2330,10 @@ def csp_hash(text):
 
 # Our pages run only their own inline style and script (hashes, not 'unsafe-inline'),
 # talk only to this server, and can't be framed by another site.
-PAGE_CSP = ("default-src 'none'; style-src %s %s; script-src %s; img-src 'self' data:; "
+PAGE_CSP = ("default-src 'none'; style-src %s; script-src %s; img-src 'self' data:; "
             "connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'self'"
-            % (csp_hash(PAGE_STYLE), csp_hash(UPLOAD_STYLE), csp_hash(UPLOAD_SCRIPT)))
+            % (csp_hash(PAGE_STYLE) + " " + csp_hash(UPLOAD_STYLE),
+               csp_hash(UPLOAD_SCRIPT) + " " + csp_hash(FILTER_SCRIPT)))
 PAGE_HEADERS = [("Content-Type", "text/html; charset=utf-8"),
                 ("Content-Security-Policy", PAGE_CSP)]
 
@@ -2202,8 +2342,10 @@ def page_head(title, extra_head=""):
     """The start of a phone-friendly HTML5 page, up to and including <body>."""
     return ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
             "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n"
-            "<title>%s</title>\n<style>%s</style>%s\n</head>\n<body>\n"
-            % (html.escape(title), PAGE_STYLE, extra_head))
+            "<title>%s</title>\n<link rel=\"icon\" href=\"%s\">\n"
+            "<style>%s</style>%s\n</head>\n<body>\n"
+            % (html.escape(title), html.escape(FAVICON_URI, quote=False), PAGE_STYLE,
+               extra_head))
 
 
 def page_tail():
@@ -2216,28 +2358,60 @@ def html_page(title, body_html, extra_head=""):
     return (page_head(title, extra_head) + body_html + page_tail()).encode("utf-8")
 
 
-def render_error_page(status, message=""):
-    """A small HTML error page."""
+def render_error_page(status, message="", back=None):
+    """A small HTML error page; back: a folder's URL path (with the prefix) to link to."""
     title = "%d %s" % (status, reason_phrase(status))
     body = "<h1>%s</h1>\n" % html.escape(title)
     if message:
         body += "<p>%s</p>\n" % html.escape(message)
+    if back is not None:
+        body += '<p><a class="back" href="%s">&#8592; Back to %s</a></p>\n' % (
+            html.escape(url_quote(back)), html.escape(display_text(back)))
     return html_page(title, body)
 
 
-def render_listing_rows(entries, minutes):
-    """Table rows for listing entries; minutes caches formatted times."""
+@functools.lru_cache(maxsize=512)
+def icon_class(ext):
+    """The class attribute that gives a file link its icon, from its lower-case
+    extension ("" for the plain page); memoised like content_type_for_extension."""
+    ctype = content_type_for_extension(ext).split(";", 1)[0]
+    kind = ctype.split("/", 1)[0]
+    if ext in ICON_ARCHIVE_EXTENSIONS:
+        kind = "zip"
+    elif ctype == "application/pdf":
+        kind = "pdf"
+    elif kind in ("image", "video", "audio"):
+        kind = {"image": "img", "video": "vid", "audio": "aud"}[kind]
+    elif is_compressible(ctype) or ext in ICON_TEXT_EXTENSIONS:
+        kind = "txt"
+    else:
+        return ""
+    return ' class="%s"' % kind
+
+
+def render_listing_rows(entries, minutes, carry=""):
+    """Table rows for listing entries; minutes caches formatted times.
+
+    A file's row holds its exact size in data-size (the filter sums them);
+    folder links carry the page's sort (carry, a query or "").
+    """
     rows = []
+    carry = html.escape(carry)
     for e in entries:
-        is_dir = e.type == "dir"
         minute = e.mtime // 60
         when = minutes.get(minute)
         if when is None:                # strftime is slow; many files share a minute
             when = minutes[minute] = time.strftime("%Y-%m-%d %H:%M", time.localtime(e.mtime))
-        rows.append('<tr><td><a href="%s">%s%s</a></td><td class="size" title="%d">%s</td>'
-                    '<td class="time">%s</td></tr>\n'
-                    % (html.escape(e.href), html.escape(e.name), "/" if is_dir else "", e.size,
-                       "-" if is_dir else format_size(e.size), when))
+        if e.type == "dir":
+            rows.append('<tr class="dir"><td class="n"><a class="dir" href="%s%s">%s/</a></td>'
+                        '<td class="size">&#8212;</td><td class="time">%s</td></tr>\n'
+                        % (html.escape(e.href), carry, html.escape(e.name), when))
+        else:
+            rows.append('<tr data-size="%d"><td class="n"><a%s href="%s">%s</a></td>'
+                        '<td class="size" title="%d bytes">%s</td><td class="time">%s</td></tr>\n'
+                        % (e.size, icon_class(os.path.splitext(e.name)[1].lower()),
+                           html.escape(e.href), html.escape(e.name), e.size,
+                           format_size(e.size), when))
     return "".join(rows)
 
 
@@ -2304,24 +2478,71 @@ def display_name(text):
     return re.sub(r"[\x00-\x1f\x7f]", "\ufffd", text)
 
 
-def render_listing_top(url_path, sort, order, at_top, upload, qr_block=""):
-    """The listing page up to its first row; links are relative, so a prefix just works."""
+def listing_carry(sort, order):
+    """The query a listing sorted other than by name carries into its folder links, or ""."""
+    return "" if (sort, order) == ("name", "asc") else "?sort=%s&order=%s" % (sort, order)
+
+
+def describe_counts(dirs, files, size):
+    """What a listing holds, as "3 folders, 12 files, 4.2 MiB"."""
+    return "%d folder%s, %d file%s, %s" % (dirs, "" if dirs == 1 else "s", files,
+                                           "" if files == 1 else "s", format_size(size))
+
+
+def render_breadcrumbs(url_path, prefix, carry):
+    """A listing's <h1>: its path with each folder above a relative link (a prefix just works)."""
+    parts = [part for part in url_path[len(prefix):].split("/") if part]
+    labels = [prefix + "/"] + [part + "/" for part in parts]
+    crumbs = []
+    for i, label in enumerate(labels):
+        up = len(parts) - i             # how many "../" lead from this page to that folder
+        label = html.escape(display_text(label))
+        crumbs.append('<a href="%s">%s</a>' % (html.escape("../" * up + carry), label)
+                      if up else "<span>%s</span>" % label)
+    return "<h1>%s</h1>\n" % "".join(crumbs)
+
+
+def render_listing_top(url_path, sort, order, config, counts, qr_block=""):
+    """The listing page up to its first row; links are relative, so a prefix just works.
+
+    counts: (folders, files, bytes in the files).  The download buttons are a
+    GET form, not links: they ask for ?download=zip|tar all the same, but
+    wget -r (which follows every href, rel="nofollow" or not) never submits
+    a form, so mirroring a tree does not also fetch an archive of each folder.
+    """
     title = "Index of " + display_text(url_path)
-    headings = []
-    for key, label, css in (("name", "Name", ""), ("size", "Size", ' class="size"'),
-                            ("time", "Modified", "")):
+    carry = listing_carry(sort, order)
+    links, headings = [], []
+    for key, label, css in (("name", "Name", "n"), ("size", "Size", "size"),
+                            ("time", "Modified", "time")):
         next_order = "desc" if (sort == key and order == "asc") else "asc"
         arrow = (" &#9650;" if order == "asc" else " &#9660;") if sort == key else ""
-        headings.append('<th%s><a href="?sort=%s&amp;order=%s">%s</a>%s</th>'
-                        % (css, key, next_order, label, arrow))
-    form = render_upload_form() if upload else ""
-    form = qr_block + form              # the QR control comes right after the <h1>
+        links.append('<a href="?sort=%s&amp;order=%s" rel="nofollow">%s%s</a>'
+                     % (key, next_order, label, arrow))
+        headings.append('<th class="%s">%s</th>' % (css, links[-1]))
+    dirs, files, size = counts
+    tools = ['<p id="summary" title="%d bytes">%s</p>'
+             % (size, describe_counts(dirs, files, size)),
+             '<input id="filter" type="search" placeholder="Filter names" '
+             'aria-label="Filter names" hidden>']
+    if config.archive:
+        tools.append('<form class="dl" method="get"><span>Download as</span>'
+                     '<button name="download" value="zip" formaction="?download=zip">zip</button>'
+                     '<button name="download" value="tar" formaction="?download=tar">tar</button>'
+                     '</form>')
     up = ""
-    if not at_top:
-        up = ('<tr><td><a href="../">../</a></td><td class="size">-</td>'
-              '<td class="time"></td></tr>\n')
-    return (page_head(title) + "<h1>%s</h1>\n%s<table>\n<thead><tr>%s</tr></thead>\n"
-            "<tbody>\n%s" % (html.escape(title), form, "".join(headings), up))
+    if url_path != config.prefix + "/":
+        up = ('<tr class="up"><td class="n"><a class="up" href="../%s">../</a></td>'
+              '<td class="size"></td><td class="time"></td></tr>\n' % html.escape(carry))
+    # A sorted copy is the same folder again: robots, wget -r among them, need not
+    # follow its links (the default order's page links to everything it does).
+    robots = '\n<meta name="robots" content="noindex, nofollow">' if carry else ""
+    return (page_head(title, robots) + "<header>\n%s%s</header>\n"
+            '<div class="bar">\n%s\n</div>\n%s<p class="sortbar">Sort:%s</p>\n'
+            "<table>\n<thead><tr>%s</tr></thead>\n<tbody>\n%s"
+            % (render_breadcrumbs(url_path, config.prefix, carry), qr_block, "\n".join(tools),
+               render_upload_form(config) if config.upload else "", "".join(links),
+               "".join(headings), up))
 
 
 def render_qr_block(url):
@@ -2338,12 +2559,12 @@ def render_qr_block(url):
 
 
 def render_listing_bottom(left_out):
-    """The listing page after its last row."""
+    """The listing page after its last row, with the filter box's script."""
     note = ""
     if left_out:
         note = "<p>%d more entries are not shown (a listing shows at most %d).</p>\n" % (
             left_out, MAX_LISTING_ENTRIES)
-    return "</tbody>\n</table>\n" + note + page_tail()
+    return "</tbody>\n</table>\n%s<script>%s</script>%s" % (note, FILTER_SCRIPT, page_tail())
 
 
 def listing_pieces(scandir_iter, config, url_path, sort, order, as_json, entries, exhausted,
@@ -2371,6 +2592,8 @@ def listing_pieces(scandir_iter, config, url_path, sort, order, as_json, entries
             left_out += is_visible(entry.name, config.hidden)
         yield b""
     entries = sort_entries(entries, sort, order)
+    dirs = sum(1 for e in entries if e.type == "dir")
+    counts = (dirs, len(entries) - dirs, sum(e.size for e in entries))
     yield b""
     step = LISTING_STEP_ENTRIES
     if as_json:
@@ -2382,11 +2605,12 @@ def listing_pieces(scandir_iter, config, url_path, sort, order, as_json, entries
                 entry_json(e) for e in entries[i:i + step])).encode("utf-8")
         yield b"\n]}\n"
         return
-    yield render_listing_top(url_path, sort, order, url_path == config.prefix + "/",
-                             config.upload, qr_block).encode("utf-8")
+    yield render_listing_top(url_path, sort, order, config, counts,
+                             qr_block).encode("utf-8")
     minutes = {}
+    carry = listing_carry(sort, order)
     for i in range(0, len(entries), step):
-        yield render_listing_rows(entries[i:i + step], minutes).encode("utf-8")
+        yield render_listing_rows(entries[i:i + step], minutes, carry).encode("utf-8")
     yield render_listing_bottom(left_out).encode("utf-8")
 
 
@@ -2548,7 +2772,41 @@ def error_response(error, request, ctx):
             return Response(404, [("Content-Type", "text/html; charset=utf-8")] + error.headers,
                             FileRegion(f, 0, size), files=[f])
     return Response(error.status, PAGE_HEADERS + error.headers,
-                    render_error_page(error.status, error.message))
+                    render_error_page(error.status, error.message,
+                                      nearest_folder(request, ctx.config)))
+
+
+def nearest_folder(request, config):
+    """The URL path (with the prefix) of the nearest folder above a tree request's
+    path that exists and may be listed, for an error page's link back; else None.
+
+    Walks down from the root, one stat per level (at most MAX_PATH_SEGMENTS),
+    and stops at a name that may not be served, so it never points into a
+    hidden folder or out through a symlink.
+    """
+    if request.route is None or request.route.kind != "tree":
+        return None
+    parts = []                          # the folders above the path's last name
+    for segment in request.route.path.rstrip("/").split("/")[:-1][:MAX_PATH_SEGMENTS]:
+        if segment in ("", "."):
+            continue
+        if segment == "..":
+            if parts:                   # above the root stays at the root, so a path
+                parts.pop()             # reaching outside gets the same page as any 404
+            continue
+        if not is_visible(segment, config.hidden):
+            break
+        try:
+            st = os.lstat(os.path.join(config.root, *(parts + [segment])))
+        except (OSError, ValueError):
+            break
+        if not stat.S_ISDIR(st.st_mode):
+            break                       # missing, a file, or a link (its target may be outside)
+        parts.append(segment)
+    folder = "/" + "".join(part + "/" for part in parts)
+    if folder == request.route.path:
+        return None                     # the root itself failed: nothing above it
+    return config.prefix + folder
 
 
 def request_query(request):

@@ -710,14 +710,15 @@ def page_hrefs(body_text):
 
 
 def entry_hrefs(body_text):
-    """Listing entry links in page order (no parent link, no sort links)."""
+    """Listing entry links in page order (no parent link, no sort links, no data: URIs),
+    without the sort a sorted page carries into its folder links."""
     out = []
     for h in page_hrefs(body_text):
         if h.startswith("?") or h.startswith("../") or h in ("..", "/", "./"):
             continue
-        if "://" in h or h.startswith("#"):
+        if "://" in h or h.startswith("#") or h.startswith("data:"):
             continue
-        out.append(h)
+        out.append(h.split("?", 1)[0])
     return out
 
 
@@ -2314,6 +2315,8 @@ class TestPaths(SharedServerTestCase):
     def _raw_get(self, target, port=None):
         return parse_response(send_raw(port or self.port, build_request("GET", target, close=True)))
 
+    BACK_LINK_RE = re.compile(rb'<p><a class="back" href="([^"]*)">[^<]*</a></p>\n')
+
     def test_traversal_never_leaves_root(self):
         plain404 = self._raw_get("/definitely-missing")
         self.assertEqual(plain404.status, 404)
@@ -2349,7 +2352,12 @@ class TestPaths(SharedServerTestCase):
                 self.assertNotIn(self.SECRET, r.body)
                 self.assertNotIn(b"inner.txt", r.body)
                 self.assertEqual(r.status, 404)
-                self.assertEqual(r.body, plain404.body, "404 body differs from a plain 404")
+                # The page's link back names the nearest folder inside the root on the
+                # way (the root, or /sub/ for /sub/..%5c...); the rest is the plain 404.
+                self.assertIn(self.BACK_LINK_RE.search(r.body).group(1), (b"/", b"/sub/"))
+                self.assertEqual(self.BACK_LINK_RE.sub(b"", r.body),
+                                 self.BACK_LINK_RE.sub(b"", plain404.body),
+                                 "404 body differs from a plain 404")
 
     def test_normalised_inside_root(self):
         cases = [("/sub/../pub.txt", b"public"), ("/./pub.txt", b"public"),
@@ -2520,7 +2528,7 @@ class TestListing(SharedServerTestCase):
         if not self.evil:
             self.skipTest("file name with <, > and quotes not possible on Windows")
         text = self._html("/")
-        self.assertNotIn("<script>", text)
+        self.assertNotIn("<script>alert", text)
         self.assertNotIn(self.EVIL, text)
         self.assertIn(html.escape(self.EVIL), text)
         hrefs = entry_hrefs(text)
@@ -3392,7 +3400,8 @@ class TestRoutePrefix(SharedServerTestCase):
         cls.srv = start_server(fixture, cls.root, "--route-prefix", "/files", "--upload", "--echo")
 
     def _links(self, body):
-        return re.findall(r'(?:href|action)="([^"]*)"', body.decode("utf-8"))
+        return [link for link in re.findall(r'(?:href|action)="([^"]*)"', body.decode("utf-8"))
+                if not link.startswith("data:")]      # the inline favicon fetches nothing
 
     def test_prefix_without_slash_redirects(self):
         r = get(self.port, "/files")
@@ -7221,7 +7230,8 @@ class TestPageHeaders(SharedServerTestCase):
         r = get(self.port, "/")
         self.assertEqual(r.status, 200)
         page = r.body.decode("utf-8")
-        self.assertEqual(len(inline_element_texts(page, "script")), 1, "upload script expected")
+        self.assertEqual(len(inline_element_texts(page, "script")), 2,
+                         "upload and filter scripts expected")
         self.assertEqual(len(inline_element_texts(page, "style")), 2, "page and upload form")
         directives = self.assert_csp_allows_only_own_inline(r)
         # The upload script POSTs with XMLHttpRequest: default-src 'none' would block it.
@@ -8435,8 +8445,11 @@ class TestListingQR(SharedServerTestCase):
     def test_listing_shows_its_url_as_a_qr_code(self):
         resp = get(self.port, "/sub%20dir/")
         self.check_page_qr(resp, "http://127.0.0.1:%d/sub%%20dir/" % self.port)
-        self.assertNotIn(b"://", resp.body)     # nothing outside the page is referred to
-        self.assertNotIn(b"<script", resp.body)
+        # Nothing outside the page is referred to (the icons' data: URIs name the SVG
+        # namespace, which is not a reference), and the QR block itself has no script.
+        self.assertNotIn(b"://", re.sub(rb'data:image/svg\+xml,[^"]*', b"", resp.body))
+        qr_block = resp.body[resp.body.index(b'<details class="qr">'):]
+        self.assertNotIn(b"<script", qr_block[:qr_block.index(b"</details>")])
         self.assertIn("default-src 'none'", resp.headers["content-security-policy"])
 
     def test_url_follows_the_host_header(self):
@@ -11419,6 +11432,431 @@ class TestDAVClients(unittest.TestCase):
         self.assertEqual(os.listdir(root), [])
         self.assert_clean_log(server)
 
+
+# ---------------------------------------------------------------------------
+# The listing page: breadcrumbs, counts, filter, natural sort, icons, layout
+# ---------------------------------------------------------------------------
+
+class ListingRows(html.parser.HTMLParser):
+    """The rows of a listing's table body: [{"tr": attrs, "a": attrs, "cells": [text]}]."""
+
+    def __init__(self):
+        html.parser.HTMLParser.__init__(self)
+        self.rows = []
+        self._in_body = False
+        self._cell = None
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "tbody":
+            self._in_body = True
+        elif self._in_body and tag == "tr":
+            self.rows.append({"tr": dict(attrs), "a": None, "cells": []})
+        elif self._in_body and tag == "td" and self.rows:
+            self._cell = []
+        elif self._in_body and tag == "a" and self.rows and self.rows[-1]["a"] is None:
+            self.rows[-1]["a"] = dict(attrs)
+
+    def handle_endtag(self, tag):
+        if tag == "tbody":
+            self._in_body = False
+        elif tag == "td" and self._cell is not None:
+            self.rows[-1]["cells"].append("".join(self._cell))
+            self._cell = None
+
+    def handle_data(self, data):
+        if self._cell is not None:
+            self._cell.append(data)
+
+
+def listing_rows(page):
+    """The table rows of a listing page (str), parsed by ListingRows."""
+    finder = ListingRows()
+    finder.feed(page)
+    finder.close()
+    return finder.rows
+
+
+def css_block(css, opening):
+    """The text inside the braces of the block that starts with opening ("@media ...{")."""
+    start = css.index(opening) + len(opening)
+    depth, i = 1, start
+    while depth:
+        depth += {"{": 1, "}": -1}.get(css[i], 0)
+        i += 1
+    return css[start:i - 1]
+
+
+def without_data_uris(page):
+    """A page with every quoted data: URI (inline pictures, which fetch nothing) removed."""
+    return re.sub(r'"data:[^"]*"', '""', page)
+
+
+class TestListingPage(SharedServerTestCase):
+    """What the listing page shows and how: order, counts, links, filter, styles."""
+
+    SIZES = {"File_1.txt": 1, "file_2.txt": 20, "file_10.txt": 1000, "photo.png": 3000,
+             "clip.mp4": 5000, "song.mp3": 700, "pack.zip": 400, "notes.md": 30,
+             "paper.pdf": 2048, "blob.bin": 12345}
+    NATURAL_FILES = ["blob.bin", "clip.mp4", "File_1.txt", "file_2.txt", "file_10.txt",
+                     "notes.md", "pack.zip", "paper.pdf", "photo.png", "song.mp3"]
+    NATURAL_DIRS = ["dir1", "dir2", "Dir10"]
+
+    @classmethod
+    def set_up_shared(cls, fixture):
+        files = dict((name, b"x" * size) for name, size in cls.SIZES.items())
+        files.update({"dir1/a.txt": b"a", "Dir10/z.txt": b"z", "dir2/sub/deep/x.txt": b"xx",
+                      "dir2/big.bin": b"b" * 100, "dir2/small.bin": b"s", "dir2/mid": None,
+                      ".hidden/secret.txt": b"secret"})
+        cls.root = make_tree(fixture, files)
+        cls.srv = start_server(fixture, cls.root, "-q", "-u")
+        cls.pre = start_server(fixture, cls.root, "-q", "--route-prefix", "/files",
+                               "--no-archive")
+
+    def page(self, path, server=None, status=200):
+        """GET path from server (default: the class's) and return (response, page text)."""
+        r = get((server or self.srv).port, path)
+        self.assertEqual(r.status, status, r)
+        return r, r.body.decode("utf-8")
+
+    def crumbs(self, page):
+        """The breadcrumb <h1>'s links, HTML-unescaped, and its text."""
+        h1 = re.search(r"<h1>(.*?)</h1>", page, re.S).group(1)
+        return page_hrefs(h1), html.unescape(re.sub(r"<[^>]+>", "", h1))
+
+    def test_natural_sort_html(self):
+        for query, dirs, files in [("", self.NATURAL_DIRS, self.NATURAL_FILES),
+                                   ("?sort=name&order=desc", self.NATURAL_DIRS[::-1],
+                                    self.NATURAL_FILES[::-1])]:
+            with self.subTest(query=query):
+                hrefs = entry_hrefs(self.page("/" + query)[1])
+                self.assertEqual(hrefs, [d + "/" for d in dirs] + files)
+
+    def test_natural_sort_json(self):
+        doc = json_body(get(self.port, "/?format=json"))
+        self.assertEqual([e["name"] for e in doc["entries"]],
+                         self.NATURAL_DIRS + self.NATURAL_FILES)
+        self.assertEqual([e["size"] for e in doc["entries"] if e["type"] == "file"],
+                         [self.SIZES[n] for n in self.NATURAL_FILES])
+
+    def test_natural_key_and_stable_ties(self):
+        def entry(name, size=0, mtime=0):
+            return minihttpd.Entry(name, name, "file", size, mtime, minihttpd.natural_key(name))
+        names = ["x10", "X9", "x9", "x09", "x1y10", "x1y2", "a", "", "10", "9"]
+        got = [e.name for e in minihttpd.sort_entries([entry(n) for n in names])]
+        self.assertEqual(got, ["", "9", "10", "a", "x1y2", "x1y10", "X9", "x09", "x9", "x10"])
+        # Equal sizes keep name order, whatever order the folder gave them in.
+        same = [entry(n, size=5) for n in ("b", "a10", "a2")]
+        for order in (same, same[::-1]):
+            self.assertEqual([e.name for e in minihttpd.sort_entries(order, "size")],
+                             ["a2", "a10", "b"])
+
+    def test_breadcrumbs(self):
+        hrefs, text = self.crumbs(self.page("/dir2/sub/deep/")[1])
+        self.assertEqual(text, "/dir2/sub/deep/")
+        self.assertEqual([urllib.parse.urljoin("/dir2/sub/deep/", h) for h in hrefs],
+                         ["/", "/dir2/", "/dir2/sub/"])
+        self.assertEqual(self.crumbs(self.page("/")[1]), ([], "/"))
+        # Under a route prefix the root crumb is the prefix, and every link stays inside it.
+        hrefs, text = self.crumbs(self.page("/files/dir2/sub/", self.pre)[1])
+        self.assertEqual(text, "/files/dir2/sub/")
+        resolved = [urllib.parse.urljoin("/files/dir2/sub/", h) for h in hrefs]
+        self.assertEqual(resolved, ["/files/", "/files/dir2/"])
+        for path in resolved:
+            self.assertEqual(get(self.pre.port, path).status, 200, path)
+
+    def test_counts_and_total(self):
+        page = self.page("/")[1]
+        m = re.search(r'<p id="summary" title="(\d+) bytes">([^<]*)</p>', page)
+        self.assertIsNotNone(m, "no summary")
+        total = sum(self.SIZES.values())
+        self.assertEqual(int(m.group(1)), total)
+        self.assertEqual(m.group(2), "3 folders, 10 files, %s" % minihttpd.format_size(total))
+        m = re.search(r'<p id="summary" title="(\d+) bytes">([^<]*)</p>', self.page("/dir1/")[1])
+        self.assertEqual(m.groups(), ("1", "0 folders, 1 file, 1 B"))
+
+    def test_data_size_attributes(self):
+        rows = [r for r in listing_rows(self.page("/")[1]) if r["tr"].get("class") != "up"]
+        self.assertEqual(len(rows), 13)
+        for row in rows:
+            name = urllib.parse.unquote(row["a"]["href"])
+            with self.subTest(name=name):
+                if name.endswith("/"):
+                    self.assertEqual(row["tr"].get("class"), "dir")
+                    self.assertNotIn("data-size", row["tr"])
+                else:
+                    self.assertEqual(int(row["tr"]["data-size"]), self.SIZES[name])
+                    self.assertEqual(row["cells"][1], minihttpd.format_size(self.SIZES[name]))
+
+    def test_filter_box_script_and_csp(self):
+        r, page = self.page("/")
+        box = re.search(r"<input[^>]*\bid=\"filter\"[^>]*>", page)
+        self.assertIsNotNone(box, "no filter box")
+        self.assertRegex(box.group(0), r"\shidden[\s>]", "the box shows without JavaScript")
+        scripts = inline_element_texts(page, "script")
+        self.assertIn(minihttpd.FILTER_SCRIPT, scripts)
+        self.assertIn("getElementById('filter')", minihttpd.FILTER_SCRIPT)
+        self.assertIn("data-size", minihttpd.FILTER_SCRIPT)
+        allowed = csp_directives(r.headers["content-security-policy"])["script-src"]
+        for text in scripts:
+            self.assertIn(csp_hash(text), allowed)
+        self.assertNotIn("'unsafe-inline'", allowed)
+        self.assertIsNone(re.search(r"<[^>]+\s(style|on[a-z]+)\s*=", page), "inline attribute")
+
+    def test_dark_mode_css(self):
+        css = inline_element_texts(self.page("/")[1], "style")[0]
+        self.assertIn("color-scheme:light dark", css)
+        dark = css_block(css, "@media (prefers-color-scheme:dark){")
+        for var in ("--bg:", "--fg:", "--link:"):
+            self.assertIn(var, dark)
+
+    def test_favicon_inline_on_every_page(self):
+        for path, status in [("/", 200), ("/dir2/", 200), ("/missing.txt", 404)]:
+            with self.subTest(path=path):
+                page = self.page(path, status=status)[1]
+                self.assertRegex(page, r'<link rel="icon" href="data:image/svg\+xml,[^"]+">')
+
+    def test_no_external_urls(self):
+        pages = [self.page("/")[1], self.page("/dir2/?sort=size&order=desc")[1],
+                 self.page("/missing/x", status=404)[1], self.page("/files/", self.pre)[1]]
+        for page in pages:
+            rest = without_data_uris(page)
+            self.assertNotIn("http://", rest)
+            self.assertNotIn("https://", rest)
+            self.assertNotRegex(rest, r'(?i)\b(src|href|action)\s*=\s*["\']?\s*//')
+            self.assertNotRegex(rest, r'(?i)url\(\s*["\']?\s*(//|[a-z]+:)')
+            for url in re.findall(r'(?i)\b(?:src|href|action)\s*=\s*"([^"]*)"', page):
+                with self.subTest(url=url[:60]):
+                    self.assertNotRegex(url, r"^(?!data:)[A-Za-z][A-Za-z0-9+.-]*:")
+
+    def test_sort_carried_into_folder_links(self):
+        page = self.page("/?sort=size&order=desc")[1]
+        links = [r["a"]["href"] for r in listing_rows(page)]
+        folders = [h for h in links if "/" in h]
+        self.assertEqual(folders, [d + "/?sort=size&order=desc" for d in self.NATURAL_DIRS[::-1]])
+        self.assertTrue(all("?" not in h for h in links if "/" not in h), links)
+        self.assertIn('<meta name="robots" content="noindex, nofollow">', page)
+        # Followed, the link lists the subfolder in the same order; its parent and crumbs carry it.
+        sub = self.page("/dir2/?sort=size&order=desc")[1]
+        self.assertEqual(entry_hrefs(sub), ["sub/", "mid/", "big.bin", "small.bin"])
+        self.assertEqual(listing_rows(sub)[0]["a"]["href"], "../?sort=size&order=desc")
+        self.assertEqual(self.crumbs(sub)[0], ["../?sort=size&order=desc"])
+        # The default order carries nothing, and robots may follow it.
+        page = self.page("/")[1]
+        self.assertEqual([r["a"]["href"] for r in listing_rows(page)][:3],
+                         [d + "/" for d in self.NATURAL_DIRS])
+        self.assertNotIn('name="robots"', page)
+        self.assertEqual(self.crumbs(self.page("/dir2/")[1])[0], ["../"])
+
+    def test_error_page_links_back(self):
+        cases = [(self.srv, "/dir2/sub/missing.txt", "/dir2/sub/"),
+                 (self.srv, "/dir2/nothing/deeper/x", "/dir2/"),
+                 (self.srv, "/dir2/big.bin/x", "/dir2/"),
+                 (self.srv, "/missing", "/"),
+                 (self.srv, "/.hidden/secret.txt", "/"),
+                 (self.pre, "/files/dir1/missing/", "/files/dir1/"),
+                 (self.pre, "/files/nothing", "/files/")]
+        for server, path, back in cases:
+            with self.subTest(path=path):
+                page = self.page(path, server, status=404)[1]
+                m = re.search(r'<a class="back" href="([^"]*)">', page)
+                self.assertIsNotNone(m, "no link back")
+                self.assertEqual(html.unescape(m.group(1)), back)
+                self.assertEqual(get(server.port, back).status, 200)
+        self.assertNotIn('class="back"', self.page("/nope", self.pre, status=404)[1])
+
+    def test_phone_layout_css(self):
+        css = inline_element_texts(self.page("/")[1], "style")[0]
+        phone = css_block(css, "@media (max-width:40rem){")
+        # The heading row (Modified among it) goes with the columns: size and date move
+        # under the name, and the sort links move to a bar of their own.
+        self.assertIn("thead{display:none}", phone)
+        self.assertIn(".sortbar{display:block", phone)
+        self.assertIn(".sortbar{display:none}", css.replace(phone, ""))
+        self.assertNotRegex(phone, r"(^|[\n},])td\.time[,{][^}]*display:none")
+        # Each row is one tap target at least 44 px high: the link's box covers the row.
+        self.assertRegex(phone, r"tbody tr\{[^}]*position:relative[^}]*min-height:2\.75rem")
+        self.assertRegex(phone, r"td\.n a::after\{content:\"\";position:absolute;"
+                                r"top:0;right:0;bottom:0;left:0\}")
+        page = self.page("/")[1]
+        self.assertRegex(page, r'<p class="sortbar">Sort:(<a href="\?sort=[a-z]+&amp;order=[a-z]+"'
+                               r' rel="nofollow">[^<]+</a>){3}</p>')
+
+    def test_icons(self):
+        rows = listing_rows(self.page("/")[1])
+        classes = dict((urllib.parse.unquote(r["a"]["href"]), r["a"].get("class")) for r in rows)
+        want = {"dir1/": "dir", "photo.png": "img", "clip.mp4": "vid", "song.mp3": "aud",
+                "pack.zip": "zip", "notes.md": "txt", "File_1.txt": "txt", "paper.pdf": "pdf",
+                "blob.bin": None}
+        for name, css in want.items():
+            self.assertEqual(classes[name], css, name)
+        self.assertEqual(listing_rows(self.page("/dir2/")[1])[0]["a"].get("class"), "up")
+        css = minihttpd.PAGE_STYLE
+        for name in ("dir", "up", "img", "vid", "aud", "zip", "txt", "pdf"):
+            self.assertRegex(css, r'td\.n \.%s::before[^{]*\{background-image:url\("data:image/svg'
+                             % name)
+
+    def test_download_buttons(self):
+        page = self.page("/dir2/")[1]
+        form = re.search(r'<form class="dl" method="get">(.*?)</form>', page, re.S)
+        self.assertIsNotNone(form, "no download buttons")
+        for kind in ("zip", "tar"):
+            self.assertIn('<button name="download" value="%s" formaction="?download=%s">'
+                          % (kind, kind), form.group(1))
+        self.assertNotRegex(page, r'href="\?download=', "wget -r follows every href")
+        self.assertNotIn('class="dl"', self.page("/files/dir2/", self.pre)[1])
+
+    def test_wget_mirror_skips_sorted_copies_and_archives(self):
+        wget = shutil.which("wget")
+        if not wget:
+            self.skipTest("wget not installed")
+        out = make_tree(self)
+        p = subprocess.run([wget, "-q", "-r", "-np", "-l", "8", "-e", "robots=on", "-P", out,
+                            "-nH", self.srv.url("/")], stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, timeout=60, env=client_env())
+        self.assertEqual(p.returncode, 0, p.stderr)
+        got = list_tree(out)
+        for name, size in self.SIZES.items():
+            self.assertEqual(os.path.getsize(os.path.join(out, name)), size, name)
+        self.assertEqual(read_file(os.path.join(out, "dir2", "sub", "deep", "x.txt")), b"xx")
+        self.assertFalse([g for g in got if "download=" in g], got)
+        sorted_copies = [g for g in got if "?sort=" in g]
+        folders = set(os.path.dirname(g) for g in got if g.endswith("index.html"))
+        # One copy per heading link of each folder's own page, none through another copy.
+        self.assertEqual(len(sorted_copies), 3 * len(folders), sorted_copies)
+
+
+
+def find_chromium():
+    """The path of a Chromium to run headless, or None."""
+    for name in ("chromium", "chromium-browser"):
+        path = shutil.which(name)
+        if path:
+            return path
+    return None
+
+
+def start_chromium(testcase, chromium, url, flags):
+    """Start a headless Chromium on url with flags (its own profile); returns the Popen."""
+    profile = tempfile.mkdtemp(prefix="minihttpd-chromium-")
+    testcase.addCleanup(shutil.rmtree, profile, True)
+    cmd = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+           "--disable-background-networking", "--disable-component-update", "--disable-sync",
+           "--no-proxy-server", "--disable-dev-shm-usage", "--hide-scrollbars",
+           "--user-data-dir=" + profile] + list(flags) + [url]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            stdin=subprocess.DEVNULL, env=client_env())
+
+    def stop():
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()              # reaps it and closes its pipes
+    testcase.addCleanup(stop)
+    return proc
+
+
+def finish_chromium(testcase, proc, timeout=60):
+    """Wait for a Chromium from start_chromium; returns (stdout text, stderr tail)."""
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        testcase.fail("chromium did not finish within %d s" % timeout)
+    return out.decode("utf-8", "replace"), err.decode("utf-8", "replace")[-2000:]
+
+
+def png_summary(path):
+    """(width, height, top-left pixel as (r, g, b)) of an 8-bit RGB or RGBA PNG file."""
+    with open(path, "rb") as f:
+        data = f.read()
+    if data[:8] != b"\x89PNG\r\n\x1a\n":
+        raise ValueError("not a PNG: %r" % data[:8])
+    pos, idat, width, height = 8, [], 0, 0
+    while pos < len(data):
+        length, kind = struct.unpack(">I4s", data[pos:pos + 8])
+        chunk = data[pos + 8:pos + 8 + length]
+        if kind == b"IHDR":
+            width, height, depth, color = struct.unpack(">IIBB", chunk[:10])
+            if depth != 8 or color not in (2, 6):
+                raise ValueError("unexpected PNG format: depth %d, colour %d" % (depth, color))
+        elif kind == b"IDAT":
+            idat.append(chunk)
+        pos += 12 + length
+    # Whatever the first row's filter, its first pixel is stored as it is (nothing on its
+    # left or above), so one partial decompression gives it.
+    first = zlib.decompressobj().decompress(b"".join(idat), 16)
+    return width, height, tuple(bytearray(first[1:4]))
+
+
+class TestListingBrowser(SharedServerTestCase):
+    """Headless Chromium draws the listing page and runs its filter.
+
+    The quick run draws the phone page in dark mode; MINIHTTPD_SLOW_TESTS=1
+    draws phone and desktop, light and dark.  Set MINIHTTPD_SCREENSHOTS=DIR
+    to keep the pictures in DIR (otherwise a temporary folder, removed).
+    """
+
+    SHOTS = [("phone-dark", 390, 844, True), ("phone-light", 390, 844, False),
+             ("desktop-light", 1280, 800, False), ("desktop-dark", 1280, 800, True)]
+
+    @classmethod
+    def set_up_shared(cls, fixture):
+        cls.chromium = find_chromium()
+        files = dict((name, b"x" * size) for name, size in TestListingPage.SIZES.items())
+        files.update({"dir1/a.txt": b"a", "Dir10/z.txt": b"z", "dir2/sub/x.txt": b"xx",
+                      "a rather long file name that has to wrap on a phone screen.txt": b"w"})
+        cls.root = make_tree(fixture, files)
+        cls.srv = start_server(fixture, cls.root, "-u")          # logged: favicon requests show
+        if cls.chromium is None:
+            return
+        # Every browser starts at once, and each test collects its own: the two cores
+        # draw pages while the others wait.  "#filter=TEXT" fills the box on load, as
+        # typing would (FILTER_SCRIPT).
+        cls.filter_run = start_chromium(fixture, cls.chromium, cls.srv.url("/#filter=file_1"),
+                                        ["--virtual-time-budget=5000", "--dump-dom"])
+        slow = os.environ.get("MINIHTTPD_SLOW_TESTS") == "1"
+        cls.folder = os.environ.get("MINIHTTPD_SCREENSHOTS") or make_tree(fixture)
+        os.makedirs(cls.folder, exist_ok=True)
+        cls.shots = []
+        for name, width, height, dark in cls.SHOTS if slow else cls.SHOTS[:1]:
+            path = os.path.join(cls.folder, "listing-%s.png" % name)
+            if os.path.exists(path):
+                os.unlink(path)
+            flags = ["--window-size=%d,%d" % (width, height), "--screenshot=" + path]
+            if dark:
+                flags += ["--force-dark-mode", "--blink-settings=preferredColorScheme=0"]
+            cls.shots.append((name, path, width, height, dark,
+                              start_chromium(fixture, cls.chromium, cls.srv.url("/"), flags)))
+
+    def setUp(self):
+        if self.chromium is None:
+            self.skipTest("chromium not installed: no chromium or chromium-browser on PATH "
+                          "(Debian package 'chromium')")
+
+    def test_filter_runs(self):
+        dom, err = finish_chromium(self, self.filter_run)
+        rows = listing_rows(dom)
+        self.assertTrue(rows, "no rows in the DOM; chromium stderr: %s" % err)
+        shown = [urllib.parse.unquote(r["a"]["href"]) for r in rows if "hidden" not in r["tr"]]
+        self.assertEqual(shown, ["File_1.txt", "file_10.txt"])
+        self.assertEqual(len(rows), 14)
+        m = re.search(r'<p id="summary" title="(\d+) bytes">([^<]*)</p>', dom)
+        self.assertEqual(m.groups(), ("1001", "0 of 3 folders, 2 of 11 files, 1001 B"))
+        box = re.search(r'<input id="filter"[^>]*>', dom).group(0)
+        self.assertNotIn("hidden", box, "the script did not show the box")
+        self.assertNotIn("favicon.ico", self.srv.stderr_text())
+
+    def test_screenshots(self):
+        for name, path, width, height, dark, proc in self.shots:
+            with self.subTest(name):
+                err = finish_chromium(self, proc)[1]
+                self.assertTrue(os.path.exists(path), "no screenshot; chromium stderr: %s" % err)
+                self.assertGreater(os.path.getsize(path), 10000, "a nearly blank picture")
+                got_width, got_height, corner = png_summary(path)
+                self.assertEqual((got_width, got_height), (width, height))
+                # The page's own background: dark mode follows prefers-color-scheme.
+                self.assertEqual(corner, (13, 17, 23) if dark else (255, 255, 255))
+        self.assertNotIn("favicon.ico", self.srv.stderr_text())
 
 if __name__ == "__main__":
     unittest.main()
