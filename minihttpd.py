@@ -4584,7 +4584,9 @@ def stat_resource(config, key):
 
 
 def request_key(request):
-    """The tree key the request's target names."""
+    """The tree key the request's target names (/PREFIX without its slash: the root)."""
+    if request.route.kind == "prefix_redirect":
+        return "/"                      # WebDAV clients may leave the slash off a folder
     if request.route.kind != "tree":
         raise HTTPError(405, "WebDAV works on the served folder.",
                         [("Allow", "GET, HEAD, OPTIONS")])
@@ -4875,7 +4877,9 @@ class TreeJob(object):
         return self.answer()
 
     def abort(self):
-        """The client left: stop where the job is (what is done stays done)."""
+        """The connection ends early (a deadline, the server stopping): stop where the
+        job is; what is done stays done.  A client that merely hangs up does not
+        stop it: the request it sent is carried out, as a sent DELETE should be."""
         self.steps.close()
 
 

@@ -10501,6 +10501,8 @@ class TestDAVPropfind(DAVTestCase):
         self.assertEqual(sorted(hrefs), ["/files/sub/", "/files/sub/b.bin", "/files/sub/inner/"])
         self.assertEqual(list(propfind(self, port, "/files/", "0")), ["/files/"])
         self.assertEqual(request(port, "PROPFIND", "/sub/", {"Depth": "0"}).status, 404)
+        # The prefix without its slash names the root too (clients leave it off).
+        self.assertEqual(list(propfind(self, port, "/files", "0")), ["/files/"])
 
 
 def make_unchangeable(testcase, folder):
