@@ -2165,6 +2165,14 @@ tr.dir td.time{padding-left:2.15rem}
 tr.dir td.time::before{content:none}
 }
 details.qr summary{cursor:pointer}details.qr svg{display:block;max-width:100%;height:auto}
+#dav{margin:0;display:flex;flex-wrap:wrap;gap:.4rem;align-items:center}
+#dav button,td.act button{font:inherit;font-size:.85rem;min-height:2rem;padding:.2rem .6rem;
+border:1px solid var(--line);border-radius:.4rem;background:var(--box);color:var(--link);
+cursor:pointer}
+td.act{white-space:nowrap;text-align:right;position:relative;z-index:1}
+td.act button+button{margin-left:.3rem}
+@media (max-width:40rem){td.act{grid-column:1/-1;text-align:left;padding:0 .5rem .5rem 2.15rem}
+td.act:empty{display:none}}
 """
 
 # The upload form's own rules, sent with the form (and the outcome page), so
@@ -2322,6 +2330,51 @@ box.removeAttribute('hidden');
 """
 
 
+# The listing's WebDAV actions, shown only when writes are allowed and script
+# runs (without it the page stays as it is): "New folder" (MKCOL), and on each
+# row "Rename" (MOVE with Overwrite: F, so nothing is replaced by accident)
+# and, with --overwrite, "Delete" (DELETE, asked first).
+DAV_SCRIPT = """
+document.addEventListener('DOMContentLoaded',function(){
+var bar=document.getElementById('dav');if(!bar||!window.fetch)return;
+var del=bar.getAttribute('data-delete')=='1',say=document.getElementById('dav-status');
+function fail(what,r,name){r.text().then(function(t){var m='';
+ try{m=JSON.parse(t).message||'';}catch(e){}
+ if(r.status==412)m='something named '+name+' is there already.';
+ if(r.status==423)m='it is locked by another client.';
+ say.textContent=what+' failed: '+r.status+' '+r.statusText+(m?' \\u2014 '+m:'');});}
+function send(method,url,headers,what,ok,name){headers.Accept='application/json';
+ fetch(url,{method:method,headers:headers,credentials:'same-origin'}).then(function(r){
+  if(r.status==ok){location.reload();return;}
+  if(r.status==207){say.textContent=what+': some items could not be changed.';return;}
+  fail(what,r,name);},function(){say.textContent=what+' failed: the connection was lost.';});}
+function bad(n){return !n||/[\\/\\\\]/.test(n)||n=='.'||n=='..';}
+function ask(text,value){var n=prompt(text,value);return n===null?null:n.trim();}
+document.getElementById('new-folder').addEventListener('click',function(){
+ var n=ask('Name of the new folder:','');if(n===null)return;
+ if(bad(n)){say.textContent='A name cannot be empty or hold / or \\\\.';return;}
+ send('MKCOL',encodeURIComponent(n)+'/',{},'New folder',201,n);});
+var head=document.querySelector('thead tr');
+if(head)head.appendChild(document.createElement('th')).className='act';
+[].forEach.call(document.querySelectorAll('tbody tr'),function(r){
+ var cell=r.insertCell(-1),a=r.querySelector('td.n a');cell.className='act';
+ if(!a||r.className=='up')return;
+ var href=a.getAttribute('href').split('?')[0],dir=/\\/$/.test(href),
+  name=a.textContent.replace(/\\/$/,'');
+ function button(label,go){var b=cell.appendChild(document.createElement('button'));
+  b.type='button';b.textContent=label;b.addEventListener('click',go);}
+ button('Rename',function(){var n=ask('New name for '+name+':',name);
+  if(n===null||n==name)return;
+  if(bad(n)){say.textContent='A name cannot be empty or hold / or \\\\.';return;}
+  var to=new URL(encodeURIComponent(n)+(dir?'/':''),location.href);
+  send('MOVE',href,{'Destination':to.origin+to.pathname,'Overwrite':'F'},'Rename',201,n);});
+ if(del)button('Delete',function(){
+  if(!confirm('Delete '+name+(dir?' and everything in it':'')+'?'))return;
+  send('DELETE',href,{},'Delete',204,name);});});
+bar.removeAttribute('hidden');});
+"""
+
+
 def csp_hash(text):
     """The 'sha256-…' source a Content-Security-Policy uses to allow one inline text."""
     return "'sha256-%s'" % base64.b64encode(hashlib.sha256(text.encode("utf-8")).digest()
@@ -2333,7 +2386,8 @@ def csp_hash(text):
 PAGE_CSP = ("default-src 'none'; style-src %s; script-src %s; img-src 'self' data:; "
             "connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'self'"
             % (csp_hash(PAGE_STYLE) + " " + csp_hash(UPLOAD_STYLE),
-               csp_hash(UPLOAD_SCRIPT) + " " + csp_hash(FILTER_SCRIPT)))
+               " ".join(csp_hash(script) for script in (UPLOAD_SCRIPT, FILTER_SCRIPT,
+                                                         DAV_SCRIPT))))
 PAGE_HEADERS = [("Content-Type", "text/html; charset=utf-8"),
                 ("Content-Security-Policy", PAGE_CSP)]
 
@@ -2530,6 +2584,10 @@ def render_listing_top(url_path, sort, order, config, counts, qr_block=""):
                      '<button name="download" value="zip" formaction="?download=zip">zip</button>'
                      '<button name="download" value="tar" formaction="?download=tar">tar</button>'
                      '</form>')
+    if config.upload:                   # DAV_SCRIPT shows it and fills in the row actions
+        tools.append('<p id="dav" data-delete="%d" hidden><button type="button" id="new-folder">'
+                     'New folder</button><span id="dav-status" role="status"></span></p>'
+                     '<script>%s</script>' % (config.overwrite, DAV_SCRIPT))
     up = ""
     if url_path != config.prefix + "/":
         up = ('<tr class="up"><td class="n"><a class="up" href="../%s">../</a></td>'

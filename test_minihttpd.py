@@ -7230,8 +7230,8 @@ class TestPageHeaders(SharedServerTestCase):
         r = get(self.port, "/")
         self.assertEqual(r.status, 200)
         page = r.body.decode("utf-8")
-        self.assertEqual(len(inline_element_texts(page, "script")), 2,
-                         "upload and filter scripts expected")
+        self.assertEqual(len(inline_element_texts(page, "script")), 3,
+                         "upload, WebDAV actions and filter scripts expected")
         self.assertEqual(len(inline_element_texts(page, "style")), 2, "page and upload form")
         directives = self.assert_csp_allows_only_own_inline(r)
         # The upload script POSTs with XMLHttpRequest: default-src 'none' would block it.
@@ -9568,6 +9568,97 @@ class TestUploadOutcomesBrowser(unittest.TestCase):
             with self.subTest(rel=rel):
                 self.assertEqual(read_file(os.path.join(root, "up", *rel.split("/"))), data)
         self.assertEqual(upload_temps(root), [])
+
+
+# The listing's WebDAV actions, driven in an iframe: each load of the listing
+# takes the next step (the page reloads after an action that succeeds); a
+# refused rename stays on the page and says why.  prompt() and confirm() are
+# answered by the test.
+BROWSER_DAV_PAGE = """<!DOCTYPE html>
+<html><head><meta charset="utf-8"><title>autotest</title></head><body>
+<div id="status">STARTED</div>
+<iframe id="f" src="/box/"></iframe>
+<script>
+var st = document.getElementById("status"), frame = document.getElementById("f"), step = 0;
+function row(doc, name) {
+  var links = doc.querySelectorAll("td.n a");
+  for (var i = 0; i < links.length; i++) {
+    if (links[i].textContent === name) { return links[i].closest("tr"); }
+  }
+  throw new Error("no row " + name);
+}
+function click(doc, name, label) {
+  var buttons = row(doc, name).querySelectorAll("td.act button");
+  for (var i = 0; i < buttons.length; i++) {
+    if (buttons[i].textContent === label) { buttons[i].click(); return; }
+  }
+  throw new Error("no " + label + " on " + name);
+}
+function names(doc) {
+  return Array.prototype.map.call(doc.querySelectorAll("td.n a"),
+                                  function (a) { return a.textContent; }).join(",");
+}
+function wait(doc, tries) {
+  var said = doc.getElementById("dav-status").textContent;
+  if (!said && tries < 200) { setTimeout(function () { wait(doc, tries + 1); }, 50); return; }
+  st.textContent = "DONE " + names(doc) + " | " + said;
+}
+frame.addEventListener("load", function () {
+  var doc = frame.contentDocument, W = frame.contentWindow;
+  step += 1;
+  try {
+    if (step === 1) {
+      W.prompt = function () { return "made"; };
+      doc.getElementById("new-folder").click();
+    } else if (step === 2) {
+      W.prompt = function () { return "renamed.txt"; };
+      click(doc, "a.txt", "Rename");
+    } else if (step === 3) {
+      W.confirm = function () { return true; };
+      click(doc, "old/", "Delete");
+    } else if (step === 4) {
+      W.prompt = function () { return "renamed.txt"; };
+      click(doc, "b.bin", "Rename");
+      wait(doc, 0);
+    }
+  } catch (e) { st.textContent = "ERROR step " + step + ": " + e; }
+});
+</script></body></html>
+"""
+
+
+class TestListingDAVActions(unittest.TestCase):
+    """Headless Chromium uses the listing's New folder, Rename and Delete (WebDAV) actions."""
+
+    _chromium = TestUploadBrowser._chromium
+    _run = TestUploadBrowser._run
+
+    def test_new_folder_rename_and_delete(self):
+        chromium = self._chromium()
+        root = make_tree(self, {"box/a.txt": b"a", "box/b.bin": b"b", "box/old/x.txt": b"x",
+                                "autotest.html": BROWSER_DAV_PAGE.encode("utf-8")})
+        s = start_server(self, root, "-u", "--overwrite")
+        status, _, err = self._run(chromium, s.url("/autotest.html"))
+        self.assertEqual(status, "DONE ../,made/,b.bin,renamed.txt | Rename failed: 412 "
+                         "Precondition Failed \u2014 something named renamed.txt is there "
+                         "already.", "chromium stderr: %s\nserver log: %s"
+                         % (err, s.stderr_text()))
+        self.assertEqual(sorted(os.listdir(os.path.join(root, "box"))),
+                         ["b.bin", "made", "renamed.txt"])
+        self.assertEqual(read_file(os.path.join(root, "box", "renamed.txt")), b"a")
+
+    def test_actions_follow_the_write_options(self):
+        root = make_tree(self, {"box/a.txt": b"a"})
+        pages = {}
+        for name, args in (("read", ()), ("upload", ("-u",)),
+                           ("overwrite", ("-u", "--overwrite"))):
+            r = get(start_server(self, root, *args).port, "/box/")
+            self.assertEqual(r.status, 200)
+            pages[name] = r.body.decode("utf-8")
+        self.assertNotIn('id="dav"', pages["read"])
+        self.assertNotIn("new-folder", pages["read"])
+        self.assertIn('<p id="dav" data-delete="0" hidden>', pages["upload"])
+        self.assertIn('<p id="dav" data-delete="1" hidden>', pages["overwrite"])
 
 
 # ---------------------------------------------------------------------------
