@@ -65,6 +65,7 @@ IO_TIMEOUT_S = 10        # every socket operation in a test is bounded by this
 # set; .ci/run sets it for the newest interpreter only.
 SLOW_TESTS = os.environ.get("MINIHTTPD_SLOW_TESTS") == "1"
 SLOW_REASON = "slow: set MINIHTTPD_SLOW_TESTS=1 to run"
+BROWSER_REASON = "the browser tests are slow checks: set MINIHTTPD_SLOW_TESTS=1 to run them"
 SHORT_IO_TIMEOUT_S = 5   # for exchanges the server answers at once (a miss fails sooner)
 SERVING_RE = re.compile(r"^Serving (.+) on https?://(\[[^\]]+\]|[^:/]+):(\d+)/$")
 UPLOAD_TEMP_PREFIX = ".minihttpd-upload-"
@@ -7901,6 +7902,7 @@ BROWSER_ACTION_DROP = """
 """
 
 
+@unittest.skipUnless(SLOW_TESTS, BROWSER_REASON)
 class TestUploadBrowser(unittest.TestCase):
     """Headless Chromium uploads through the listing page."""
 
@@ -9516,6 +9518,7 @@ BROWSER_ACTION_FOLDER_DROP = """
 """
 
 
+@unittest.skipUnless(SLOW_TESTS, BROWSER_REASON)
 class TestUploadOutcomesBrowser(unittest.TestCase):
     """Headless Chromium runs the listing's upload script: outcomes on the page, folder drops."""
 
@@ -9627,6 +9630,7 @@ frame.addEventListener("load", function () {
 """
 
 
+@unittest.skipUnless(SLOW_TESTS, BROWSER_REASON)
 class TestListingDAVActions(unittest.TestCase):
     """Headless Chromium uses the listing's New folder, Rename and Delete (WebDAV) actions."""
 
@@ -11881,6 +11885,7 @@ def png_summary(path):
     return width, height, tuple(bytearray(first[1:4]))
 
 
+@unittest.skipUnless(SLOW_TESTS, BROWSER_REASON)
 class TestListingBrowser(SharedServerTestCase):
     """Headless Chromium draws the listing page and runs its filter.
 
