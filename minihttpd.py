@@ -1090,6 +1090,20 @@ def is_private(fs_path, config):
     return bool(config.private_files) and os.path.realpath(fs_path) in config.private_files
 
 
+def is_shown(entry, config):
+    """Whether a folder's entry (from os.scandir) may be listed and served: the rule
+    listings, archives, PROPFIND and COPY share.  Its name is visible, it is not a
+    symlink that leads outside the root (unless follow_symlinks), nor a private file.
+
+    Raises OSError when the entry cannot be looked at (a broken link, raced away).
+    """
+    if not is_visible(entry.name, config.hidden):
+        return False
+    if entry.is_symlink() and not is_confined(entry.path, config.root, config.follow_symlinks):
+        return False
+    return not is_private(entry.path, config)
+
+
 # 3.13 soft-deprecated guess_type() for file paths in favour of guess_file_type().
 GUESS_FILE_TYPE = getattr(mimetypes, "guess_file_type", mimetypes.guess_type)
 
@@ -1179,13 +1193,8 @@ def scan_directory(scandir_iter, config, limit=LISTING_STEP_ENTRIES):
     entries = []
     for entry in scandir_iter:
         name = entry.name
-        if not is_visible(name, config.hidden):
-            continue
         try:
-            if entry.is_symlink() and not is_confined(entry.path, config.root,
-                                                      config.follow_symlinks):
-                continue
-            if is_private(entry.path, config):
+            if not is_shown(entry, config):
                 continue
             st = entry.stat()
         except OSError:
@@ -1945,14 +1954,8 @@ class FolderArchive(object):
             self.stack.pop()
             iterator.close()
             return
-        config = self.config
-        if not is_visible(entry.name, config.hidden):
-            return
         try:
-            if entry.is_symlink() and not is_confined(entry.path, config.root,
-                                                      config.follow_symlinks):
-                return
-            if is_private(entry.path, config):
+            if not is_shown(entry, self.config):
                 return
             is_dir = entry.is_dir()
             is_file = not is_dir and entry.is_file()
@@ -4743,9 +4746,7 @@ def propfind_members(ctx, key, scandir_iter, mode, names):
     parts = []
     for entry in scandir_iter:
         try:
-            if not is_visible(entry.name, config.hidden) or is_private(entry.path, config) \
-                    or (entry.is_symlink() and not is_confined(entry.path, config.root,
-                                                               config.follow_symlinks)):
+            if not is_shown(entry, config):
                 continue
             st = entry.stat()
         except OSError:
@@ -5055,12 +5056,9 @@ def copy_steps(ctx, source, target, depth, failures):
             count = 0
             for entry in entries:
                 count += 1
-                if not is_visible(entry.name, config.hidden) or is_private(entry.path, config):
-                    continue
                 destination = os.path.join(into, entry.name)
                 try:
-                    if entry.is_symlink() and (entry.is_dir() or not is_confined(
-                            entry.path, config.root, config.follow_symlinks)):
+                    if not is_shown(entry, config) or (entry.is_symlink() and entry.is_dir()):
                         continue
                     if entry.is_dir():
                         os.mkdir(destination)
