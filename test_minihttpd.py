@@ -9435,6 +9435,12 @@ class TestUploadOutcomes(SharedServerTestCase):
         self.assertNotIn('class="limit"', form)
         self.assertIn('data-max="0" data-hidden="0"', form)
 
+    def test_listing_states_the_limit(self):
+        srv = start_server(self, make_tree(self, {"a.txt": b"a"}), "-u", "--max-upload", "2G")
+        page = get(srv.port, "/").body.decode("utf-8")
+        self.assertIn("(at most 2.0 GiB per upload)", page)
+        self.assertIn('data-max="2147483648" data-hidden="0"', page)
+
     def test_publish_first_free_never_replaces(self):
         folder = make_tree(self, {"a.txt": b"A", "a (1).txt": b"A1", "a (2)": None})
         ctx = minihttpd.Context(minihttpd.Config(**dict.fromkeys(minihttpd.Config._fields)))
