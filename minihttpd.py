@@ -36,7 +36,7 @@ Map of this file (each section uses only those above it):
   14. Command line
 """
 
-__version__ = "1.1.0"
+__version__ = "1.2.0"
 
 import argparse
 import base64
