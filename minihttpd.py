@@ -10,8 +10,9 @@ client:
 
 What it is: keep-alive, pipelining, ranges (resumable downloads, video
 seeking), conditional requests, directory listings in HTML and JSON,
-gzip, uploads that never leave a half-written file, many clients on one
-thread.  What it deliberately is not: a CGI host, a reverse proxy, or a
+gzip, uploads that never leave a half-written file, folders downloaded
+as zip or tar, WebDAV (mount the share as a network drive), the address
+to type (or a QR code) printed at start-up, many clients on one thread.  What it deliberately is not: a CGI host, a reverse proxy, or a
 server for the open Internet.  It runs unchanged on CPython 3.6 and later.
 
 One thread serves everyone, so the loop is fair by rule: each turn gives
