@@ -106,6 +106,8 @@ MAX_LARGE_LISTINGS = 4                 # listings too large for one step, at onc
 LISTING_STEP_ENTRIES = 256             # entries stat()ed or rendered per body piece
 LISTING_NAMES_KEPT = 8192              # names whose quoted form and sort key are kept
                                        # (about 2 MiB)
+LISTING_PAGES_KEPT = 8                 # listing pages kept with what they were made from ...
+LISTING_PAGE_ENTRIES = 2048            # ... for folders of at most this many (~1 MiB each)
 MAX_FORM_PARTS = 1000                  # parts in one form post; more get 413
 FORM_PARTS_PER_TURN = 4                # part starts and ends (each end an fsync) per turn
 MAX_RENAME_TRIES = 1000                # --rename: "name (1).ext" up to "(999)", one lstat
@@ -2641,7 +2643,7 @@ def render_listing_bottom(left_out):
 
 
 def listing_pieces(scandir_iter, config, url_path, sort, order, as_json, entries, exhausted,
-                   qr_block=""):
+                   qr_block="", pages=None):
     """Yield a folder's listing as HTML or JSON, in bounded pieces.
 
     entries were read already (exhausted: all of them).  Reading the rest
@@ -2649,6 +2651,12 @@ def listing_pieces(scandir_iter, config, url_path, sort, order, as_json, entries
     LISTING_STEP_ENTRIES, so a folder of 50,000 names never holds the
     loop; at most MAX_LISTING_ENTRIES are shown, and the page says how
     many were left out.
+
+    pages (a dict, or None) keeps the pages of folders up to
+    LISTING_PAGE_ENTRIES entries, each with what it was made from: the
+    entries as read (names, sizes, times) and the count left out.  A
+    folder read again with the same entries gets the same bytes without
+    sorting and rendering; any change of a size or a time is a new page.
     """
     while not exhausted and len(entries) < MAX_LISTING_ENTRIES:
         batch, exhausted = scan_directory(
@@ -2664,6 +2672,27 @@ def listing_pieces(scandir_iter, config, url_path, sort, order, as_json, entries
                 break
             left_out += is_visible(entry.name, config.hidden)
         yield b""
+    key = (url_path, sort, order, as_json, qr_block)
+    made_from = (tuple(entries), left_out)
+    kept = pages.get(key) if pages is not None else None
+    if kept is not None and kept[0] == made_from:
+        yield kept[1]
+        return
+    made = [] if pages is not None and len(entries) <= LISTING_PAGE_ENTRIES else None
+    for piece in render_listing(config, url_path, sort, order, as_json, entries, left_out,
+                                qr_block):
+        if made is not None:
+            made.append(piece)
+        yield piece
+    if made is not None:
+        pages.pop(key, None)
+        pages[key] = (made_from, b"".join(made))
+        while len(pages) > LISTING_PAGES_KEPT:
+            pages.pop(next(iter(pages)))
+
+
+def render_listing(config, url_path, sort, order, as_json, entries, left_out, qr_block):
+    """Yield a listing's page (or JSON) from its entries, LISTING_STEP_ENTRIES rows a piece."""
     entries = sort_entries(entries, sort, order)
     dirs = sum(1 for e in entries if e.type == "dir")
     counts = (dirs, len(entries) - dirs, sum(e.size for e in entries))
@@ -2755,6 +2784,7 @@ class Context(object):
         self.host_answers = {}          # Host value -> whether check_host lets it in
         self.file_cache = collections.OrderedDict()   # handle_file's small answers, LRU
         self.large_listings = 0         # large listings being sent (ListingSlot)
+        self.listing_pages = collections.OrderedDict()   # listing_pieces' pages, oldest first
         self.dead_props = {}            # WebDAV: tree key -> {tag: XML}, for the process's life
         self.dead_bytes = 0             # WebDAV: the size of all dead properties
         self.locks = {}                 # WebDAV: lock token -> Lock
@@ -3223,7 +3253,7 @@ def handle_listing(request, ctx, fs_dir, path, query_text):
         raise HTTPError(403, "This folder cannot be read.")
     qr_block = "" if as_json else listing_qr_block(request, ctx, config.prefix + path)
     pieces = listing_pieces(scandir_iter, config, config.prefix + path, sort, order, as_json,
-                            entries, exhausted, qr_block)
+                            entries, exhausted, qr_block, ctx.listing_pages)
     if exhausted:
         scandir_iter.close()
         response = Response(200, headers, b"".join(pieces))

@@ -18,6 +18,7 @@ and is_closed() says whether the server closed the connection.
 
 import base64
 import atexit
+import collections
 import email.utils
 import errno
 import gzip
@@ -2009,6 +2010,87 @@ class TestCommandLine(unittest.TestCase):
 # ---------------------------------------------------------------------------
 # Static files, methods, caching
 # ---------------------------------------------------------------------------
+
+class TestListingPages(unittest.TestCase):
+    """A listing's page is kept with what it was made from: the same bytes again, never stale."""
+
+    def listing_config(self, root):
+        """A Config for calling listing_pieces in-process."""
+        return minihttpd.Config(**dict.fromkeys(minihttpd.Config._fields))._replace(
+            root=root, hidden=False, follow_symlinks=False, private_files=frozenset(),
+            prefix="", upload=False, archive=True)
+
+    def listing(self, config, folder, pages, sort="name", as_json=False, order="asc"):
+        """Run listing_pieces over folder like handle_listing does; the whole body."""
+        with os.scandir(folder) as scandir_iter:
+            return b"".join(minihttpd.listing_pieces(scandir_iter, config, "/", sort, order,
+                                                     as_json, [], False, "", pages))
+
+    def test_a_folder_read_again_unchanged_is_not_rendered_again(self):
+        root = make_tree(self, dict(("f%d.txt" % i, b"x" * i) for i in range(300)))
+        config = self.listing_config(root)
+        pages = collections.OrderedDict()
+        first = self.listing(config, root, pages)
+        self.assertEqual(len(pages), 1)
+        with unittest.mock.patch.object(minihttpd, "render_listing") as render:
+            second = self.listing(config, root, pages)
+        self.assertFalse(render.called, "an unchanged folder was rendered again")
+        self.assertEqual(second, first)
+        self.assertEqual(first, self.listing(config, root, None))     # as without pages
+        self.listing(config, root, pages, as_json=True)                # each form its own page
+        self.listing(config, root, pages, sort="size")
+        self.assertEqual(len(pages), 3)
+
+    def test_pages_are_bounded(self):
+        root = make_tree(self, {"a.txt": b"a"})
+        config = self.listing_config(root)
+        pages = collections.OrderedDict()
+        for sort in ("name", "size", "time"):
+            for as_json in (False, True):
+                for order in ("asc", "desc"):          # 12 pages of one folder
+                    self.listing(config, root, pages, sort=sort, as_json=as_json, order=order)
+        self.assertEqual(len(pages), minihttpd.LISTING_PAGES_KEPT)
+        big = make_tree(self, dict(("f%d" % i, b"") for i in
+                                   range(minihttpd.LISTING_PAGE_ENTRIES + 1)))
+        pages.clear()
+        self.listing(self.listing_config(big), big, pages)
+        self.assertEqual(len(pages), 0, "a folder past LISTING_PAGE_ENTRIES is not kept")
+
+    def test_every_change_shows_at_once(self):
+        root = make_tree(self, {"a.txt": b"aaaa", "b.txt": b"b", "sub/c.txt": b"c"})
+        srv = start_server(self, root, "-q")
+        path = os.path.join(root, "a.txt")
+        old = os.stat(path)
+
+        def both():
+            """The HTML and the JSON listing of the root, each asked twice (kept, then reused)."""
+            html_page = get(srv.port, "/").body
+            self.assertEqual(get(srv.port, "/").body, html_page)
+            data = json.loads(get(srv.port, "/?format=json").body.decode("utf-8"))
+            return html_page, dict((e["name"], (e["size"], e["mtime"])) for e in data["entries"])
+
+        before, entries = both()
+        self.assertEqual(entries["a.txt"], (4, int(old.st_mtime)))
+        with open(path, "wb") as f:                 # a new size, the same time
+            f.write(b"aaaaaaaa")
+        os.utime(path, ns=(old.st_atime_ns, old.st_mtime_ns))
+        page, entries = both()
+        self.assertEqual(entries["a.txt"], (8, int(old.st_mtime)))
+        self.assertIn(b'data-size="8"', page)
+        os.utime(path, (old.st_atime, old.st_mtime + 3600))   # a new time, the same size
+        page, entries = both()
+        self.assertEqual(entries["a.txt"], (8, int(old.st_mtime) + 3600))
+        self.assertIn(time.strftime("%Y-%m-%d %H:%M", time.localtime(old.st_mtime + 3600))
+                      .encode("ascii"), page)
+        os.rename(os.path.join(root, "b.txt"), os.path.join(root, "d.txt"))   # a new name
+        page, entries = both()
+        self.assertEqual(sorted(entries), ["a.txt", "d.txt", "sub"])
+        self.assertNotIn(b"b.txt", page)
+        os.unlink(os.path.join(root, "d.txt"))
+        page, entries = both()
+        self.assertEqual(sorted(entries), ["a.txt", "sub"])
+        self.assertNotEqual(page, before)
+
 
 class TestFileCache(unittest.TestCase):
     """Small files' answers are kept, byte-identical and never stale."""
