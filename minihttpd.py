@@ -6738,7 +6738,8 @@ def build_arg_parser():
     parser = ArgumentParser(
         prog="minihttpd",
         description="Serve a folder over HTTP/1.1: keep-alive, ranges, listings, "
-                    "gzip and (with -u) uploads. One file, standard library only.",
+                    "gzip, zip and tar of folders, WebDAV and (with -u) uploads. One file, "
+                    "standard library only.",
         epilog="Made for trusted networks: anyone who can reach the port can read "
                "the folder (and write to it with -u).")
     parser.add_argument("-d", "--directory", default=".", metavar="DIR",
@@ -6758,9 +6759,11 @@ def build_arg_parser():
                         help="serve symlinks that point outside the folder (404 by default)")
     parser.add_argument("-u", "--upload", action="store_true",
                         help="accept uploads: PUT/POST to a file URL, or a browser form "
-                             "posted to a folder")
+                             "posted to a folder; and WebDAV writes (MKCOL, COPY, MOVE, "
+                             "PROPPATCH, LOCK): the share can be mounted as a drive")
     parser.add_argument("--overwrite", action="store_true",
-                        help="let uploads replace existing files (atomically; 409 otherwise)")
+                        help="let uploads replace existing files (atomically; 409 otherwise), "
+                             "and WebDAV clients delete and replace files and folders")
     parser.add_argument("--rename", action="store_true",
                         help="save a form's files whose names are taken as \"name (1).ext\", "
                              "\"name (2).ext\", ... (a PUT still names its target exactly)")
