@@ -6205,6 +6205,9 @@ def repeated_request(port, make_request):
     return body
 
 
+MID_FOLDER_ENTRIES = 1000   # past one LISTING_STEP_ENTRIES, within LISTING_FIRST_STEP_ENTRIES
+
+
 def make_empty_files(folder, count):
     """Create folder holding count empty files, quickly.
 
@@ -6240,6 +6243,7 @@ class TestFairness(SharedServerTestCase):
         make_sparse(os.path.join(cls.root, "huge.bin"), HUGE_FILE_BYTES)
         make_sparse(os.path.join(cls.root, "big.txt"), ZEROS_FILE_BYTES)
         make_empty_files(os.path.join(cls.root, "big"), BIG_FOLDER_ENTRIES)
+        make_empty_files(os.path.join(cls.root, "mid"), MID_FOLDER_ENTRIES)
 
     def measure(self, server, adversary):
         """Start adversary, run the probe beside it, stop it; return the latencies."""
@@ -6282,6 +6286,20 @@ class TestFairness(SharedServerTestCase):
             sock.close()
         # the slots come back as the server notices the closed connections
         self.assertTrue(wait_for(lambda: request(server.port, "GET", "/big/").status == 200))
+
+    def test_folders_of_a_thousand_are_listed_whole_for_everyone(self):
+        # A folder the first step reads whole takes no large-listing slot: it is
+        # answered with a length, and five readers that stall get it all the same.
+        server = start_server(self, self.root, "-q")
+        for _ in range(5):
+            sock = small_rcvbuf_socket(server.port, rcvbuf=4096)
+            self.addCleanup(sock.close)
+            sock.sendall(build_request("GET", "/mid/"))
+            head, _ = read_head(sock)
+            self.assertTrue(head.startswith("HTTP/1.1 200"), head)
+            self.assertIn("\r\ncontent-length: ", head.lower())
+        self.assertEqual(request(server.port, "GET", "/big/", {"Connection": "close"}).status,
+                         200)
 
     def test_fast_downloader(self):
         server = start_server(self, self.root)
