@@ -173,6 +173,9 @@ MAX_LOCK_OWNER_BYTES = 4096            # the owner a client stores with a lock
 MAX_DEAD_PROPERTIES_PER_RESOURCE = 100 # PROPPATCH past either: 507 (they live in memory)
 MAX_DEAD_PROPERTY_BYTES = 16 * 1024 * 1024
 COPY_STEP_BYTES = 1024 * 1024          # bytes a COPY moves per turn
+MAX_PROPFIND_PROPERTIES = 256          # named in one PROPFIND: 1 MiB could name 40,000,
+                                       # each answered for every member of a folder
+PROPFIND_STEP_PROPERTIES = 4096        # properties answered per step of a Depth 1 PROPFIND
 SIOCGIFFLAGS = 0x8913                  # Linux ioctls: an interface's flags ...
 SIOCGIFADDR = 0x8915                   # ... and its IPv4 address (<linux/sockios.h>)
 IFREQ_BYTES = 40                       # sizeof(struct ifreq) on 64-bit Linux (32 on 32-bit)
@@ -4291,7 +4294,11 @@ def parse_propfind(root):
         if child.tag == DAV_PREFIX + "propname":
             return "propname", []
         if child.tag == DAV_PREFIX + "prop":
-            return "prop", [prop.tag for prop in child]
+            names = [prop.tag for prop in child]
+            if len(names) > MAX_PROPFIND_PROPERTIES:
+                raise HTTPError(400, "A PROPFIND may name at most %d properties."
+                                % MAX_PROPFIND_PROPERTIES)
+            return "prop", names
     raise HTTPError(400, "A propfind names allprop, propname or prop.")
 
 
@@ -4786,9 +4793,14 @@ MULTISTATUS_END = b"</D:multistatus>\n"
 
 
 def propfind_members(ctx, key, scandir_iter, mode, names):
-    """Responses for up to LISTING_STEP_ENTRIES members: (parts, exhausted)."""
+    """Responses for up to LISTING_STEP_ENTRIES members: (parts, exhausted).
+
+    A step also ends after PROPFIND_STEP_PROPERTIES properties, so a
+    request naming hundreds of them gets fewer members a step, not more work.
+    """
     config = ctx.config
     parts = []
+    cost = 0
     for entry in scandir_iter:
         try:
             if not is_shown(entry, config):
@@ -4796,9 +4808,11 @@ def propfind_members(ctx, key, scandir_iter, mode, names):
             st = entry.stat()
         except OSError:
             continue
-        parts.append(resource_xml(ctx, key.rstrip("/") + "/" + entry.name, entry.path, st,
-                                  mode, names))
-        if len(parts) >= LISTING_STEP_ENTRIES:
+        member = key.rstrip("/") + "/" + entry.name
+        parts.append(resource_xml(ctx, member, entry.path, st, mode, names))
+        cost += len(names) if mode == "prop" else \
+            len(LIVE_PROPERTIES) + len(ctx.dead_props.get(member, ()))
+        if len(parts) >= LISTING_STEP_ENTRIES or cost >= PROPFIND_STEP_PROPERTIES:
             return parts, False
     return parts, True
 

@@ -10399,6 +10399,28 @@ class TestDAVUnits(unittest.TestCase):
             with self.subTest(name):
                 self.assert_status(400, parse, body)
 
+    def test_propfind_names_and_steps_are_bounded(self):
+        names = "".join('<x:p%d xmlns:x="urn:x"/>' % n for n in range(257))
+        body = ('<D:propfind xmlns:D="DAV:"><D:prop>%s</D:prop></D:propfind>' % names)
+        self.assert_status(400, minihttpd.parse_propfind,
+                           minihttpd.parse_xml_body(body.encode("utf-8")))
+        mode, tags = minihttpd.parse_propfind(minihttpd.parse_xml_body(
+            body.replace('<x:p256 xmlns:x="urn:x"/>', "").encode("utf-8")))
+        self.assertEqual((mode, len(tags)), ("prop", 256))
+        # A step answers at most PROPFIND_STEP_PROPERTIES properties: 16 members of 256.
+        folder = make_tree(self, dict(("f%03d" % n, b"") for n in range(40)))
+        config = minihttpd.Config(**dict.fromkeys(minihttpd.Config._fields))._replace(
+            root=folder, hidden=False, follow_symlinks=False, private_files=frozenset(),
+            prefix="")
+        ctx = minihttpd.Context(config)
+        with os.scandir(folder) as entries:
+            parts, exhausted = minihttpd.propfind_members(ctx, "/", entries, mode, tags)
+            self.assertEqual((len(parts), exhausted),
+                             (minihttpd.PROPFIND_STEP_PROPERTIES // 256, False))
+        with os.scandir(folder) as entries:
+            parts, exhausted = minihttpd.propfind_members(ctx, "/", entries, "allprop", [])
+            self.assertEqual((len(parts), exhausted), (40, True))
+
     def test_parse_propertyupdate(self):
         parse = lambda body: minihttpd.parse_propertyupdate(minihttpd.parse_xml_body(body))
         changes = parse(proppatch_body(sets=[("{urn:x}a", "1"), ("{urn:x}b", "2")],
