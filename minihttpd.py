@@ -2762,13 +2762,18 @@ Config = collections.namedtuple("Config", [
 ])
 
 
-def log_to_stderr(line):
-    """Write one error line to stderr, the way the Server's log_error does."""
+def write_log_line(stream, line):
+    """Write one line to a log stream; a closed or broken one loses it, nothing more."""
     try:
-        sys.stderr.write("minihttpd: " + line + "\n")
-        sys.stderr.flush()
+        stream.write(line + "\n")
+        stream.flush()
     except (OSError, ValueError):
         pass
+
+
+def log_to_stderr(line):
+    """Write one error line to stderr, the way the Server's log_error does."""
+    write_log_line(sys.stderr, "minihttpd: " + line)
 
 
 class Context(object):
@@ -5378,7 +5383,7 @@ def move_steps(ctx, source, target, exists, failures):
         for _ in remove_steps(aside, leftovers):
             yield
         for path, exc in leftovers[:1]:     # the move is done; say what stayed behind
-            sys.stderr.write("minihttpd: cannot remove %s after a move: %s\n" % (path, exc))
+            ctx.log_error("cannot remove %s after a move: %s" % (path, exc))
 
 
 def lock_body(config, locks):
@@ -6386,19 +6391,11 @@ class Server(object):
 
     def log(self, line):
         """Write one access-log line."""
-        try:
-            self.log_stream.write(line + "\n")
-            self.log_stream.flush()
-        except (OSError, ValueError):
-            pass
+        write_log_line(self.log_stream, line)
 
     def log_error(self, line):
         """Write one error line (even when quiet)."""
-        try:
-            self.log_stream.write("minihttpd: " + line + "\n")
-            self.log_stream.flush()
-        except (OSError, ValueError):
-            pass
+        write_log_line(self.log_stream, "minihttpd: " + line)
 
     # -- accepting --------------------------------------------------------
 
