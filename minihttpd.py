@@ -162,6 +162,8 @@ AUTH_TABLE_SIZE = 1024                 # addresses remembered; the oldest is for
 FILE_CACHE_ENTRIES = 256               # small files whose 200 is kept ...
 CACHED_FILE_BYTES = 16 * 1024          # ... if at most this large: 4 MiB at the most
 HOST_CACHE_ENTRIES = 256               # Host values whose check_host answer is kept
+ANSWER_CACHE_ENTRIES = 256             # repeated request heads whose whole answer is kept,
+ANSWER_HEAD_BYTES = 2048               # if the head is at most this long
 CORS_MAX_AGE_S = 600                   # how long a browser may cache a preflight answer
 TLS_SEND_BYTES = 64 * 1024             # one TLS write: a retry after WANT_WRITE must
                                        # offer at least what the last try did
@@ -1280,7 +1282,7 @@ class Response(object):
     files lists open files the connection closes when the response ends.
     """
 
-    __slots__ = ("status", "headers", "body", "files", "close", "log_extra")
+    __slots__ = ("status", "headers", "body", "files", "close", "log_extra", "source")
 
     def __init__(self, status, headers=None, body=b"", files=None):
         self.status = status
@@ -1289,6 +1291,10 @@ class Response(object):
         self.files = list(files or [])
         self.close = False
         self.log_extra = ""
+        # Set by handle_file for a small file's plain 200, whose answer may be
+        # kept whole (see Answer): (fs_path, signature, whether a .gz sibling
+        # was looked for).  None for every other answer.
+        self.source = None
 
     def body_length(self):
         """The body's total size, or None when a part has no known length."""
@@ -2794,6 +2800,7 @@ class Context(object):
         self.auth_failures = collections.OrderedDict()   # address -> AuthFailures
         self.host_answers = {}          # Host value -> whether check_host lets it in
         self.file_cache = collections.OrderedDict()   # handle_file's small answers, LRU
+        self.answers = {}               # request head bytes -> Answer, oldest first
         self.large_listings = 0         # large listings being sent (ListingSlot)
         self.listing_pages = collections.OrderedDict()   # listing_pieces' pages, oldest first
         self.dead_props = {}            # WebDAV: tree key -> {tag: XML}, for the process's life
@@ -3184,7 +3191,9 @@ def handle_get(request, ctx):
         except OSError:
             index_st = None
         if index_st is not None and stat.S_ISREG(index_st.st_mode):
-            return handle_file(request, ctx, index, index_st)
+            response = handle_file(request, ctx, index, index_st)
+            response.source = None          # it depends on the folder too: not kept whole
+            return response
         if not config.listing:
             raise HTTPError(403, "Directory listing is turned off.")
         return handle_listing(request, ctx, fs_path, path, query)
@@ -3432,7 +3441,9 @@ def handle_file(request, ctx, fs_path, st):
     if key is not None:
         cached = ctx.file_cache.get(key)
         if cached is not None and cached[0] == file_signature(st):
-            return Response(200, cached[1], cached[2])
+            response = Response(200, cached[1], cached[2])
+            response.source = (fs_path, cached[0], key[1] and config.precompressed)
+            return response
     gz_path = find_precompressed(request, config, fs_path, content_type)
     try:
         f = open(gz_path or fs_path, "rb")
@@ -3443,8 +3454,9 @@ def handle_file(request, ctx, fs_path, st):
         response = build_file_response(request, config, f, opened, content_type,
                                        precompressed=gz_path is not None)
         if key is not None and response.status == 200 and \
-                file_signature(opened) == file_signature(st):
-            remember_file(ctx.file_cache, key, file_signature(st), response)
+                file_signature(opened) == file_signature(st) and \
+                remember_file(ctx.file_cache, key, file_signature(st), response):
+            response.source = (fs_path, file_signature(st), key[1] and config.precompressed)
     except BaseException:
         f.close()
         raise
@@ -3454,22 +3466,97 @@ def handle_file(request, ctx, fs_path, st):
 
 
 def remember_file(cache, key, signature, response):
-    """Keep a small file's 200 with its body as bytes (read now, from the open file)."""
+    """Keep a small file's 200 with its body as bytes (read now, from the open file).
+
+    Returns whether it was kept."""
     body = response.body
     if len(body) == 1 and isinstance(body[0], FileRegion):
         region = body[0]
         region.file.seek(region.offset)
         data = region.file.read(region.length)
         if len(data) != region.length:
-            return                          # changing under us: don't keep it
+            return False                    # changing under us: don't keep it
         response.body = [data]
         response.close_files()
     elif not all(isinstance(part, bytes) for part in body):
-        return
-    cache[key] = (signature, tuple(response.headers), b"".join(response.body))
+        return False
+    data = b"".join(response.body)
+    response.body = [data]                  # the very bytes kept: one copy in memory
+    cache[key] = (signature, tuple(response.headers), data)
     cache.move_to_end(key)
     while len(cache) > FILE_CACHE_ENTRIES:
         cache.popitem(last=False)
+    return True
+
+
+class Answer(object):
+    """A whole answer kept for a request head that comes again, byte for byte.
+
+    What the full path answers to a GET or HEAD of a small file depends on
+    the head's bytes, the settings and the file, nothing else (no password
+    checked, no body).  So when such an answer came from the small-file
+    cache, the connection keeps it whole, keyed by the head's bytes: a
+    client that repeats its head (every browser, wrk, curl in a loop) is
+    answered with one dict lookup and the same checks handle_file and
+    resolve_path make (the file's signature by one stat, its path still
+    confined, no new name.gz sibling), instead of parsing, routing and
+    formatting again.  The bytes sent are those of the full path, with the
+    current Date.  request is the parsed head, read only, for the log.
+    """
+
+    __slots__ = ("request", "head_length", "fs_path", "signature", "probe_gz",
+                 "before_date", "after_date", "body", "close")
+
+    def __init__(self, request, head_length, source, response_head, body, close):
+        self.request = request
+        self.head_length = head_length
+        self.fs_path, self.signature, self.probe_gz = source
+        date_at = response_head.index(b"\r\nDate: ") + len(b"\r\nDate: ")
+        self.before_date = response_head[:date_at]
+        self.after_date = response_head[response_head.index(b"\r\n", date_at):]
+        self.body = body
+        self.close = close
+
+    def holds(self, config):
+        """Whether the full path would give this answer now."""
+        try:
+            st = os.stat(self.fs_path)
+        except OSError:
+            return False
+        if file_signature(st) != self.signature:
+            return False
+        if not is_confined(self.fs_path, config.root, config.follow_symlinks):
+            return False
+        return not (self.probe_gz and os.path.lexists(self.fs_path + ".gz"))
+
+
+def find_answer(ctx, data):
+    """The kept Answer to the request head at the start of data, if it still holds."""
+    end = data.find(b"\r\n\r\n", 0, ANSWER_HEAD_BYTES)
+    if end < 0:
+        return None
+    head = bytes(data[:end + 4])
+    answer = ctx.answers.get(head)
+    if answer is None:
+        return None
+    if not answer.holds(ctx.config):
+        del ctx.answers[head]           # the full path answers, and may keep a new one
+        return None
+    return answer
+
+
+def remember_answer(ctx, head, answer):
+    """Keep an answer under its head's bytes; the oldest goes when full.
+
+    Not with private files (a TLS key inside the root): whether a path is
+    one is decided by realpath, which Answer.holds does not repeat.
+    """
+    if ctx.config.private_files:
+        return
+    answers = ctx.answers
+    if head not in answers and len(answers) >= ANSWER_CACHE_ENTRIES:
+        del answers[next(iter(answers))]
+    answers[head] = answer
 
 
 def build_file_response(request, config, f, st, content_type, precompressed):
@@ -5701,6 +5788,7 @@ class Connection(object):
         self.peer_eof = False
         self.unparsed = False         # inbuf may hold a request that has not had its turn
         self.request = None
+        self.head = None              # the request head's bytes, while an Answer may be kept
         self.response = None
         self.reader = None            # the body reader chosen from the request's framing
         self.sink = None
@@ -5941,6 +6029,11 @@ class Connection(object):
                 self.close()
             return False                  # nothing yet: the usual case after a response
         self.unparsed = False
+        if self.ctx.answers and not self.peer_eof and not self.server.stopping:
+            answer = find_answer(self.ctx, self.inbuf)
+            if answer is not None:
+                self.answer_again(answer)
+                return True
         try:
             result = parse_request_head(self.inbuf)
         except HTTPError as exc:
@@ -5954,6 +6047,10 @@ class Connection(object):
                 self.close()
             return False
         request, consumed = result
+        if consumed <= ANSWER_HEAD_BYTES and self.inbuf.endswith(b"\r\n\r\n", 0, consumed):
+            self.head = bytes(self.inbuf[:consumed])
+        else:
+            self.head = None
         del self.inbuf[:consumed]
         request.client = self.client
         request.local = self.local
@@ -6079,6 +6176,12 @@ class Connection(object):
         elif request.version == "HTTP/1.0":
             headers.append(("Connection", "keep-alive"))
         head = format_response_head("HTTP/1.1", response.status, headers)
+        if response.source is not None and self.head is not None and request.user is None \
+                and self.reader.done and not self.server.stopping and not peer_done:
+            # Nothing here depended on more than the head and the file: keep it.
+            remember_answer(self.ctx, self.head, Answer(
+                request, len(self.head), response.source, head,
+                b"" if request.method == "HEAD" else b"".join(response.body), self.close_after))
         self.out += head
         self.head_bytes = len(head)
         self.sent = 0
@@ -6090,6 +6193,21 @@ class Connection(object):
             self.parts.extend(response.body)
             if self.chunked_out:
                 self.parts.append(_CHUNKED_END)
+        self.enter(WRITING)
+
+    def answer_again(self, answer):
+        """Send a kept Answer (see Answer): what respond() would queue for its head."""
+        request = answer.request
+        del self.inbuf[:answer.head_length]
+        self.request = request
+        self.response = Response(200)
+        self.close_after = answer.close
+        self.chunked_out = False
+        head = answer.before_date + self.server.http_date().encode("ascii") + answer.after_date
+        self.out += head
+        self.out += answer.body
+        self.head_bytes = len(head)
+        self.sent = 0
         self.enter(WRITING)
 
     def drop_sink(self):

@@ -25,6 +25,7 @@ import gzip
 import hashlib
 import html
 import html.parser
+import io
 import http.client
 import ipaddress
 import json
@@ -2171,6 +2172,269 @@ class TestFileCache(unittest.TestCase):
                 self.assertEqual(get(srv.port, "/x.txt").body, expected)
         os.unlink(path)
         self.assertEqual(get(srv.port, "/x.txt").status, 404)
+
+
+class InProcessServer(object):
+    """A Server and its Connections over socketpairs, driven by hand in this
+    process: the whole request path runs here, so a test can see which path
+    answered (the subprocess servers cannot show that)."""
+
+    SETTINGS = dict(listing=True, hidden=False, follow_symlinks=False, quiet=True,
+                    upload=False, overwrite=False, rename=False, max_upload=None,
+                    echo=False, prefix="", gzip=True, precompressed=True, head_timeout=30,
+                    body_timeout=30, idle_timeout=60, write_timeout=60,
+                    max_connections=100, users=None, auth_writes=False, cors=(),
+                    hosts=None, tls=False, private_files=frozenset(), archive=True)
+
+    def __init__(self, testcase, root, **settings):
+        config = minihttpd.Config(**dict(self.SETTINGS, root=os.path.realpath(root),
+                                         **settings))
+        listener = socket.socket()
+        listener.bind(("127.0.0.1", 0))
+        self.server = minihttpd.Server(config, listener, log_stream=io.StringIO())
+        testcase.addCleanup(self.close)
+        self.clients = []
+
+    def connect(self):
+        """A new connection: returns (the Connection, the client's socket)."""
+        ours, theirs = socket.socketpair()
+        ours.setblocking(False)
+        theirs.settimeout(SHORT_IO_TIMEOUT_S)
+        self.clients.append(theirs)
+        conn = minihttpd.Connection(self.server, ours, ("127.0.0.1", 40000))
+        self.server.connections.add(conn)
+        conn.events = minihttpd.READ_EVENTS
+        self.server.selector.register(ours, minihttpd.READ_EVENTS, conn)
+        return conn, theirs
+
+    def turn(self, conn):
+        """One loop turn for conn, as Server.serve gives it."""
+        self.server.turn += 1
+        if conn.state == minihttpd.WRITING:
+            conn.on_writable()
+        elif conn in self.server.ready:
+            self.server.ready.discard(conn)
+            conn.on_turn()
+        else:
+            conn.on_readable()
+        self.server.apply_changes()
+
+    def exchange(self, conn, client, data, turns=4):
+        """Send data, run up to `turns` turns, return what came back."""
+        if data:
+            client.sendall(data)
+        for _ in range(turns):
+            if conn.state == minihttpd.CLOSED:
+                break
+            self.turn(conn)
+        client.setblocking(False)
+        got = b""
+        try:
+            while True:
+                chunk = client.recv(65536)
+                if not chunk:
+                    break
+                got += chunk
+        except BlockingIOError:
+            pass
+        finally:
+            client.settimeout(SHORT_IO_TIMEOUT_S)
+        return got
+
+    def ask(self, data):
+        """data on a new connection; the answer."""
+        conn, client = self.connect()
+        return self.exchange(conn, client, data)
+
+    def close(self):
+        for client in self.clients:
+            client.close()
+        for conn in list(self.server.connections):
+            conn.close()
+        self.server.listener.close()
+        self.server.selector.close()
+
+
+class CountingParser(object):
+    """Counts the heads minihttpd.parse_request_head parsed while in a with block."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def __enter__(self):
+        real = minihttpd.parse_request_head
+
+        def counted(data):
+            result = real(data)
+            if result is not None:
+                self.calls += 1
+            return result
+        self.patch = unittest.mock.patch.object(minihttpd, "parse_request_head", counted)
+        self.patch.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.patch.stop()
+
+
+class TestAnswers(unittest.TestCase):
+    """A repeated request head for an unchanged small file is answered from the
+    kept Answer: the full path's bytes (but the Date), never stale."""
+
+    TEXT = b"".join(b"line %04d of a text that gzip shrinks\n" % i for i in range(100))
+
+    def without_date(self, raw):
+        """A raw response with its Date value (the one thing that may differ) blanked."""
+        self.assertEqual(len(re.findall(rb"\r\nDate: [^\r]+\r\n", raw)), 1, raw[:300])
+        return re.sub(rb"\r\nDate: [^\r]*", b"\r\nDate: -", raw)
+
+    def tree(self):
+        return make_tree(self, {"a.txt": b"hello\n", "t.txt": self.TEXT,
+                                "b.bin": bytes(range(256)) * 8, "d/index.html": b"<p>i</p>",
+                                "big.bin": b"b" * (64 * 1024)})
+
+    def test_the_kept_answer_is_the_full_paths_for_a_table_of_requests(self):
+        root = self.tree()
+        cases = [   # (request, kept)
+            (build_request("GET", "/a.txt"), True),
+            (build_request("HEAD", "/a.txt"), True),
+            (build_request("GET", "/a.txt", close=True), True),
+            (build_request("GET", "/a.txt", version="HTTP/1.0"), True),
+            (build_request("GET", "/a.txt", {"Connection": "keep-alive"}, version="HTTP/1.0"),
+             True),
+            (build_request("GET", "/t.txt", {"Accept-Encoding": "gzip"}), True),
+            (build_request("GET", "/t.txt", {"Origin": "http://elsewhere.example"}), True),
+            (build_request("GET", "/b.bin?x=1#frag", {"User-Agent": "curl/8.0"}), True),
+            (build_request("GET", "/./sub/../b.bin"), True),
+            (build_request("GET", "/b.bin", {"Content-Length": "0"}), True),
+            (b"\r\n" + build_request("GET", "/a.txt"), True),
+            (build_request("GET", "/a.txt", eol="\n"), False),     # kept only for CRLF heads
+            (build_request("GET", "/d/"), False),                  # an index: its folder counts
+            (build_request("GET", "/big.bin"), False),             # too large to keep
+            (build_request("GET", "/a.txt", {"Range": "bytes=0-1"}), False),
+            (build_request("GET", "/a.txt", {"If-None-Match": "*"}), False),
+            (build_request("GET", "/a.txt", {"X-Pad": "p" * 2100}), False),   # a long head
+            (build_request("GET", "/missing.txt"), False),
+            (build_request("GET", "/a.txt", {"Content-Length": "2"}) + b"xy", False),
+        ]
+        for data, kept in cases:
+            with self.subTest(request=data[:60]):
+                fresh = InProcessServer(self, root, cors=("*",))
+                first = fresh.ask(data)                 # the full path
+                self.assertTrue(first.startswith(b"HTTP/1.1 "), first[:100])
+                self.assertEqual(len(fresh.server.ctx.answers), int(kept))
+                with CountingParser() as parser:
+                    again = [fresh.ask(data) for _ in range(2)]
+                self.assertEqual(parser.calls, 0 if kept else 2)
+                for answer in again:
+                    self.assertEqual(self.without_date(answer), self.without_date(first))
+
+    def test_on_one_connection_pipelined_and_in_pieces(self):
+        root = self.tree()
+        srv = InProcessServer(self, root)
+        data = build_request("GET", "/a.txt")
+        expected = self.without_date(srv.ask(data))
+        conn, client = srv.connect()
+        with CountingParser() as parser:
+            one = srv.exchange(conn, client, data[:10], turns=1)
+            self.assertEqual(one, b"")                                # half a head: nothing yet
+            one = srv.exchange(conn, client, data[10:])
+            self.assertEqual(self.without_date(one), expected)
+            two = srv.exchange(conn, client, data + data, turns=1)    # one request a turn
+            self.assertEqual(self.without_date(two), expected)
+            three = srv.exchange(conn, client, b"", turns=3)
+            self.assertEqual(self.without_date(three), expected)
+        self.assertEqual(parser.calls, 0)
+        self.assertEqual(conn.state, minihttpd.READING_HEAD)
+        self.assertEqual(conn.answered, 3)
+
+    def test_changes_between_requests_are_seen_at_once(self):
+        root = make_tree(self, {"d/x.txt": b"one", "t.txt": self.TEXT})
+        outside = make_tree(self, {})
+        path = os.path.join(root, "d", "x.txt")
+        then_ns = os.stat(path).st_mtime_ns
+
+        def same_size_new_mtime():
+            with open(path, "wb") as f:
+                f.write(b"two")
+            os.utime(path, ns=(then_ns + 10 ** 10, then_ns + 10 ** 10))
+
+        def new_size():
+            with open(path, "wb") as f:
+                f.write(b"three and more")
+
+        def renamed_over():
+            with open(path + ".new", "wb") as f:
+                f.write(b"renamed")
+            os.replace(path + ".new", path)
+
+        def made_unreadable():
+            os.chmod(path, 0o000)
+
+        def folder_moved_out_and_linked_back():
+            # The very same file (inode, size, times), now behind a link that leads out.
+            os.rename(os.path.join(root, "d"), os.path.join(outside, "d"))
+            os.symlink(os.path.join(outside, "d"), os.path.join(root, "d"))
+
+        changes = [same_size_new_mtime, new_size, renamed_over, made_unreadable,
+                   folder_moved_out_and_linked_back]
+        if os.geteuid() == 0:
+            changes.remove(made_unreadable)               # root reads it anyway
+        srv = InProcessServer(self, root)
+        data = build_request("GET", "/d/x.txt")
+        for change in changes:
+            with self.subTest(change=change.__name__):
+                srv.ask(data)
+                srv.ask(data)                              # now kept
+                self.assertIn(data, srv.server.ctx.answers)
+                change()
+                expected = InProcessServer(self, root).ask(data)   # what the full path says
+                self.assertEqual(self.without_date(srv.ask(data)), self.without_date(expected))
+                if change is made_unreadable:
+                    os.chmod(path, 0o644)
+
+        gz = build_request("GET", "/t.txt", {"Accept-Encoding": "gzip"})
+        srv.ask(gz)
+        self.assertIn(gz, srv.server.ctx.answers)
+        with open(os.path.join(root, "t.txt.gz"), "wb") as f:
+            f.write(gzip.compress(b"precompressed"))
+        answer = srv.ask(gz)
+        self.assertEqual(gzip.decompress(answer.split(b"\r\n\r\n", 1)[1]), b"precompressed")
+
+    def test_a_stopping_server_answers_by_the_full_path(self):
+        root = self.tree()
+        srv = InProcessServer(self, root)
+        data = build_request("GET", "/a.txt")
+        srv.ask(data)
+        conn, client = srv.connect()
+        srv.server.stopping = True
+        with CountingParser() as parser:
+            answer = srv.exchange(conn, client, data)
+        self.assertEqual(parser.calls, 1)
+        self.assertIn(b"\r\nConnection: close\r\n", answer)
+
+    def test_nothing_is_kept_when_a_password_was_checked(self):
+        root = self.tree()
+        users = {"ann": hashlib.sha256(b"pw").digest()}
+        srv = InProcessServer(self, root, users=users)
+        data = build_request("GET", "/a.txt", {"Authorization": "Basic " +
+                                               base64.b64encode(b"ann:pw").decode("ascii")})
+        for _ in range(2):
+            self.assertTrue(srv.ask(data).startswith(b"HTTP/1.1 200 OK\r\n"))
+        self.assertEqual(srv.server.ctx.answers, {})
+        srv = InProcessServer(self, root, users=users, auth_writes=True)   # reads need none
+        srv.ask(build_request("GET", "/a.txt"))
+        self.assertEqual(len(srv.server.ctx.answers), 1)
+
+    def test_the_kept_answers_are_bounded(self):
+        root = self.tree()
+        srv = InProcessServer(self, root)
+        for i in range(minihttpd.ANSWER_CACHE_ENTRIES + 20):
+            srv.ask(build_request("GET", "/a.txt?v=%d" % i))
+        self.assertEqual(len(srv.server.ctx.answers), minihttpd.ANSWER_CACHE_ENTRIES)
+        self.assertNotIn(build_request("GET", "/a.txt?v=0"), srv.server.ctx.answers)
+        self.assertIn(build_request("GET", "/a.txt?v=%d" % (minihttpd.ANSWER_CACHE_ENTRIES + 19)),
+                      srv.server.ctx.answers)
 
 
 class TestStaticFiles(SharedServerTestCase):
