@@ -3190,7 +3190,9 @@ def handle_get(request, ctx):
             index_st = os.stat(index)
         except OSError:
             index_st = None
-        if index_st is not None and stat.S_ISREG(index_st.st_mode):
+        if index_st is not None and stat.S_ISREG(index_st.st_mode) \
+                and is_confined(index, config.root, config.follow_symlinks) \
+                and not is_private(index, config):   # a link that leads out is no index
             response = handle_file(request, ctx, index, index_st)
             response.source = None          # it depends on the folder too: not kept whole
             return response

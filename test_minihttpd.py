@@ -2761,6 +2761,20 @@ class TestPaths(SharedServerTestCase):
             # following symlinks does not open plain '..' escapes
             self.assertEqual(self._raw_get("/../secret.txt", srv.port).status, 404)
 
+    def test_an_index_page_that_links_out_is_not_served(self):
+        if not self.symlinks:
+            self.skipTest("symlinks not supported here")
+        root = make_tree(self, {"d/a.txt": b"a"})
+        os.symlink(os.path.join(self.outer, "secret.txt"), os.path.join(root, "d", "index.html"))
+        srv = start_server(self, root, "-q")
+        r = self._raw_get("/d/", srv.port)
+        self.assertEqual(r.status, 200)                    # the folder's listing, without it
+        self.assertNotIn(self.SECRET, r.body)
+        self.assertIn(b"a.txt", r.body)
+        self.assertNotIn(b"index.html", r.body)
+        srv = start_server(self, root, "-q", "--follow-symlinks")
+        self.assertEqual(self._raw_get("/d/", srv.port).body, self.SECRET)
+
     def _json_names(self, port, path="/"):
         r = get(port, path + "?format=json")
         self.assertEqual(r.status, 200)
