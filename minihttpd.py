@@ -2799,6 +2799,8 @@ class Context(object):
         self.host_answers = {}          # Host value -> whether check_host lets it in
         self.file_cache = collections.OrderedDict()   # handle_file's small answers, LRU
         self.answers = {}               # request head bytes -> Answer, oldest first
+        self.turn = 0                   # the loop's turn, which begins once select returns
+        self.folders_read = (0, {})     # (turn, {folder: its entries as read in that turn})
         self.large_listings = 0         # large listings being sent (ListingSlot)
         self.listing_pages = collections.OrderedDict()   # listing_pieces' pages, oldest first
         self.dead_props = {}            # WebDAV: tree key -> {tag: XML}, for the process's life
@@ -3262,20 +3264,27 @@ def handle_listing(request, ctx, fs_dir, path, query_text):
     as_json = wants_json(request, query)
     headers = ([("Content-Type", "application/json")] if as_json else PAGE_HEADERS) + \
         [("Cache-Control", "no-cache")]
-    try:
-        scandir_iter = os.scandir(fs_dir)
-    except OSError:
-        raise HTTPError(403, "This folder cannot be read.")
-    try:
-        entries, exhausted = scan_directory(scandir_iter, config, LISTING_FIRST_STEP_ENTRIES)
-    except OSError:
-        scandir_iter.close()
-        raise HTTPError(403, "This folder cannot be read.")
+    entries = folder_read_this_turn(ctx, fs_dir)
+    if entries is not None:
+        scandir_iter, exhausted = None, True
+    else:
+        try:
+            scandir_iter = os.scandir(fs_dir)
+        except OSError:
+            raise HTTPError(403, "This folder cannot be read.")
+        try:
+            entries, exhausted = scan_directory(scandir_iter, config,
+                                                LISTING_FIRST_STEP_ENTRIES)
+        except OSError:
+            scandir_iter.close()
+            raise HTTPError(403, "This folder cannot be read.")
+        if exhausted:
+            scandir_iter.close()
+            remember_folder_read(ctx, fs_dir, entries)
     qr_block = "" if as_json else listing_qr_block(request, ctx, config.prefix + path)
     pieces = listing_pieces(scandir_iter, config, config.prefix + path, sort, order, as_json,
                             entries, exhausted, qr_block, ctx.listing_pages)
     if exhausted:
-        scandir_iter.close()
         response = Response(200, headers, b"".join(pieces))
     elif request.method == "HEAD":
         scandir_iter.close()
@@ -3288,6 +3297,34 @@ def handle_listing(request, ctx, fs_dir, path, query_text):
         response = Response(200, headers, [pieces],
                             files=[scandir_iter, pieces, ListingSlot(ctx)])
     return maybe_gzip(response, request, config)
+
+
+def folder_read_this_turn(ctx, fs_dir):
+    """The entries of a folder read in this loop turn, or None.
+
+    A burst of requests for one listing (16 clients refreshing it) reads
+    the folder once a turn, not once each, and is still never stale: a
+    request handled in this turn had its first byte in the kernel before
+    the turn began (select reported it, or it was buffered earlier), so it
+    was sent after any change its client made; and a read from this turn
+    began after that, so it sees the change.  A copy: the caller may add
+    to its list.
+    """
+    turn, entries_of = ctx.folders_read
+    if turn != ctx.turn:
+        return None
+    entries = entries_of.get(fs_dir)
+    return list(entries) if entries is not None else None
+
+
+def remember_folder_read(ctx, fs_dir, entries):
+    """Keep a folder's entries (all of them) for the rest of this turn."""
+    turn, entries_of = ctx.folders_read
+    if turn != ctx.turn:
+        entries_of = {}
+        ctx.folders_read = (ctx.turn, entries_of)
+    if len(entries_of) < LISTING_PAGES_KEPT:
+        entries_of[fs_dir] = tuple(entries)
 
 
 class ListingSlot(object):
@@ -6636,6 +6673,11 @@ class Server(object):
         self.log("Stopping: finishing %s, up to %g s; %s to quit now."
                  % (in_flight, SHUTDOWN_GRACE_S, again))
 
+    def begin_turn(self):
+        """Count a new turn (select has returned): connections and handlers see it."""
+        self.turn += 1
+        self.ctx.turn = self.turn
+
     def run_slice(self, conn, step):
         """Run one event handler of a connection; a bug closes it, not the loop."""
         try:
@@ -6671,7 +6713,7 @@ class Server(object):
             else:
                 timeout = max(0.0, min(self.next_sweep - time.monotonic(), 0.5))
             events = self.selector.select(timeout)
-            self.turn += 1
+            self.begin_turn()
             for key, mask in events:
                 conn = key.data
                 if conn is None:

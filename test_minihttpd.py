@@ -2209,7 +2209,7 @@ class InProcessServer(object):
 
     def turn(self, conn):
         """One loop turn for conn, as Server.serve gives it."""
-        self.server.turn += 1
+        self.server.begin_turn()
         if conn.state == minihttpd.WRITING:
             conn.on_writable()
         elif conn in self.server.ready:
@@ -2227,6 +2227,17 @@ class InProcessServer(object):
             if conn.state == minihttpd.CLOSED:
                 break
             self.turn(conn)
+        return self.received(client)
+
+    def turn_all(self, conns):
+        """One loop turn in which each of conns (waiting for a request) reads and answers."""
+        self.server.begin_turn()
+        for conn in conns:
+            conn.on_readable()
+        self.server.apply_changes()
+
+    def received(self, client):
+        """What the client's socket holds now."""
         client.setblocking(False)
         got = b""
         try:
@@ -2275,6 +2286,42 @@ class CountingParser(object):
 
     def __exit__(self, *exc):
         self.patch.stop()
+
+
+class TestListingReads(unittest.TestCase):
+    """A burst of requests for one listing reads the folder once a turn, and is never stale."""
+
+    def test_requests_in_one_turn_share_one_read(self):
+        root = make_tree(self, dict(("d/f%02d.txt" % i, b"x" * i) for i in range(20)))
+        srv = InProcessServer(self, root)
+        pairs = [srv.connect() for _ in range(3)]
+        reads = []
+        real_scan = minihttpd.scan_directory
+
+        def counted(*args, **kwargs):
+            reads.append(1)
+            return real_scan(*args, **kwargs)
+
+        def burst():
+            for conn, client in pairs:
+                client.sendall(build_request("GET", "/d/?format=json"))
+            with unittest.mock.patch.object(minihttpd, "scan_directory", counted):
+                srv.turn_all([conn for conn, _ in pairs])
+            answers = [parse_response(srv.received(client)) for _, client in pairs]
+            for r in answers:
+                self.assertEqual(r.status, 200)
+                self.assertEqual(r.body, answers[0].body)
+            return dict((e["name"], e["size"]) for e in json.loads(answers[0].body)["entries"])
+
+        self.assertEqual(burst()["f05.txt"], 5)
+        self.assertEqual(len(reads), 1)
+        with open(os.path.join(root, "d", "f05.txt"), "ab") as f:
+            f.write(b"more")
+        self.assertEqual(burst()["f05.txt"], 9)         # the next turn reads it again
+        self.assertEqual(len(reads), 2)
+        os.unlink(os.path.join(root, "d", "f06.txt"))
+        self.assertNotIn("f06.txt", burst())
+        self.assertEqual(len(reads), 3)
 
 
 class TestAnswers(unittest.TestCase):
