@@ -42,7 +42,6 @@ __version__ = "1.2.0"
 import argparse
 import base64
 import binascii
-import calendar
 import collections
 import errno
 import functools
@@ -62,11 +61,8 @@ import socket
 import stat
 import struct
 import sys
-import tempfile
 import time
 import urllib.parse
-import uuid
-import xml.etree.ElementTree as ElementTree
 import zlib
 
 try:
@@ -603,7 +599,8 @@ def parse_etags(value):
 
 def parse_http_date(text):
     """Parse an HTTP date (IMF-fixdate, RFC 850 or asctime) to Unix seconds."""
-    import email.utils
+    import calendar                     # here, not at the top: only conditional requests
+    import email.utils                  # need them, and every start-up would pay
     try:
         parsed = email.utils.parsedate_tz(text)
     except (TypeError, ValueError, IndexError):
@@ -3809,6 +3806,7 @@ class TempFile(object):
     """An upload being written: a hidden temporary beside its target."""
 
     def __init__(self, folder, ctx):
+        import tempfile                 # uploads only: not at every start-up
         self.ctx = ctx
         try:
             fd, self.path = tempfile.mkstemp(prefix="%s%d-" % (UPLOAD_TMP_PREFIX, os.getpid()),
@@ -4397,6 +4395,7 @@ def parse_xml_body(body):
         return None
     if b"<!DOCTYPE" in body or b"<!ENTITY" in body or b"\x00" in body:
         raise HTTPError(400, "DOCTYPE and entity declarations are not accepted.")
+    import xml.etree.ElementTree as ElementTree   # WebDAV only: not at every start-up
     try:
         return ElementTree.fromstring(body)
     except (ElementTree.ParseError, ValueError, UnicodeError):
@@ -4470,6 +4469,7 @@ def parse_lockinfo(root):
 
 def xml_fragment(element):
     """An element as XML text that stands alone (namespaces declared on it)."""
+    import xml.etree.ElementTree as ElementTree   # WebDAV only: not at every start-up
     element.tail = None
     return ElementTree.tostring(element, encoding="unicode")
 
@@ -4609,6 +4609,7 @@ class Lock(object):
     __slots__ = ("token", "root", "depth", "scope", "owner", "timeout", "expires")
 
     def __init__(self, root, depth, scope, owner, timeout):
+        import uuid                     # WebDAV locks only: not at every start-up
         self.token = "urn:uuid:%s" % uuid.uuid4()
         self.root = root
         self.depth = depth
