@@ -2208,15 +2208,17 @@ class InProcessServer(object):
         return conn, theirs
 
     def turn(self, conn):
-        """One loop turn for conn, as Server.serve gives it."""
+        """One loop turn for conn, as Server.serve gives it: the events its
+        socket has for what it waits for, else its work left from the last turn."""
         self.server.begin_turn()
+        self.server.ready.discard(conn)
+        readable = select.select([conn.sock], [], [], 0)[0]
         if conn.state == minihttpd.WRITING:
             conn.on_writable()
-        elif conn in self.server.ready:
-            self.server.ready.discard(conn)
-            conn.on_turn()
-        else:
+        elif readable:
             conn.on_readable()
+        else:
+            conn.on_turn()
         self.server.apply_changes()
 
     def exchange(self, conn, client, data, turns=4):
@@ -2322,6 +2324,34 @@ class TestListingReads(unittest.TestCase):
         os.unlink(os.path.join(root, "d", "f06.txt"))
         self.assertNotIn("f06.txt", burst())
         self.assertEqual(len(reads), 3)
+
+
+class TestPipelineBound(unittest.TestCase):
+    """A client that pipelines faster than it is answered is held back by TCP,
+    not by the server's memory."""
+
+    def test_buffered_requests_stay_bounded(self):
+        root = make_tree(self, {"a.txt": b"a"})
+        srv = InProcessServer(self, root)
+        conn, client = srv.connect()
+        for sock in (conn.sock, client):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 * 1024 * 1024)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
+        client.setblocking(False)
+        requests = build_request("GET", "/a.txt") * 20000       # 740 KB of heads
+        bound = minihttpd.MAX_HEADER_BYTES + minihttpd.RECV_BYTES
+        sent = answered = 0
+        for _ in range(40):
+            try:
+                sent += client.send(requests[sent % len(requests):])
+            except BlockingIOError:
+                pass
+            srv.turn(conn)
+            self.assertLessEqual(len(conn.inbuf), bound)
+            answered += srv.received(client).count(b"HTTP/1.1 200 OK")
+            client.setblocking(False)
+        self.assertGreater(sent, 2 * bound)       # the client did push more than the bound
+        self.assertGreater(answered, 10)          # and was answered all along
 
 
 class TestAnswers(unittest.TestCase):
