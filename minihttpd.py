@@ -52,6 +52,7 @@ import http
 import ipaddress
 import json
 import mimetypes
+import mmap
 import operator
 import os
 import re
@@ -6554,7 +6555,9 @@ class Server(object):
         self.log_stream = log_stream or sys.stderr
         self.ctx.log_error = self.log_error
         self._date_cache = (0, "")
-        self.read_buffer = bytearray(max(RECV_BYTES, BODY_RECV_BYTES))   # every read lands here
+        # Every read lands here first.  Anonymous memory: a page counts in the
+        # server's size only once a read has used it (a bytearray is zeroed).
+        self.read_buffer = mmap.mmap(-1, max(RECV_BYTES, BODY_RECV_BYTES))
         listener.setblocking(False)
         self.selector.register(listener, READ_EVENTS, None)
         self.wakeup = None
