@@ -98,20 +98,23 @@ class Profile(typing.NamedTuple):
     upload_bytes: int
     slowloris_sockets: int
     normal_requests: int
+    startup_runs: int                   # start-up is the median of this many starts
 
 
 FULL = Profile(wrk_seconds=10, large_bytes=256 * MIB, upload_bytes=1 * GIB,
-               slowloris_sockets=500, normal_requests=20)
+               slowloris_sockets=500, normal_requests=20, startup_runs=7)
 QUICK = Profile(wrk_seconds=2, large_bytes=64 * MIB, upload_bytes=100 * MIB,
-                slowloris_sockets=100, normal_requests=20)
+                slowloris_sockets=100, normal_requests=20, startup_runs=3)
 
 
 class Metric(typing.NamedTuple):
-    """One row of the table; `better` is "higher", "lower" or None (no ratio)."""
+    """One row of the table; `better` is "higher", "lower" or None (no ratio).
+    A row only minihttpd has is compared with the peers' row `against`."""
     key: str
     label: str
     unit: str
     better: typing.Optional[str]
+    against: typing.Optional[str] = None
 
 
 def build_metrics(profile):
@@ -136,8 +139,13 @@ def build_metrics(profile):
         Metric("form", "upload %s as multipart form" % format_size(profile.upload_bytes),
                "MiB/s", "higher"),
         Metric("form_peak", "  server peak memory", "MiB", "lower"),
-        Metric("startup", "start-up to first response", "ms", "lower"),
+        Metric("startup", "start-up to first response (median of %d)" % profile.startup_runs,
+               "ms", "lower"),
+        Metric("startup_module", "  minihttpd as `python3 -m minihttpd`, bytecode cached",
+               "ms", "lower", "startup"),
         Metric("idle_rss", "idle resident memory", "MiB", "lower"),
+        Metric("idle_module", "  minihttpd as `python3 -m minihttpd`", "MiB", "lower",
+               "idle_rss"),
         Metric("peak_rss", "peak resident memory (downloads, slowloris)", "MiB", "lower"),
     ]
 
@@ -576,6 +584,15 @@ SERVERS = [
     ServerSpec("sink", None, "sink", frozenset(["put", "form"]), sink_command, True),
 ]
 PEER_NAMES = [spec.name for spec in SERVERS if spec.name != "minihttpd"]
+
+
+def minihttpd_module_command(bench, root, port, upload):
+    """minihttpd imported as a module (PYTHONPATH names the folder holding it)."""
+    return [bench.python, "-m", "minihttpd", "-q", "-p", "0", "-b", HOST, "-d", root]
+
+
+MODULE_SPEC = ServerSpec("minihttpd-module", None, "files", frozenset(),
+                         minihttpd_module_command, True)
 INSTALL_HINTS = {
     "nginx": "apt-get install nginx-light",
     "caddy": "apt-get install caddy",
@@ -608,12 +625,12 @@ def tail(path, lines=5):
         return ""
 
 
-def start_server(bench, spec, root, upload=False):
+def start_server(bench, spec, root, upload=False, env_extra=None):
     """Start `spec` serving `root`, wait for its first response; return a Running."""
     port = None if spec.prints_port else pick_free_port()
     argv = spec.command(bench, root, port, upload)
     log = os.path.join(bench.tmp, "%s-%s.log" % (spec.name, "upload" if upload else "files"))
-    env = dict(os.environ)
+    env = dict(os.environ, **(env_extra or {}))
     if spec.name == "caddy":            # keep Caddy's storage out of $HOME
         for var in ("HOME", "XDG_DATA_HOME", "XDG_CONFIG_HOME"):
             env[var] = os.path.join(bench.tmp, "caddy-home")
@@ -849,16 +866,52 @@ def attempt(outcome, key, name, action):
         say("  %s: %s failed: %s" % (name, key, exc))
 
 
+def measure_startups(bench, spec, runs, env_extra=None):
+    """Start and stop the server runs - 1 times; their start-up times in ms."""
+    times = []
+    for _ in range(runs - 1):
+        server = start_server(bench, spec, bench.tree, env_extra=env_extra)
+        bench.registry.stop(server.proc)
+        times.append(server.startup_s * 1000.0)
+        time.sleep(SETTLE_S)
+    return times
+
+
+def measure_module_start(bench, outcome):
+    """minihttpd run as `python3 -m minihttpd` from a folder where Python has
+    kept its bytecode: start-up and idle memory.  (Python compiles the script
+    it runs on every start, but caches what it imports.)"""
+    folder = os.path.join(bench.tmp, "module")
+    os.makedirs(folder, exist_ok=True)
+    shutil.copy(MINIHTTPD, os.path.join(folder, "minihttpd.py"))
+    status, out = bench.registry.run(
+        [bench.python, "-m", "py_compile", os.path.join(folder, "minihttpd.py")], TOOL_TIMEOUT_S)
+    if status != 0:
+        raise BenchError("py_compile failed: %s" % out.strip()[-200:])
+    env = {"PYTHONPATH": folder}
+    times = measure_startups(bench, MODULE_SPEC, bench.profile.startup_runs + 1, env)
+    server = start_server(bench, MODULE_SPEC, bench.tree, env_extra=env)
+    try:
+        time.sleep(IDLE_SETTLE_S)
+        outcome.values["idle_module"] = tree_memory_mib(server.proc.pid, "VmRSS")
+    finally:
+        bench.registry.stop(server.proc)
+    outcome.values["startup_module"] = statistics.median(times)
+    say("  minihttpd as a module: start-up %.1f ms, idle %.1f MiB"
+        % (outcome.values["startup_module"], outcome.values["idle_module"]))
+
+
 def measure_downloads(bench, spec, outcome):
     """Start the server on the fixture tree and run every download scenario."""
     try:
+        startups = measure_startups(bench, spec, bench.profile.startup_runs)
         server = start_server(bench, spec, bench.tree)
     except BenchError as exc:
         outcome.notes["startup"] = str(exc)
         say("  %s: did not start: %s" % (spec.name, exc))
         return
     try:
-        outcome.values["startup"] = server.startup_s * 1000.0
+        outcome.values["startup"] = statistics.median(startups + [server.startup_s * 1000.0])
         time.sleep(IDLE_SETTLE_S)
         outcome.values["idle_rss"] = tree_memory_mib(server.proc.pid, "VmRSS")
         say("  %s: start-up %.1f ms, idle %.1f MiB" % (spec.name, outcome.values["startup"],
@@ -950,6 +1003,8 @@ def measure_server(bench, spec):
     say("%s (%s)" % (spec.name, outcome.version))
     if spec.kind != "sink":
         measure_downloads(bench, spec, outcome)
+    if spec.name == "minihttpd":
+        attempt(outcome, "startup_module", spec.name, lambda: measure_module_start(bench, outcome))
     measure_uploads(bench, spec, outcome)
     return outcome
 
@@ -999,7 +1054,8 @@ def build_table(metrics, outcomes):
                 cell += " [%d]" % len(footnotes)
             row.append(cell)
             if name != "minihttpd":
-                row.append(format_ratio(metric, mine, value))
+                theirs = outcome.values.get(metric.against) if metric.against else value
+                row.append(format_ratio(metric, mine, theirs))
         rows.append(row)
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     lines = []
