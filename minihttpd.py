@@ -3564,13 +3564,16 @@ class Answer(object):
     current Date.  request is the parsed head, read only, for the log.
     """
 
-    __slots__ = ("request", "head_length", "fs_path", "signature", "probe_gz",
+    __slots__ = ("request", "head_length", "fs_path", "signature", "probe_gz", "folders",
                  "before_date", "after_date", "body", "close")
 
-    def __init__(self, request, head_length, source, response_head, body, close):
+    def __init__(self, request, head_length, source, root, response_head, body, close):
         self.request = request
         self.head_length = head_length
         self.fs_path, self.signature, self.probe_gz = source
+        self.folders = []               # those between the root and the file
+        for name in self.fs_path[len(root):].strip(os.sep).split(os.sep)[:-1]:
+            self.folders.append(os.path.join(self.folders[-1] if self.folders else root, name))
         date_at = response_head.index(b"\r\nDate: ") + len(b"\r\nDate: ")
         self.before_date = response_head[:date_at]
         self.after_date = response_head[response_head.index(b"\r\n", date_at):]
@@ -3578,16 +3581,35 @@ class Answer(object):
         self.close = close
 
     def holds(self, config):
-        """Whether the full path would give this answer now."""
+        """Whether the full path would give this answer now.
+
+        With no link on the way (the usual case), an lstat of each folder
+        below the root and of the file is what is_confined and the stat of
+        handle_get learn, in one call fewer.
+        """
+        try:
+            for folder in self.folders:
+                if stat.S_ISLNK(os.lstat(folder).st_mode):
+                    return self.holds_through_links(config)
+            st = os.lstat(self.fs_path)
+        except OSError:
+            return False
+        if stat.S_ISLNK(st.st_mode):
+            return self.holds_through_links(config)
+        return file_signature(st) == self.signature and not self.gz_sibling()
+
+    def holds_through_links(self, config):
+        """holds() for a path with a link on it: the checks of the full path."""
         try:
             st = os.stat(self.fs_path)
         except OSError:
             return False
-        if file_signature(st) != self.signature:
-            return False
-        if not is_confined(self.fs_path, config.root, config.follow_symlinks):
-            return False
-        return not (self.probe_gz and os.path.lexists(self.fs_path + ".gz"))
+        return (file_signature(st) == self.signature and not self.gz_sibling()
+                and is_confined(self.fs_path, config.root, config.follow_symlinks))
+
+    def gz_sibling(self):
+        """Whether a name.gz appeared that the full path would look for."""
+        return self.probe_gz and os.path.lexists(self.fs_path + ".gz")
 
 
 def find_answer(ctx, data):
@@ -6282,7 +6304,7 @@ class Connection(object):
                 and self.reader.done and not self.server.stopping and not peer_done:
             # Nothing here depended on more than the head and the file: keep it.
             remember_answer(self.ctx, self.head, Answer(
-                request, len(self.head), response.source, head,
+                request, len(self.head), response.source, self.config.root, head,
                 b"" if request.method == "HEAD" else b"".join(response.body), self.close_after))
         self.out += head
         self.head_bytes = len(head)

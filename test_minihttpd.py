@@ -2478,6 +2478,33 @@ class TestAnswers(unittest.TestCase):
         answer = srv.ask(gz)
         self.assertEqual(gzip.decompress(answer.split(b"\r\n\r\n", 1)[1]), b"precompressed")
 
+    def test_paths_through_links_are_checked_the_long_way(self):
+        root = make_tree(self, {"d/x.txt": b"one"})
+        outside = make_tree(self, {"o/y.txt": b"out"})
+        os.symlink(os.path.join(root, "d"), os.path.join(root, "alias"))
+        os.symlink(os.path.join(outside, "o"), os.path.join(root, "out"))
+        os.symlink(os.path.join(root, "d", "x.txt"), os.path.join(root, "d", "x-link.txt"))
+        for follow in (False, True):
+            srv = InProcessServer(self, root, follow_symlinks=follow)
+            for path, body in [("/alias/x.txt", b"one"), ("/d/x-link.txt", b"one"),
+                               ("/out/y.txt", b"out" if follow else None)]:
+                with self.subTest(path=path, follow=follow):
+                    data = build_request("GET", path)
+                    first = parse_response(srv.ask(data))
+                    if body is None:
+                        self.assertEqual(first.status, 404)
+                        self.assertNotIn(data, srv.server.ctx.answers)
+                        continue
+                    self.assertEqual(first.body, body)
+                    with CountingParser() as parser:
+                        self.assertEqual(parse_response(srv.ask(data)).body, body)
+                    self.assertEqual(parser.calls, 0)
+        with open(os.path.join(root, "d", "x.txt"), "wb") as f:
+            f.write(b"two and more")
+        for path in ("/alias/x.txt", "/d/x-link.txt"):
+            self.assertEqual(parse_response(srv.ask(build_request("GET", path))).body,
+                             b"two and more")
+
     def test_a_stopping_server_answers_by_the_full_path(self):
         root = self.tree()
         srv = InProcessServer(self, root)
