@@ -2505,6 +2505,17 @@ class TestAnswers(unittest.TestCase):
             self.assertEqual(parse_response(srv.ask(build_request("GET", path))).body,
                              b"two and more")
 
+    def test_a_kept_answer_is_logged_like_any_other(self):
+        root = self.tree()
+        srv = InProcessServer(self, root, quiet=False)
+        for _ in range(2):
+            srv.ask(build_request("GET", "/a.txt"))
+        lines = srv.server.log_stream.getvalue().splitlines()
+        self.assertEqual(len(lines), 2)
+        strip_time = [re.sub(r"\[[^]]*\]", "[]", line) for line in lines]
+        self.assertEqual(strip_time[0], strip_time[1])
+        self.assertTrue(strip_time[0].endswith('"GET /a.txt HTTP/1.1" 200 6'), lines[0])
+
     def test_a_stopping_server_answers_by_the_full_path(self):
         root = self.tree()
         srv = InProcessServer(self, root)
