@@ -62,6 +62,7 @@ import socket
 import stat
 import struct
 import sys
+import tempfile
 import time
 import urllib.parse
 import zlib
@@ -3854,7 +3855,6 @@ class TempFile(object):
     """An upload being written: a hidden temporary beside its target."""
 
     def __init__(self, folder, ctx):
-        import tempfile                 # uploads only: not at every start-up
         self.ctx = ctx
         try:
             fd, self.path = tempfile.mkstemp(prefix="%s%d-" % (UPLOAD_TMP_PREFIX, os.getpid()),
