@@ -2204,7 +2204,7 @@ table,tbody{display:block}
 tbody tr{display:grid;grid-template-columns:auto 1fr;align-content:center;position:relative;
 min-height:2.75rem;border-bottom:1px solid var(--line)}
 tbody td{border:0;padding:0 .5rem}
-td.n{grid-column:1/-1;padding-top:.5rem}
+td.n{grid-column:1/-1;padding-top:.5rem;width:auto}
 td.n:only-child,tr.up td.n{padding-bottom:.5rem}
 td.n a::after{content:"";position:absolute;top:0;right:0;bottom:0;left:0}
 td.size,td.time{font-size:.8rem;padding-bottom:.5rem}

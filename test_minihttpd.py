@@ -12438,6 +12438,15 @@ class TestListingBrowser(SharedServerTestCase):
     to keep the pictures in DIR (otherwise a temporary folder, removed).
     """
 
+    FRAME_PAGE = b"""<!DOCTYPE html><html><body style="margin:0">
+<iframe id="f" src="/" style="width:390px;height:844px;border:0"></iframe><pre id="out"></pre>
+<script>
+document.getElementById('f').onload = function () {
+  var d = this.contentDocument.documentElement;
+  document.getElementById('out').textContent = 'sideways: ' + (d.scrollWidth - d.clientWidth);
+};
+</script></body></html>"""
+
     SHOTS = [("phone-dark", 390, 844, True), ("phone-light", 390, 844, False),
              ("desktop-light", 1280, 800, False), ("desktop-dark", 1280, 800, True)]
 
@@ -12456,6 +12465,12 @@ class TestListingBrowser(SharedServerTestCase):
         # typing would (FILTER_SCRIPT).
         cls.filter_run = start_chromium(fixture, cls.chromium, cls.srv.url("/#filter=file_1"),
                                         ["--virtual-time-budget=5000", "--dump-dom"])
+        # The listing in a frame of a phone's width, measured by a page of the same
+        # origin (a plain file, so no CSP of ours applies to it).
+        cls.frame_root = make_tree(fixture, dict(files, **{"frame.html": cls.FRAME_PAGE}))
+        cls.frame_srv = start_server(fixture, cls.frame_root, "-q", "-u")
+        cls.frame_run = start_chromium(fixture, cls.chromium, cls.frame_srv.url("/frame.html"),
+                                       ["--virtual-time-budget=5000", "--dump-dom"])
         slow = os.environ.get("MINIHTTPD_SLOW_TESTS") == "1"
         cls.folder = os.environ.get("MINIHTTPD_SCREENSHOTS") or make_tree(fixture)
         os.makedirs(cls.folder, exist_ok=True)
@@ -12487,6 +12502,12 @@ class TestListingBrowser(SharedServerTestCase):
         box = re.search(r'<input id="filter"[^>]*>', dom).group(0)
         self.assertNotIn("hidden", box, "the script did not show the box")
         self.assertNotIn("favicon.ico", self.srv.stderr_text())
+
+    def test_the_phone_page_never_scrolls_sideways(self):
+        dom, err = finish_chromium(self, self.frame_run)
+        m = re.search(r'<pre id="out">sideways: (-?\d+)</pre>', dom)
+        self.assertIsNotNone(m, "the frame was not measured; chromium stderr: %s" % err)
+        self.assertEqual(int(m.group(1)), 0, "the listing is wider than a phone")
 
     def test_screenshots(self):
         for name, path, width, height, dark, proc in self.shots:
