@@ -3558,10 +3558,10 @@ class Answer(object):
     checked, no body).  So when such an answer came from the small-file
     cache, the connection keeps it whole, keyed by the head's bytes: a
     client that repeats its head (every browser, wrk, curl in a loop) is
-    answered with one dict lookup and the same checks handle_file and
-    resolve_path make (the file's signature by one stat, its path still
-    confined, no new name.gz sibling), instead of parsing, routing and
-    formatting again.  The bytes sent are those of the full path, with the
+    answered with one dict lookup and the checks handle_file and
+    resolve_path would make (see holds: the file's signature, no link on
+    its path that leads out, no new name.gz sibling), instead of parsing,
+    routing and formatting again.  The bytes sent are those of the full path, with the
     current Date.  request is the parsed head, read only, for the log.
     """
 
