@@ -84,7 +84,7 @@ STOP_GRACE_S = 3                        # SIGTERM, then this long, then SIGKILL
 PROBE_INTERVAL_S = 0.002                # start-up probe period: 2 ms resolution
 SLOWLORIS_CONNECT_BUDGET_S = 20         # opening the slow sockets stops after this
 NORMAL_REQUEST_TIMEOUT_S = 5            # one normal request during slowloris
-UPLOAD_RUNS = 2                         # each upload is timed this often; the best counts
+UPLOAD_RUNS = 5                         # rounds of uploads; each server's median counts
 UPLOAD_SLACK_S = 120                    # on top of the time at 10 MiB/s before curl is cut
 TOOL_TIMEOUT_S = 10                     # version queries and the like
 WANTED_OPEN_FILES = 8192                # 1000 wrk sockets + 1000 server sockets + slack
@@ -135,10 +135,11 @@ def build_metrics(profile):
         Metric("slowloris_ok", "%d slowloris sockets: normal requests OK (of %d)"
                % (profile.slowloris_sockets, profile.normal_requests), "count", None),
         Metric("slowloris_median", "  median latency", "ms", "lower"),
-        Metric("put", "upload %s by PUT" % format_size(profile.upload_bytes), "MiB/s", "higher"),
+        Metric("put", "upload %s by PUT (median of %d rounds)"
+               % (format_size(profile.upload_bytes), UPLOAD_RUNS), "MiB/s", "higher"),
         Metric("put_peak", "  server peak memory", "MiB", "lower"),
-        Metric("form", "upload %s as multipart form" % format_size(profile.upload_bytes),
-               "MiB/s", "higher"),
+        Metric("form", "upload %s as multipart form (median of %d rounds)"
+               % (format_size(profile.upload_bytes), UPLOAD_RUNS), "MiB/s", "higher"),
         Metric("form_peak", "  server peak memory", "MiB", "lower"),
         Metric("startup", "start-up to first response (median of %d)" % profile.startup_runs,
                "ms", "lower"),
@@ -452,11 +453,11 @@ def make_fixture(tree, large_bytes):
 
 
 def make_upload_area(tmp):
-    """A folder on tmpfs with inbox/ and a sparse upload source, or None without /dev/shm."""
+    """A folder on tmpfs for the servers' inboxes and the upload source (None
+    without /dev/shm)."""
     if not (os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK)):
         return None
     area = tempfile.mkdtemp(prefix="bench-minihttpd-", dir="/dev/shm")
-    os.mkdir(os.path.join(area, "inbox"))
     return area
 
 
@@ -971,37 +972,66 @@ def slowloris_scenario(bench, server, outcome, name):
            "-" if median is None else "%.1f" % median))
 
 
-def measure_uploads(bench, spec, outcome):
-    """For each upload kind the server takes: a fresh instance on tmpfs, one curl, its peak."""
-    for kind in ("put", "form"):
-        if kind not in spec.uploads:
-            continue
-        if bench.upload_area is None or bench.curl is None:
-            outcome.notes[kind] = "skipped: %s" % (
-                "no curl (apt-get install curl)" if bench.curl is None else "/dev/shm not writable")
-            continue
-        inbox = os.path.join(bench.upload_area, "inbox")
-        try:
-            server = start_server(bench, spec, inbox, upload=True)
-        except BenchError as exc:
-            outcome.notes[kind] = "did not start: %s" % exc
-            continue
-        try:
-            def upload():
-                # The best of UPLOAD_RUNS, each into an empty folder: on a VM, writing
-                # into tmpfs pages the guest has not used lately ran at a fifth of the
-                # speed of writing into pages just freed, for any server (and a server
-                # that writes a temporary beside the old file needs fresh pages).
-                speeds = []
-                for _ in range(UPLOAD_RUNS):
-                    speeds.append(run_upload(bench, server.port, kind))
+def measure_uploads(bench, specs, outcomes):
+    """Every upload kind on every server that takes it, each server a fresh
+    instance with its own folder on tmpfs, all running at once.
+
+    The timed runs go in rounds, one upload per server and kind a round,
+    the order reversed every other round, and each server's median counts.
+    On this shared VM the speed drifts by a fifth over minutes, so a
+    server measured minutes after another was compared with a different
+    machine; in rounds, every server sees the same drift.  Each upload
+    goes into an empty folder: writing into tmpfs pages the guest has not
+    used lately ran at a fifth of the speed of writing into pages just
+    freed, for any server (and a server that writes a temporary beside
+    the old file needs fresh pages).
+    """
+    takers = [spec for spec in specs if spec.uploads and spec.name in outcomes]
+    if not takers:
+        return
+    if bench.upload_area is None or bench.curl is None:
+        note = "skipped: %s" % (
+            "no curl (apt-get install curl)" if bench.curl is None else "/dev/shm not writable")
+        for spec in takers:
+            for kind in spec.uploads:
+                outcomes[spec.name].notes[kind] = note
+        return
+    say("uploads, %d rounds" % UPLOAD_RUNS)
+    running = []
+    try:
+        for spec in takers:
+            inbox = os.path.join(bench.upload_area, "inbox-" + spec.name)
+            os.mkdir(inbox)
+            try:
+                running.append((spec, inbox, start_server(bench, spec, inbox, upload=True)))
+            except BenchError as exc:
+                for kind in spec.uploads:
+                    outcomes[spec.name].notes[kind] = "did not start: %s" % exc
+        for kind in ("put", "form"):
+            speeds = {}
+            for round_number in range(UPLOAD_RUNS):
+                order = running if round_number % 2 == 0 else running[::-1]
+                for spec, inbox, server in order:
+                    if kind not in spec.uploads or kind in outcomes[spec.name].notes:
+                        continue
+
+                    def upload():
+                        speeds.setdefault(spec.name, []).append(
+                            run_upload(bench, server.port, kind))
+                    attempt(outcomes[spec.name], kind, spec.name, upload)
                     empty_folder(inbox)
-                outcome.values[kind] = max(speeds)
+            for spec, inbox, server in running:
+                if spec.name not in speeds or kind in outcomes[spec.name].notes:
+                    continue
+                outcome = outcomes[spec.name]
+                outcome.values[kind] = statistics.median(speeds[spec.name])
                 outcome.values[kind + "_peak"] = tree_memory_mib(server.proc.pid, "VmHWM")
-                say("  %s: upload %-4s %8.1f MiB/s, peak %.1f MiB"
-                    % (spec.name, kind, outcome.values[kind], outcome.values[kind + "_peak"]))
-            attempt(outcome, kind, spec.name, upload)
-        finally:
+                say("  %s: upload %-4s %8.1f MiB/s (runs: %s), peak %.1f MiB"
+                    % (spec.name, kind, outcome.values[kind],
+                       ", ".join("%.0f" % v for v in speeds[spec.name]),
+                       outcome.values[kind + "_peak"]))
+    finally:
+        for spec, inbox, server in running:
             bench.registry.stop(server.proc)
             empty_folder(inbox)
 
@@ -1014,7 +1044,6 @@ def measure_server(bench, spec):
         measure_downloads(bench, spec, outcome)
     if spec.name == "minihttpd":
         attempt(outcome, "startup_module", spec.name, lambda: measure_module_start(bench, outcome))
-    measure_uploads(bench, spec, outcome)
     return outcome
 
 
@@ -1238,6 +1267,7 @@ def main(argv=None):
                 say(skipped[spec.name])
                 continue
             outcomes[spec.name] = measure_server(bench, spec)
+        measure_uploads(bench, specs, outcomes)
         metrics = build_metrics(profile)
         print_report(bench, metrics, outcomes, machine, skipped)
         if args.json:
