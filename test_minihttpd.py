@@ -4698,6 +4698,89 @@ class TestMultipartParser(unittest.TestCase):
         self.assertTrue(parser.done)
         self.assertEqual(events[0][0], "part")
 
+    def _inside_a_part(self):
+        parser = minihttpd.MultipartParser(self.BOUNDARY)
+        events = parser.feed(b"--" + self.BOUNDARY + b"\r\n"
+                             b'Content-Disposition: form-data; name="f"; filename="f.bin"\r\n\r\n')
+        self.assertEqual([kind for kind, _ in events], ["part"])
+        return parser
+
+    def test_a_part_is_passed_on_from_the_buffer_it_came_in(self):
+        # The server reads a body into one reused buffer and feeds a view of
+        # it: a part's data comes out as views of that same buffer, not of a
+        # copy (each copy made the server a MiB larger for a moment), in a
+        # read inside a part, one that starts a part, one that ends the last
+        # part, and one that ends a part and starts the next.
+        delim = b"\r\n--" + self.BOUNDARY
+        headers = (b'Content-Disposition: form-data; name="f"; filename="g.bin"\r\n'
+                   b"Content-Type: application/octet-stream\r\n\r\n")
+        first = b"--" + self.BOUNDARY + b"\r\n" + headers
+        big = byte_pattern(1024 * 1024, 5)
+        cases = [
+            ("inside a part", [first], big, [big[:-(len(delim) - 1)]]),
+            ("starting a part", [], first + big, [big[:-(len(delim) - 1)]]),
+            ("ending the last part", [first, b"x" * 100], big + delim + b"--\r\n",
+             [b"x" * 100 + big]),
+            ("ending a part, starting the next", [first, b"x" * 100],
+             big + delim + b"\r\n" + headers + big, [b"x" * 100 + big, big[:-(len(delim) - 1)]]),
+        ]
+        for name, before, read, contents in cases:
+            with self.subTest(name):
+                parser = minihttpd.MultipartParser(self.BOUNDARY)
+                events = []
+                for piece in before:
+                    events += parser.feed(piece)
+                read_buffer = bytearray(read)
+                with memoryview(read_buffer) as view:
+                    new = parser.feed(view)
+                    large = [value for kind, value in new
+                             if kind == "data" and len(value) >= minihttpd.MULTIPART_SEARCH_BYTES]
+                    self.assertEqual(len(large), len(contents), new)
+                    for value in large:
+                        self.assertTrue(isinstance(value, memoryview) and value.obj is read_buffer,
+                                        "the part's data was copied")
+                    parts = self._parts(events + [(kind, bytes(value) if kind == "data" else value)
+                                                  for kind, value in new]
+                                        + ([] if parser.done else [("end", None)]))
+                    for value in large:
+                        value.release()
+                self.assertEqual([part[1] for part in parts], contents)
+
+    def test_a_delimiter_at_any_place_in_a_large_read_is_found(self):
+        # The in-place search looks at a large read in windows: a delimiter
+        # across a window's edge, or across the edge of the bytes held back
+        # from the last read, still ends the part.
+        delim = b"\r\n--" + self.BOUNDARY
+        step = minihttpd.MULTIPART_SEARCH_BYTES
+        size = 3 * step
+        places = [0, 1, size - len(delim) - 2]
+        for edge in (step, 2 * step):
+            places += range(edge - len(delim) - 1, edge + 2)
+        for place in places:
+            with self.subTest(place=place):
+                parser = self._inside_a_part()
+                content = byte_pattern(16, 7)
+                events = parser.feed(content)   # the parser now holds back a tail
+                read = bytearray(byte_pattern(size, 3))
+                read[place:place + len(delim) + 2] = delim + b"--"
+                with memoryview(read) as view:
+                    events += parser.feed(view)
+                    data = b"".join(bytes(v) for k, v in events if k == "data")
+                self.assertTrue(parser.done)
+                self.assertEqual([k for k, _ in events][-1:], ["end"])
+                self.assertEqual(data, (content + bytes(read))[:len(content) + place])
+        for back in range(1, len(delim)):       # the delimiter begins in the held-back tail
+            with self.subTest(back=back):
+                parser = self._inside_a_part()
+                content = byte_pattern(1000, 9)
+                events = parser.feed(content + delim[:back])
+                rest = bytearray(delim[back:] + b"--\r\n" + bytes(size))
+                with memoryview(rest) as view:
+                    events += parser.feed(view)
+                data = b"".join(bytes(v) for k, v in events if k == "data")
+                self.assertTrue(parser.done)
+                self.assertEqual(data, content)
+
     def test_header_line_without_colon_raises(self):
         body = (b"--BOUNDARY\r\nThis is not a header\r\n\r\ndata\r\n--BOUNDARY--\r\n")
         parser = minihttpd.MultipartParser(b"BOUNDARY")
