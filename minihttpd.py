@@ -37,7 +37,7 @@ Map of this file (each section uses only those above it):
   14. Command line
 """
 
-__version__ = "1.3.0"
+__version__ = "1.3.1"
 
 import argparse
 import base64

@@ -1803,7 +1803,7 @@ class TestCommandLine(unittest.TestCase):
     def test_version(self):
         r = run_cli("--version")
         self.assertEqual(r.returncode, 0)
-        self.assertEqual(r.stdout.strip(), "minihttpd 1.3.0")
+        self.assertEqual(r.stdout.strip(), "minihttpd 1.3.1")
 
     def test_bad_arguments_exit_2_with_one_line(self):
         root = make_tree(self, {"f.txt": b"x"})
@@ -2639,7 +2639,7 @@ class TestStaticFiles(SharedServerTestCase):
 
     def test_server_header_matches_version(self):
         r = get(self.port, "/a.txt")
-        self.assertEqual(r.headers["server"], "minihttpd/1.3.0")
+        self.assertEqual(r.headers["server"], "minihttpd/1.3.1")
 
     def _head_then_get(self, path):
         raw = send_raw(self.port, build_request("HEAD", path) + build_request("GET", path, close=True))
