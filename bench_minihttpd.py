@@ -45,7 +45,6 @@ import json
 import os
 import platform
 import re
-import resource
 import shutil
 import signal
 import socket
@@ -55,6 +54,11 @@ import sys
 import tempfile
 import time
 import typing
+
+try:
+    import resource
+except ImportError:                     # not on Windows: main() then says Linux is needed
+    resource = None
 
 # ---------------------------------------------------------------------------
 # 1. Constants
@@ -296,7 +300,7 @@ while True:
 
 try:
     LIBC = ctypes.CDLL(None, use_errno=True)
-except OSError:
+except (OSError, TypeError):            # TypeError: Windows loads no library by None
     LIBC = None
 PR_SET_PDEATHSIG = 1                    # prctl(2): a signal for the child when its parent dies
 

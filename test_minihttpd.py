@@ -12604,5 +12604,133 @@ document.getElementById('f').onload = function () {
                 self.assertEqual(corner, (13, 17, 23) if dark else (255, 255, 255))
         self.assertNotIn("favicon.ico", self.srv.stderr_text())
 
+# ---------------------------------------------------------------------------
+# The benchmark script: its pure parts, what it says when something is
+# missing, and (a slow check) one --quick run that must give every figure
+# ---------------------------------------------------------------------------
+
+BENCH = os.path.join(HERE, "bench_minihttpd.py")
+BENCH_QUICK_TIMEOUT_S = 600     # a --quick run with two peers takes about a minute
+
+WRK_SAMPLE = """Running 2s test @ http://127.0.0.1:8000/small.bin
+  1 threads and 64 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency     1.02ms  200.00us   5.00ms   90.00%
+    Req/Sec    60.00k     2.00k   65.00k    80.00%
+  120000 requests in 2.00s, 140.00MB read
+  Socket errors: connect 1, read 2, write 3, timeout 4
+  Non-2xx or 3xx responses: 5
+Requests/sec:  60000.50
+Transfer/sec:     70.25MB
+"""
+
+
+def run_bench(args, path_dirs, timeout):
+    """bench_minihttpd.py with PATH set to path_dirs: (exit code, stdout, stderr)."""
+    env = dict(os.environ, PATH=os.pathsep.join(path_dirs))
+    proc = subprocess.run([sys.executable, BENCH] + args, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, env=env, timeout=timeout,
+                          universal_newlines=True)
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+@unittest.skipUnless(IS_LINUX, "bench_minihttpd runs on Linux only (/proc, taskset)")
+class TestBenchmark(unittest.TestCase):
+    """bench_minihttpd.py, the side-by-side benchmark."""
+
+    @classmethod
+    def setUpClass(cls):
+        import bench_minihttpd
+        cls.bench = bench_minihttpd
+
+    def test_wrk_summary_is_read_whole(self):
+        result = self.bench.parse_wrk(WRK_SAMPLE)
+        self.assertEqual(result.requests_per_s, 60000.5)
+        self.assertEqual(result.bytes_per_s, 70.25 * 1024 * 1024)
+        self.assertEqual(result.socket_errors, 6)       # connect + read + write
+        self.assertEqual(result.timeouts, 4)
+        self.assertEqual(result.non_2xx, 5)
+        clean = self.bench.parse_wrk(WRK_SAMPLE.replace(
+            "  Socket errors: connect 1, read 2, write 3, timeout 4\n", "").replace(
+            "  Non-2xx or 3xx responses: 5\n", ""))
+        self.assertEqual((clean.socket_errors, clean.timeouts, clean.non_2xx), (0, 0, 0))
+
+    def test_a_wrk_that_failed_is_an_error_not_a_figure(self):
+        for out, status in [("unable to connect to 127.0.0.1:1 Connection refused\n", 1),
+                            (WRK_SAMPLE, 1), ("", 0)]:
+            with self.subTest(out=out[:20], status=status):
+                with self.assertRaises(self.bench.BenchError):
+                    self.bench.parse_wrk(out, status)
+
+    def test_the_table_gives_each_peer_a_ratio(self):
+        bench = self.bench
+        metrics = [bench.Metric("small_keepalive", "1 KiB", "req/s", "higher"),
+                   bench.Metric("startup", "start-up", "ms", "lower"),
+                   bench.Metric("startup_module", "  as a module", "ms", "lower", "startup"),
+                   bench.Metric("many_errors", "  socket errors", "count", None)]
+        mine, peer = bench.Outcome("1"), bench.Outcome("2")
+        mine.values.update(small_keepalive=60000.0, startup=150.0, startup_module=60.0,
+                           many_errors=0)
+        peer.values.update(small_keepalive=30000.0, startup=75.0, many_errors=3)
+        peer.notes["many_errors"] = "3 read errors"
+        table, footnotes = bench.build_table(metrics, collections.OrderedDict(
+            [("minihttpd", mine), ("nginx", peer)]))
+        rows = [[cell.strip() for cell in line.strip("|").split("|")]
+                for line in table.splitlines()]
+        self.assertEqual(rows[0], ["scenario", "unit", "minihttpd", "nginx", "mh/nginx"])
+        self.assertEqual(rows[2], ["1 KiB", "req/s", "60,000", "30,000", "2.00×"])
+        self.assertEqual(rows[3], ["start-up", "ms ↓", "150.0", "75.0", "2.00×"])
+        self.assertEqual(rows[4], ["as a module", "ms ↓", "60.0", "–", "0.80×"])  # against start-up
+        self.assertEqual(rows[5], ["socket errors", "count", "0", "3 [1]", ""])
+        self.assertEqual(footnotes, ["nginx, socket errors: 3 read errors"])
+
+    def test_without_wrk_it_says_what_to_install(self):
+        with tempfile.TemporaryDirectory() as empty:
+            code, out, err = run_bench(["--quick"], [empty], CLI_TIMEOUT_S)
+        self.assertEqual(code, 2)
+        self.assertEqual(err.strip(), "wrk not found: apt-get install wrk")
+        self.assertEqual(out, "")
+
+    def test_an_unknown_peer_is_refused_with_the_known_ones(self):
+        with tempfile.TemporaryDirectory() as tools:
+            fake_wrk = os.path.join(tools, "wrk")
+            with open(fake_wrk, "w") as f:
+                f.write("#!/bin/sh\nexit 1\n")
+            os.chmod(fake_wrk, 0o755)
+            code, out, err = run_bench(["--only", "nginx,apache"], [tools], CLI_TIMEOUT_S)
+        self.assertEqual(code, 2)
+        self.assertEqual(err.strip(), "unknown server apache (known: %s)"
+                         % ",".join(self.bench.PEER_NAMES))
+
+    @unittest.skipUnless(SLOW_TESTS, SLOW_REASON)
+    def test_a_quick_run_gives_every_figure(self):
+        missing = [p for p in ("wrk", "curl") if not shutil.which(p)]
+        if missing:
+            self.skipTest("needs %s (apt-get install %s)" % (" and ".join(missing),
+                                                             " ".join(missing)))
+        with tempfile.TemporaryDirectory() as tmp:
+            results = os.path.join(tmp, "results.json")
+            code, out, err = run_bench(["--quick", "--only", "loop,sink", "--json", results],
+                                       os.environ.get("PATH", "").split(os.pathsep),
+                                       BENCH_QUICK_TIMEOUT_S)
+            self.assertEqual(code, 0, err[-2000:])
+            with open(results) as f:
+                data = json.load(f)
+        self.assertTrue(data["quick"])
+        servers = data["servers"]
+        self.assertEqual(list(servers), ["minihttpd", "loop", "sink"])
+        mine = servers["minihttpd"]
+        self.assertEqual(mine["notes"], {}, "a scenario failed")
+        for metric in data["metrics"]:
+            with self.subTest(metric["key"]):
+                self.assertIsInstance(mine["values"].get(metric["key"]), (int, float))
+        self.assertEqual(mine["values"]["slowloris_ok"], data["profile"]["normal_requests"])
+        self.assertIn("small_keepalive", servers["loop"]["values"])
+        self.assertEqual(sorted(k for k in servers["sink"]["values"] if not k.endswith("_peak")),
+                         ["form", "put"])
+        self.assertIn("| scenario", out)
+        self.assertIn("mh/sink", out)
+
+
 if __name__ == "__main__":
     unittest.main()
