@@ -804,6 +804,29 @@ def make_sparse(path, size):
         f.truncate(size)
 
 
+def file_changes(path):
+    """Three ways a cached file changes, as functions named for subtests:
+    same size with a new mtime (b"two"), a new size (b"three and more"),
+    and replaced by a rename (b"renamed")."""
+    then_ns = os.stat(path).st_mtime_ns
+
+    def same_size_new_mtime():
+        with open(path, "wb") as f:
+            f.write(b"two")
+        os.utime(path, ns=(then_ns + 10 ** 10, then_ns + 10 ** 10))
+
+    def new_size():
+        with open(path, "wb") as f:
+            f.write(b"three and more")
+
+    def renamed_over():
+        with open(path + ".new", "wb") as f:
+            f.write(b"renamed")
+        os.replace(path + ".new", path)
+
+    return same_size_new_mtime, new_size, renamed_over
+
+
 def byte_pattern(n, seed=0):
     """n deterministic bytes covering every byte value."""
     block = bytes((i * 7 + seed) % 256 for i in range(256))
@@ -2138,12 +2161,7 @@ class TestFileCache(unittest.TestCase):
         root = make_tree(self, {"x.txt": b"one"})
         path = os.path.join(root, "x.txt")
         srv = start_server(self, root, "-q")
-        then_ns = os.stat(path).st_mtime_ns
-
-        def same_size_new_mtime():
-            with open(path, "wb") as f:
-                f.write(b"two")
-            os.utime(path, ns=(then_ns + 10 ** 10, then_ns + 10 ** 10))
+        same_size_new_mtime, new_size, renamed_over = file_changes(path)
 
         def same_size_same_mtime():
             st = os.stat(path)
@@ -2153,15 +2171,6 @@ class TestFileCache(unittest.TestCase):
             with open(path, "wb") as f:
                 f.write(b"six")
             os.utime(path, ns=(cached_ns, cached_ns))    # only the ctime tells
-
-        def new_size():
-            with open(path, "wb") as f:
-                f.write(b"three and more")
-
-        def renamed_over():
-            with open(path + ".new", "wb") as f:
-                f.write(b"renamed")
-            os.replace(path + ".new", path)
 
         for change, expected in [(same_size_new_mtime, b"two"), (same_size_same_mtime, b"six"),
                                  (new_size, b"three and more"), (renamed_over, b"renamed")]:
@@ -2429,21 +2438,7 @@ class TestAnswers(unittest.TestCase):
         root = make_tree(self, {"d/x.txt": b"one", "t.txt": self.TEXT})
         outside = make_tree(self, {})
         path = os.path.join(root, "d", "x.txt")
-        then_ns = os.stat(path).st_mtime_ns
-
-        def same_size_new_mtime():
-            with open(path, "wb") as f:
-                f.write(b"two")
-            os.utime(path, ns=(then_ns + 10 ** 10, then_ns + 10 ** 10))
-
-        def new_size():
-            with open(path, "wb") as f:
-                f.write(b"three and more")
-
-        def renamed_over():
-            with open(path + ".new", "wb") as f:
-                f.write(b"renamed")
-            os.replace(path + ".new", path)
+        same_size_new_mtime, new_size, renamed_over = file_changes(path)
 
         def made_unreadable():
             os.chmod(path, 0o000)
